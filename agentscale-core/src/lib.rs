@@ -1,0 +1,31 @@
+//! # agentscale-core
+//!
+//! Contracts, worker runtime, load-balancing policies, metrics/health exporter
+//! and config loading for [agentscale](https://github.com/agentscale/agentscale),
+//! an embeddable SDK for running AI-agent workers at scale.
+//!
+//! This crate is pure: it talks to no service. Backends live in
+//! `agentscale-queue` (in-memory, Redis Streams, Kafka), `agentscale-state`
+//! (in-memory, Redis, pgvector) and `agentscale-infer` (Triton).
+//!
+//! * [`Task`]: the envelope producers enqueue, with a versioned wire encoding.
+//! * [`TaskQueue`]: at-least-once queue with leases, fencing and dead letters.
+//! * [`SessionStore`], [`MemoryStore`], [`ToolCache`]: state outside the process.
+//! * [`balance::Policy`]: endpoint selection.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod error;
+pub mod queue;
+pub mod state;
+pub mod task;
+
+pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
+pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
+pub use state::{
+    validate_ident, ComputeFuture, Embedder, Filter, Hit, MemoryRecord, MemoryStore, Metric, Namespace,
+    SessionKey, SessionState, SessionStore, ToolCache, ToolKey,
+};
+pub use task::{Priority, Task, TaskId};

@@ -1,0 +1,2 @@
+//! agentscale-infer (placeholder, filled by its issue).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! agentscale-queue (placeholder, filled by its issue).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! agentscale-state (placeholder, filled by its issue).
+#![forbid(unsafe_code)]
