@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod config;
 pub mod error;
 pub mod queue;
 pub mod state;
