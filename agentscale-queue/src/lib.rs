@@ -1,2 +1,49 @@
-//! agentscale-queue (placeholder, filled by its issue).
+//! # agentscale-queue
+//!
+//! Task queues for [agentscale](https://github.com/agentscale/agentscale):
+//! implementations of [`TaskQueue`](agentscale_core::TaskQueue).
+//!
+//! | backend | module | feature | use it when |
+//! |---|---|---|---|
+//! | in-memory | [`memory`] ([`MemoryQueue`]) | always on | one process: tests, demos, embedded workers |
+//! | Redis Streams | `redis` | `redis` | several processes, modest volume, delays and priorities |
+//! | Kafka | `kafka` | `kafka` | very high volume, long retention, partitioned ordering |
+//!
+//! Every backend gives the same guarantees (at-least-once delivery, leases
+//! with fencing, dead letters that keep the reason) and runs the same
+//! conformance suite (`agentscale-tests`, `queue_conformance!`). What a backend
+//! cannot do is stated in its [`capabilities`](agentscale_core::TaskQueue::capabilities).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> agentscale_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use agentscale_core::{Nack, Task, TaskQueue};
+//! use agentscale_queue::MemoryQueue;
+//!
+//! // Choose the backend at run time; workers only see `dyn TaskQueue`.
+//! let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new("agents"));
+//!
+//! // A producer enqueues work.
+//! let task = Task::json("research", &serde_json::json!({ "question": "why is the sky blue?" }))?;
+//! queue.enqueue(task).await?;
+//!
+//! // A worker leases it, and acks when done (or nacks to retry later).
+//! let leases = queue.lease(16, Duration::from_millis(100)).await?;
+//! for lease in &leases {
+//!     assert_eq!(lease.attempt(), 1);
+//!     queue.ack(lease).await?;
+//! }
+//! assert_eq!(queue.depth().await?.backlog(), 0);
+//! # let _ = Nack::Release;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod memory;
+
+pub use memory::{MemoryQueue, MemoryQueueBuilder};
+
+// Feature-gated backends (added by their own modules):
