@@ -1,0 +1,22 @@
+//! Embedded backends: everything in this process, no service needed.
+//!
+//! These are the defaults of `cargo run --example quickstart` and the
+//! reference implementations the conformance suite checks other backends
+//! against. State is lost when the process exits.
+
+mod embedder;
+mod session;
+mod tool_cache;
+mod vector;
+
+pub use embedder::HashEmbedder;
+pub use session::{
+    InMemorySessionStore, InMemorySessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL,
+};
+#[cfg(feature = "redis")]
+pub(crate) use tool_cache::{compute_outcome, new_cache, validate as validate_tool_cache};
+pub use tool_cache::{
+    InMemoryToolCache, InMemoryToolCacheBuilder, DEFAULT_CAPACITY_BYTES, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_NEGATIVE_TTL,
+};
+pub use vector::InMemoryMemoryStore;

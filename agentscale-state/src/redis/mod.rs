@@ -1,0 +1,1 @@
+//! Redis backends (placeholder while being written).
