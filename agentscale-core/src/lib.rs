@@ -12,6 +12,9 @@
 //! * [`TaskQueue`]: at-least-once queue with leases, fencing and dead letters.
 //! * [`SessionStore`], [`MemoryStore`], [`ToolCache`]: state outside the process.
 //! * [`balance::Policy`]: endpoint selection.
+//! * [`worker::Worker`]: N concurrent handlers over any queue, with retries,
+//!   heartbeats and graceful shutdown.
+//! * [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` exporter.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,9 +22,11 @@
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod queue;
 pub mod state;
 pub mod task;
+pub mod worker;
 
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
 pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
@@ -30,3 +35,4 @@ pub use state::{
     SessionKey, SessionState, SessionStore, ToolCache, ToolKey,
 };
 pub use task::{Priority, Task, TaskId};
+pub use worker::{Backoff, Handler, TaskContext, Worker, WorkerReport, WorkerStats};
