@@ -1,0 +1,352 @@
+//! Configuration of the Redis Streams queue.
+
+use std::fmt;
+use std::time::Duration;
+
+use agentscale_core::config::{redact_url, Secret};
+use agentscale_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Configuration of a [`RedisQueue`](super::RedisQueue).
+///
+/// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
+/// `"500ms"`, `"2m"`). Build one with [`RedisQueueConfig::new`] and set the
+/// public fields; [`RedisQueue::connect`](super::RedisQueue::connect) calls
+/// [`validate`](Self::validate). `Debug` shows the URL with its password
+/// replaced by `***`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisQueueConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub url: Secret,
+    /// The queue's name; it becomes the Redis Cluster hash tag `{queue}`.
+    pub queue: String,
+    /// Prefix of every key (default `agentscale`).
+    pub key_prefix: String,
+    /// Consumer group every worker of this queue joins (default `workers`).
+    pub consumer_group: String,
+    /// This process's consumer name. Default: `hostname-pid-random`, unique
+    /// per process; two processes must never share one.
+    pub consumer_name: Option<String>,
+    /// A lease (pending entry) idle for this long is reclaimed by another
+    /// worker (default 30 s). `extend` renews it.
+    #[serde(with = "duration_serde")]
+    pub lease_timeout: Duration,
+    /// How often a `lease` call also scans for expired leases with
+    /// `XAUTOCLAIM` (default: lease_timeout / 5, at most 5 s).
+    #[serde(with = "duration_serde_opt")]
+    pub reclaim_interval: Option<Duration>,
+    /// Largest encoded envelope accepted at enqueue (default 1 MiB).
+    pub max_envelope_bytes: usize,
+    /// Connections reserved for blocking `XREADGROUP` (default 4). Blocking
+    /// reads never share a connection with other traffic.
+    pub block_connections: u32,
+    /// How long an idempotency key is remembered (default 24 h).
+    #[serde(with = "duration_serde")]
+    pub idempotency_ttl: Duration,
+    /// Timeout of one non-blocking command (default 10 s).
+    #[serde(with = "duration_serde")]
+    pub command_timeout: Duration,
+    /// Timeout for establishing a connection (default 5 s).
+    #[serde(with = "duration_serde")]
+    pub connect_timeout: Duration,
+    /// Due delayed tasks moved to the ready streams per `lease` call (default 1000).
+    pub promote_batch: usize,
+}
+
+impl Default for RedisQueueConfig {
+    fn default() -> Self {
+        RedisQueueConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            queue: "default".into(),
+            key_prefix: "agentscale".into(),
+            consumer_group: "workers".into(),
+            consumer_name: None,
+            lease_timeout: Duration::from_secs(30),
+            reclaim_interval: None,
+            max_envelope_bytes: agentscale_core::task::DEFAULT_MAX_ENVELOPE_BYTES,
+            block_connections: 4,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            command_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            promote_batch: 1000,
+        }
+    }
+}
+
+impl fmt::Debug for RedisQueueConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueueConfig")
+            .field("url", &redact_url(self.url.expose()))
+            .field("queue", &self.queue)
+            .field("key_prefix", &self.key_prefix)
+            .field("consumer_group", &self.consumer_group)
+            .field("consumer_name", &self.consumer_name)
+            .field("lease_timeout", &self.lease_timeout)
+            .field("reclaim_interval", &self.reclaim_interval)
+            .field("max_envelope_bytes", &self.max_envelope_bytes)
+            .field("block_connections", &self.block_connections)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("promote_batch", &self.promote_batch)
+            .finish()
+    }
+}
+
+impl RedisQueueConfig {
+    /// A config for `queue` at `url`, other fields at their defaults.
+    pub fn new(url: impl Into<Secret>, queue: impl Into<String>) -> Self {
+        RedisQueueConfig {
+            url: url.into(),
+            queue: queue.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the consumer group.
+    pub fn with_consumer_group(mut self, group: impl Into<String>) -> Self {
+        self.consumer_group = group.into();
+        self
+    }
+
+    /// Sets this process's consumer name.
+    pub fn with_consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer_name = Some(name.into());
+        self
+    }
+
+    /// Sets the lease timeout.
+    pub fn with_lease_timeout(mut self, d: Duration) -> Self {
+        self.lease_timeout = d;
+        self
+    }
+
+    /// Sets the reclaim interval.
+    pub fn with_reclaim_interval(mut self, d: Duration) -> Self {
+        self.reclaim_interval = Some(d);
+        self
+    }
+
+    /// Sets the envelope size limit.
+    pub fn with_max_envelope_bytes(mut self, n: usize) -> Self {
+        self.max_envelope_bytes = n;
+        self
+    }
+
+    /// Sets the number of blocking-read connections.
+    pub fn with_block_connections(mut self, n: u32) -> Self {
+        self.block_connections = n;
+        self
+    }
+
+    /// Checks every field; errors are [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        let url = self.url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+            return bad(format!(
+                "redis queue url {:?} must start with redis://, rediss:// or unix://",
+                redact_url(url)
+            ));
+        }
+        check_name("queue", &self.queue)?;
+        check_name("key_prefix", &self.key_prefix)?;
+        check_name("consumer_group", &self.consumer_group)?;
+        if let Some(c) = &self.consumer_name {
+            check_name("consumer_name", c)?;
+        }
+        if self.lease_timeout < Duration::from_millis(100) {
+            return bad(format!(
+                "lease_timeout {:?} is below the minimum of 100ms",
+                self.lease_timeout
+            ));
+        }
+        if let Some(r) = self.reclaim_interval {
+            if r.is_zero() || r > self.lease_timeout {
+                return bad(format!("reclaim_interval {r:?} must be > 0 and <= lease_timeout"));
+            }
+        }
+        if self.max_envelope_bytes < 64 || self.max_envelope_bytes > 512 << 20 {
+            return bad(format!(
+                "max_envelope_bytes {} must be within 64..=512MiB",
+                self.max_envelope_bytes
+            ));
+        }
+        if self.block_connections == 0 {
+            return bad("block_connections must be at least 1".into());
+        }
+        if self.idempotency_ttl < Duration::from_secs(1) {
+            return bad("idempotency_ttl must be at least 1s".into());
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("command_timeout and connect_timeout must be > 0".into());
+        }
+        if self.promote_batch == 0 || self.promote_batch > 10_000 {
+            return bad(format!(
+                "promote_batch {} must be within 1..=10000",
+                self.promote_batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective reclaim interval.
+    pub(crate) fn reclaim_every(&self) -> Duration {
+        self.reclaim_interval.unwrap_or_else(|| {
+            (self.lease_timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(5))
+        })
+    }
+}
+
+/// Names become parts of Redis keys: printable ASCII without braces (which
+/// would break the Cluster hash tag), whitespace or `:` separators in the
+/// queue name.
+fn check_name(what: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > 200 {
+        return Err(Error::InvalidConfig(format!(
+            "{what} must be 1..=200 characters, got {} ",
+            v.len()
+        )));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '{' || *c == '}')
+    {
+        return Err(Error::InvalidConfig(format!(
+            "{what} {v:?} contains the invalid character {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A consumer name unique per process: `hostname-pid-random`.
+pub(crate) fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '{' && *c != '}')
+                .collect()
+        })
+        .filter(|h: &String| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Parses `"250ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of milliseconds.
+pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Ms(u64),
+    Text(String),
+}
+
+mod duration_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+        match DurationRepr::deserialize(d)? {
+            DurationRepr::Ms(ms) => Ok(Duration::from_millis(ms)),
+            DurationRepr::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod duration_serde_opt {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Duration>, D::Error> {
+        match Option::<DurationRepr>::deserialize(d)? {
+            None => Ok(None),
+            Some(DurationRepr::Ms(ms)) => Ok(Some(Duration::from_millis(ms))),
+            Some(DurationRepr::Text(t)) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_password() {
+        let c = RedisQueueConfig::new("redis://u:hunter2@h:6379/0", "q");
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("redis://u:***@h:6379/0"), "{s}");
+    }
+
+    #[test]
+    fn validates() {
+        assert!(RedisQueueConfig::new("redis://h", "q").validate().is_ok());
+        for c in [
+            RedisQueueConfig::new("http://h", "q"),
+            RedisQueueConfig::new("redis://h", ""),
+            RedisQueueConfig::new("redis://h", "a{b}"),
+            RedisQueueConfig::new("redis://h", "a b"),
+            RedisQueueConfig::new("redis://h", "q").with_lease_timeout(Duration::from_millis(1)),
+            RedisQueueConfig::new("redis://h", "q").with_block_connections(0),
+            RedisQueueConfig::new("redis://h", "q").with_max_envelope_bytes(1),
+            RedisQueueConfig::new("redis://h", "q").with_reclaim_interval(Duration::from_secs(3600)),
+        ] {
+            let e = c.validate().expect_err("invalid");
+            assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn deserialises_durations() {
+        let c: RedisQueueConfig = serde_json::from_str(
+            r#"{"url":"redis://h","queue":"q","lease_timeout":"2s","reclaim_interval":250,"idempotency_ttl":"1h"}"#,
+        )
+        .expect("json");
+        assert_eq!(c.lease_timeout, Duration::from_secs(2));
+        assert_eq!(c.reclaim_interval, Some(Duration::from_millis(250)));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(3600));
+        assert!(parse_duration("3x").is_err());
+        assert!(default_consumer_name().contains(&std::process::id().to_string()));
+    }
+}

@@ -1,0 +1,1170 @@
+//! Redis Streams task queue.
+//!
+//! # Key layout
+//!
+//! With prefix `P` (config `key_prefix`, default `agentscale`) and queue `Q`,
+//! every key carries the Redis Cluster hash tag `{Q}`, so one queue lives in
+//! one slot and its Lua scripts run on Cluster unchanged:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{Q}:stream:high`, `…:normal`, `…:low` | stream | ready and leased tasks, field `task` = envelope |
+//! | `P:{Q}:delayed` | sorted set | retries and `not_before` tasks, score = due ms, member = priority digit + envelope |
+//! | `P:{Q}:dead` | stream | dead letters: `task`, `reason`, `attempts`, `dead_at`, `raw` |
+//! | `P:{Q}:idem:<key>` | string | idempotency key → first task id, with a TTL |
+//!
+//! Workers join the consumer group `consumer_group` (default `workers`) on
+//! each priority stream, with a consumer name unique per process.
+//!
+//! # Guarantees
+//!
+//! * **Lease = pending entry.** `lease` reads with `XREADGROUP`; the entry
+//!   stays in the group's pending list (PEL) until settled. `extend` resets its
+//!   idle time (`XCLAIM … JUSTID`, which does not count a delivery).
+//! * **Reclaim.** Every `lease` call, at most once per `reclaim_interval`, runs
+//!   `XAUTOCLAIM` with min-idle = `lease_timeout`, so any live worker takes over
+//!   the tasks of a dead one.
+//! * **Fencing.** The fence of a lease is the entry's delivery count. `ack`,
+//!   `nack` and `extend` run a Lua script that checks the pending entry is still
+//!   owned by this consumer with that delivery count; a reclaim bumps the count
+//!   (and usually the owner), so a late ack gets [`Error::LeaseLost`].
+//! * **Attempts.** A delivery's attempt = charged attempts in the envelope +
+//!   the entry's delivery count: a lease that expired (crashed worker) counts
+//!   as an attempt, so a task that kills its worker every time is eventually
+//!   dead-lettered by the worker runtime (attempt > `max_attempts`). `Nack::Retry` charges; `Nack::Release` does not.
+//! * **Bounded streams.** Settled entries are `XACK`ed *and* `XDEL`eted in the
+//!   same script, so a stream holds only undelivered and in-flight tasks; no
+//!   `MAXLEN` trimming ever drops unprocessed work. Hence
+//!   `ready = XLEN − pending`, which equals the group's `lag` that KEDA's
+//!   `redis-streams` scaler reads.
+//!
+//! [`Error::LeaseLost`]: agentscale_core::Error::LeaseLost
+
+mod config;
+mod scripts;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentscale_core::config::redact_url;
+use agentscale_core::queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
+use agentscale_core::task::now_ms;
+use agentscale_core::{Error, Priority, Result, Task, TaskId};
+use async_trait::async_trait;
+use bb8_redis::RedisConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+pub use config::RedisQueueConfig;
+
+/// Blocking reads wake up at least this often (to promote delayed tasks
+/// and reclaim expired leases).
+const MAX_BLOCK: Duration = Duration::from_secs(2);
+
+/// The Redis key names of one queue (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisQueueKeys {
+    /// Ready/leased streams, indexed by [`Priority::index`] (high, normal, low).
+    pub streams: [String; 3],
+    /// Sorted set of delayed tasks.
+    pub delayed: String,
+    /// Dead-letter stream.
+    pub dead: String,
+    /// Prefix of idempotency keys (`<prefix><idempotency key>`).
+    pub idempotency_prefix: String,
+}
+
+impl RedisQueueKeys {
+    /// The key names for `queue` under `prefix`.
+    pub fn new(prefix: &str, queue: &str) -> Self {
+        let base = format!("{prefix}:{{{queue}}}");
+        RedisQueueKeys {
+            streams: [
+                format!("{base}:stream:high"),
+                format!("{base}:stream:normal"),
+                format!("{base}:stream:low"),
+            ],
+            delayed: format!("{base}:delayed"),
+            dead: format!("{base}:dead"),
+            idempotency_prefix: format!("{base}:idem:"),
+        }
+    }
+
+    /// The stream of priority `p`.
+    pub fn stream(&self, p: Priority) -> &str {
+        &self.streams[p.index()]
+    }
+}
+
+struct Scripts {
+    lease: Script,
+    settle: Script,
+    ack_batch: Script,
+    enqueue_idempotent: Script,
+    depth: Script,
+    replay: Script,
+}
+
+struct Inner {
+    config: RedisQueueConfig,
+    consumer: String,
+    keys: RedisQueueKeys,
+    conn: ConnectionManager,
+    block_pool: bb8::Pool<RedisConnectionManager>,
+    scripts: Scripts,
+    last_reclaim_ms: AtomicU64,
+    cursors: parking_lot::Mutex<[String; 3]>,
+}
+
+/// A task queue on Redis Streams (see the [module docs](self) for the key
+/// layout and guarantees). Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn demo() -> agentscale_core::Result<()> {
+/// use agentscale_core::{Task, TaskQueue};
+/// use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+///
+/// let queue = RedisQueue::connect(RedisQueueConfig::new("redis://127.0.0.1:6379", "research")).await?;
+/// queue.enqueue(Task::new("summarise", "{}")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("queue", &self.inner.config.queue)
+            .field("url", &redact_url(self.inner.config.url.expose()))
+            .field("consumer", &self.inner.consumer)
+            .finish()
+    }
+}
+
+/// Converts a redis error at the boundary: connection trouble is
+/// `Unavailable` (retry later), the rest `Backend`.
+fn map_err(what: &str, e: RedisError) -> Error {
+    let transient = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::BusyLoadingError | redis::ErrorKind::TryAgain | redis::ErrorKind::ClusterDown
+        )
+        || e.code() == Some("MASTERDOWN");
+    if transient {
+        Error::unavailable(format!("redis {what}"), e)
+    } else {
+        Error::backend(format!("redis {what}"), e)
+    }
+}
+
+/// One stream entry handed out by the lease script or a blocking read.
+struct RawEntry {
+    prio: usize,
+    id: String,
+    deliveries: u64,
+    raw: bool,
+    payload: Vec<u8>,
+}
+
+fn value_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Double(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+fn value_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn value_string(v: Value) -> Option<String> {
+    value_bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::Backend {
+        message: format!("redis {what}: unexpected reply shape"),
+        source: None,
+    }
+}
+
+fn parse_receipt(lease: &Lease) -> Result<(usize, &str)> {
+    let r = lease.receipt();
+    let bad = || Error::InvalidInput(format!("lease receipt {r:?} was not issued by a redis queue"));
+    let (p, id) = r.split_once(':').ok_or_else(bad)?;
+    let p: usize = p.parse().map_err(|_| bad())?;
+    if p > 2 || id.is_empty() {
+        return Err(bad());
+    }
+    Ok((p, id))
+}
+
+/// Parsed stream entry fields as (name, value) pairs.
+fn entry_fields(v: Value) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Value::Array(items) = v {
+        let mut it = items.into_iter();
+        while let (Some(k), Some(val)) = (it.next(), it.next()) {
+            if let (Some(k), Some(val)) = (value_string(k), value_bytes(val)) {
+                out.push((k, val));
+            }
+        }
+    } else if let Value::Map(pairs) = v {
+        for (k, val) in pairs {
+            if let (Some(k), Some(val)) = (value_string(k), value_bytes(val)) {
+                out.push((k, val));
+            }
+        }
+    }
+    out
+}
+
+struct Prepared {
+    id: TaskId,
+    envelope: Vec<u8>,
+    prio: usize,
+    delayed_until: Option<u64>,
+    idempotency_key: Option<String>,
+}
+
+impl RedisQueue {
+    /// Connects, checks the server answers, and creates the consumer group on
+    /// each priority stream (`XGROUP CREATE … 0 MKSTREAM`, idempotent).
+    pub async fn connect(config: RedisQueueConfig) -> Result<Self> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.expose()).map_err(|e| {
+            Error::InvalidConfig(format!("redis url {}: {e}", redact_url(config.url.expose())))
+        })?;
+        let cm_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.command_timeout)
+            .set_number_of_retries(4)
+            .set_max_delay(1000);
+        let conn = ConnectionManager::new_with_config(client, cm_config)
+            .await
+            .map_err(|e| map_err(&format!("connect to {}", redact_url(config.url.expose())), e))?;
+        let manager = RedisConnectionManager::new(config.url.expose())
+            .map_err(|e| Error::InvalidConfig(format!("redis url: {e}")))?;
+        let block_pool = bb8::Pool::builder()
+            .max_size(config.block_connections)
+            .connection_timeout(config.connect_timeout)
+            .test_on_check_out(false)
+            .build_unchecked(manager);
+        let consumer = config
+            .consumer_name
+            .clone()
+            .unwrap_or_else(config::default_consumer_name);
+        let keys = RedisQueueKeys::new(&config.key_prefix, &config.queue);
+        let q = RedisQueue {
+            inner: Arc::new(Inner {
+                consumer,
+                keys,
+                conn,
+                block_pool,
+                scripts: Scripts {
+                    lease: Script::new(scripts::LEASE),
+                    settle: Script::new(scripts::SETTLE),
+                    ack_batch: Script::new(scripts::ACK_BATCH),
+                    enqueue_idempotent: Script::new(scripts::ENQUEUE_IDEMPOTENT),
+                    depth: Script::new(scripts::DEPTH),
+                    replay: Script::new(scripts::REPLAY),
+                },
+                last_reclaim_ms: AtomicU64::new(0),
+                cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
+                config,
+            }),
+        };
+        q.ensure_groups().await?;
+        Ok(q)
+    }
+
+    /// The key names of this queue (for KEDA, dashboards, `redis-cli`).
+    pub fn keys(&self) -> &RedisQueueKeys {
+        &self.inner.keys
+    }
+
+    /// The consumer group workers join.
+    pub fn consumer_group(&self) -> &str {
+        &self.inner.config.consumer_group
+    }
+
+    /// This process's consumer name.
+    pub fn consumer_name(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisQueueConfig {
+        &self.inner.config
+    }
+
+    /// Deletes every key of this queue (streams, delayed set, dead letters,
+    /// idempotency keys). For tests, benchmarks and decommissioning.
+    pub async fn destroy(&self) -> Result<()> {
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let mut del = redis::cmd("DEL");
+        del.arg(&k.streams[..]).arg(&k.delayed).arg(&k.dead);
+        let _: i64 = del.query_async(&mut conn).await.map_err(|e| map_err("DEL", e))?;
+        let pattern = format!("{}*", escape_glob(&k.idempotency_prefix));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err("SCAN", e))?;
+            if !found.is_empty() {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&found)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| map_err("DEL", e))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn ensure_groups(&self) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        for key in &self.inner.keys.streams {
+            let r: std::result::Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(&self.inner.config.consumer_group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(map_err("XGROUP CREATE", e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, task: &Task) -> Result<Prepared> {
+        task.validate()?;
+        let envelope = task.encode_limited(self.inner.config.max_envelope_bytes)?;
+        let delayed_until = task.not_before_ms.filter(|t| *t > now_ms());
+        Ok(Prepared {
+            id: task.id.clone(),
+            envelope,
+            prio: task.priority.index(),
+            delayed_until,
+            idempotency_key: task.idempotency_key.clone(),
+        })
+    }
+
+    /// Adds the commands storing `p` to `pipe`.
+    fn push_enqueue(&self, pipe: &mut redis::Pipeline, p: &Prepared) {
+        let keys = &self.inner.keys;
+        let target = if p.delayed_until.is_some() {
+            &keys.delayed
+        } else {
+            &keys.streams[p.prio]
+        };
+        let payload = match p.delayed_until {
+            Some(_) => delayed_member(p.prio, &p.envelope),
+            None => p.envelope.clone(),
+        };
+        match &p.idempotency_key {
+            Some(k) => {
+                let mut inv = self
+                    .inner
+                    .scripts
+                    .enqueue_idempotent
+                    .key(format!("{}{k}", keys.idempotency_prefix));
+                inv.key(target)
+                    .arg(p.id.as_str())
+                    .arg(self.inner.config.idempotency_ttl.as_millis() as u64)
+                    .arg(if p.delayed_until.is_some() { "z" } else { "x" })
+                    .arg(payload)
+                    .arg(p.delayed_until.unwrap_or(0));
+                pipe.invoke_script(&inv);
+            }
+            None => match p.delayed_until {
+                Some(score) => {
+                    pipe.cmd("ZADD").arg(target).arg(score).arg(payload);
+                }
+                None => {
+                    pipe.cmd("XADD").arg(target).arg("*").arg("task").arg(payload);
+                }
+            },
+        }
+    }
+
+    fn enqueued_from(p: &Prepared, v: Value) -> Enqueued {
+        match (&p.idempotency_key, value_string(v)) {
+            (Some(_), Some(first)) => Enqueued {
+                id: TaskId::new(first),
+                duplicate: true,
+            },
+            _ => Enqueued {
+                id: p.id.clone(),
+                duplicate: false,
+            },
+        }
+    }
+
+    async fn run_pipeline(&self, pipe: &redis::Pipeline, what: &str) -> Result<Vec<Value>> {
+        let mut conn = self.inner.conn.clone();
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(map_err(what, e)),
+        }
+    }
+
+    /// Runs one of our scripts (EVALSHA, loading it on NOSCRIPT).
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        what: &str,
+    ) -> Result<T> {
+        let mut conn = self.inner.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(|e| map_err(what, e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        prio: usize,
+        id: &str,
+        fence: u64,
+        action: &str,
+        target: &str,
+        payload: &[u8],
+        extra: [&str; 4],
+    ) -> Result<bool> {
+        let mut inv = self.inner.scripts.settle.key(&self.inner.keys.streams[prio]);
+        inv.key(target)
+            .arg(&self.inner.config.consumer_group)
+            .arg(&self.inner.consumer)
+            .arg(id)
+            .arg(fence)
+            .arg(action)
+            .arg(payload)
+            .arg(&extra[..]);
+        let done: i64 = self.eval(&inv, action).await?;
+        Ok(done == 1)
+    }
+
+    fn lease_lost(lease: &Lease, op: &str) -> Error {
+        Error::LeaseLost(format!(
+            "{op} of task {} (delivery {}, receipt {}) refused: the lease expired and was reclaimed, or was already settled",
+            lease.task().id,
+            lease.fence(),
+            lease.receipt()
+        ))
+    }
+
+    /// Moves an entry this consumer holds to the dead-letter stream.
+    #[allow(clippy::too_many_arguments)]
+    async fn dead_letter_entry(
+        &self,
+        prio: usize,
+        id: &str,
+        fence: u64,
+        payload: &[u8],
+        raw: bool,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<bool> {
+        let attempts = attempts.to_string();
+        let at = now_ms().to_string();
+        self.settle(
+            prio,
+            id,
+            fence,
+            "dead",
+            &self.inner.keys.dead,
+            payload,
+            [reason, &attempts, &at, if raw { "1" } else { "0" }],
+        )
+        .await
+    }
+
+    /// Turns entries into leases; dead-letters entries that are not
+    /// envelopes and tasks whose attempts are exhausted.
+    async fn to_leases(&self, entries: Vec<RawEntry>) -> Result<Vec<Lease>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let fence = e.deliveries;
+            if e.raw {
+                tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, "dead-lettering a stream entry without a `task` field");
+                self.dead_letter_entry(
+                    e.prio,
+                    &e.id,
+                    fence,
+                    &e.payload,
+                    true,
+                    "stream entry is not a task envelope: no `task` field",
+                    e.deliveries as u32,
+                )
+                .await?;
+                continue;
+            }
+            match Task::decode(&e.payload) {
+                Err(err) => {
+                    tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, error = %err, "dead-lettering a malformed stream entry");
+                    self.dead_letter_entry(
+                        e.prio,
+                        &e.id,
+                        fence,
+                        &e.payload,
+                        true,
+                        &format!("stream entry is not a task envelope: {err}"),
+                        e.deliveries as u32,
+                    )
+                    .await?;
+                }
+                Ok(task) => {
+                    // Attempts beyond max_attempts are still delivered: the
+                    // worker runtime dead-letters them with its reason.
+                    let attempt = task
+                        .attempt
+                        .saturating_add(e.deliveries.min(u32::MAX as u64) as u32);
+                    out.push(Lease::new(task, attempt, format!("{}:{}", e.prio, e.id), fence));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn take_reclaim_turn(&self, now: u64) -> bool {
+        let every = self.inner.config.reclaim_every().as_millis() as u64;
+        let last = self.inner.last_reclaim_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every
+            && self
+                .inner
+                .last_reclaim_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// One round of the lease script. Returns entries and the next due time
+    /// of the delayed set.
+    async fn lease_round(&self, max: usize) -> Result<(Vec<RawEntry>, Option<u64>)> {
+        let now = now_ms();
+        let reclaim = self.take_reclaim_turn(now);
+        let cursors = self.inner.cursors.lock().clone();
+        let keys = &self.inner.keys;
+        let mut inv = self.inner.scripts.lease.key(&keys.streams[..]);
+        inv.key(&keys.delayed)
+            .arg(&self.inner.config.consumer_group)
+            .arg(&self.inner.consumer)
+            .arg(max)
+            .arg(now)
+            .arg(if reclaim { "1" } else { "0" })
+            .arg(self.inner.config.lease_timeout.as_millis() as u64)
+            .arg(self.inner.config.promote_batch)
+            .arg(&cursors[..]);
+        let reply: Vec<Value> = match self.eval(&inv, "lease").await {
+            Ok(r) => r,
+            Err(e) => {
+                if reclaim {
+                    // Let the next call try the reclaim again.
+                    self.inner.last_reclaim_ms.store(0, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
+        let mut it = reply.into_iter();
+        let next_due = it
+            .next()
+            .as_ref()
+            .and_then(value_i64)
+            .and_then(|d| u64::try_from(d).ok());
+        let mut new_cursors = cursors;
+        for c in new_cursors.iter_mut() {
+            if let Some(s) = it.next().and_then(value_string) {
+                *c = s;
+            }
+        }
+        if reclaim {
+            *self.inner.cursors.lock() = new_cursors;
+        }
+        let mut entries = Vec::new();
+        while let Some(p) = it.next() {
+            let (Some(id), Some(d), Some(raw), Some(payload)) = (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(bad_reply("lease"));
+            };
+            let prio = value_i64(&p)
+                .and_then(|p| usize::try_from(p).ok())
+                .filter(|p| *p < 3);
+            let (Some(prio), Some(id), Some(deliveries), Some(raw)) =
+                (prio, value_string(id), value_i64(&d), value_i64(&raw))
+            else {
+                return Err(bad_reply("lease"));
+            };
+            entries.push(RawEntry {
+                prio,
+                id,
+                deliveries: deliveries.max(1) as u64,
+                raw: raw == 1,
+                payload: value_bytes(payload).unwrap_or_default(),
+            });
+        }
+        Ok((entries, next_due))
+    }
+
+    /// Blocks on a dedicated connection for new entries on any priority.
+    async fn block_read(&self, max: usize, block: Duration) -> Result<Vec<RawEntry>> {
+        let keys = &self.inner.keys;
+        let mut conn = self
+            .inner
+            .block_pool
+            .get()
+            .await
+            .map_err(|e| Error::unavailable("redis blocking connection", e.to_string()))?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.inner.config.consumer_group)
+            .arg(&self.inner.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&keys.streams[..])
+            .arg(&[">", ">", ">"][..]);
+        let limit = block + self.inner.config.command_timeout;
+        let reply: Value = match tokio::time::timeout(limit, cmd.query_async(&mut *conn)).await {
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "redis blocking XREADGROUP exceeded {limit:?}"
+                )))
+            }
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if e.code() == Some("NOGROUP") => {
+                drop(conn);
+                tracing::info!(queue = %self.inner.config.queue, "consumer group missing (Redis restarted?); recreating");
+                self.ensure_groups().await?;
+                return Ok(Vec::new());
+            }
+            Ok(Err(e)) => return Err(map_err("XREADGROUP", e)),
+        };
+        let mut out = Vec::new();
+        let streams = match reply {
+            Value::Nil => return Ok(out),
+            Value::Array(s) => s
+                .into_iter()
+                .filter_map(|s| match s {
+                    Value::Array(mut kv) if kv.len() == 2 => {
+                        let entries = kv.pop()?;
+                        let key = value_string(kv.pop()?)?;
+                        Some((key, entries))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            Value::Map(m) => m
+                .into_iter()
+                .filter_map(|(k, v)| Some((value_string(k)?, v)))
+                .collect(),
+            _ => return Err(bad_reply("XREADGROUP")),
+        };
+        for (key, entries) in streams {
+            let Some(prio) = keys.streams.iter().position(|s| *s == key) else {
+                continue;
+            };
+            let Value::Array(entries) = entries else { continue };
+            for e in entries {
+                let Value::Array(mut parts) = e else { continue };
+                if parts.len() != 2 {
+                    continue;
+                }
+                let fields = parts.pop().unwrap_or(Value::Nil);
+                let Some(id) = parts.pop().and_then(value_string) else {
+                    continue;
+                };
+                let fields = entry_fields(fields);
+                let (raw, payload) = match fields.iter().find(|(k, _)| k == "task") {
+                    Some((_, v)) => (false, v.clone()),
+                    None => (
+                        true,
+                        fields
+                            .iter()
+                            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.clone()])
+                            .collect::<Vec<_>>()
+                            .join(&b' '),
+                    ),
+                };
+                out.push(RawEntry {
+                    prio,
+                    id,
+                    deliveries: 1,
+                    raw,
+                    payload,
+                });
+            }
+        }
+        // COUNT applies per stream: hand back anything beyond `max`,
+        // uncharged, so callers never hold more than they asked for.
+        if out.len() > max {
+            for e in out.split_off(max) {
+                let target = keys.streams[e.prio].clone();
+                self.settle(e.prio, &e.id, 1, "xadd", &target, &e.payload, ["", "", "", ""])
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease_inner(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (entries, next_due) = self.lease_round(max).await?;
+            let got = !entries.is_empty();
+            let leases = self.to_leases(entries).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            if got {
+                // Everything read was dead-lettered; read again at once.
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut block = (deadline - now)
+                .min(MAX_BLOCK)
+                .min(self.inner.config.reclaim_every());
+            if let Some(due) = next_due {
+                block = block.min(Duration::from_millis(due.saturating_sub(now_ms())));
+            }
+            if block < Duration::from_millis(1) {
+                continue;
+            }
+            let entries = self.block_read(max, block).await?;
+            let leases = self.to_leases(entries).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+        }
+    }
+
+    /// Lists dead letters from `start` (exclusive when `exclusive`).
+    async fn read_dead(&self, start: &str, end: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        let mut conn = self.inner.conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.inner.keys.dead)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_err("XRANGE", e))?;
+        let Value::Array(entries) = reply else {
+            return Err(bad_reply("XRANGE"));
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let Value::Array(mut parts) = e else { continue };
+            if parts.len() != 2 {
+                continue;
+            }
+            let fields = entry_fields(parts.pop().unwrap_or(Value::Nil));
+            let Some(id) = parts.pop().and_then(value_string) else {
+                continue;
+            };
+            let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let text = |name: &str| {
+                get(name)
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default()
+            };
+            let bytes = get("task").unwrap_or_default();
+            let (task, raw) = if text("raw") == "1" {
+                (None, Some(bytes))
+            } else {
+                match Task::decode(&bytes) {
+                    Ok(t) => (Some(t), None),
+                    Err(_) => (None, Some(bytes)),
+                }
+            };
+            out.push(DeadLetter {
+                id,
+                task,
+                raw,
+                reason: text("reason"),
+                attempts: text("attempts").parse().unwrap_or(0),
+                dead_at_ms: text("dead_at").parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn delayed_member(prio: usize, envelope: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(envelope.len() + 1);
+    m.push(b'0' + prio as u8);
+    m.extend_from_slice(envelope);
+    m
+}
+
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait]
+impl TaskQueue for RedisQueue {
+    fn name(&self) -> &str {
+        &self.inner.config.queue
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.lease_extension = true;
+        c.delayed_retry = true;
+        c.priority_levels = 3;
+        c.idempotent_enqueue = true;
+        c.fencing = true;
+        c.wire_format = true;
+        c.dead_letter_replay = true;
+        c.lease_timeout = self.inner.config.lease_timeout;
+        c.max_envelope_bytes = self.inner.config.max_envelope_bytes;
+        c
+    }
+
+    async fn enqueue(&self, task: Task) -> Result<Enqueued> {
+        let p = self.prepare(&task)?;
+        let mut pipe = redis::pipe();
+        self.push_enqueue(&mut pipe, &p);
+        let mut conn = self.inner.conn.clone();
+        let mut reply: Vec<Value> = match pipe.query_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                let mut pipe = redis::pipe();
+                pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+                self.push_enqueue(&mut pipe, &p);
+                self.run_pipeline(&pipe, "enqueue").await?
+            }
+            Err(e) => return Err(map_err("enqueue", e)),
+        };
+        let v = reply.pop().ok_or_else(|| bad_reply("enqueue"))?;
+        Ok(Self::enqueued_from(&p, v))
+    }
+
+    async fn enqueue_batch(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
+        let prepared: Vec<Result<Prepared>> = tasks.iter().map(|t| self.prepare(t)).collect();
+        let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        if ok.is_empty() {
+            return prepared
+                .into_iter()
+                .map(|p| p.and(Err(bad_reply("enqueue_batch"))))
+                .collect();
+        }
+        let mut pipe = redis::pipe();
+        if ok.iter().any(|p| p.idempotency_key.is_some()) {
+            pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+        }
+        for p in &ok {
+            self.push_enqueue(&mut pipe, p);
+        }
+        let replies = self.run_pipeline(&pipe, "enqueue_batch").await;
+        match replies {
+            Ok(values) if values.len() == ok.len() => {
+                let mut values = values.into_iter();
+                prepared
+                    .into_iter()
+                    .map(|p| {
+                        let p = p?;
+                        let v = values.next().unwrap_or(Value::Nil);
+                        Ok(Self::enqueued_from(&p, v))
+                    })
+                    .collect()
+            }
+            Ok(_) => prepared
+                .into_iter()
+                .map(|p| p.and(Err(bad_reply("enqueue_batch"))))
+                .collect(),
+            Err(e) => {
+                let kind = e.kind();
+                let msg = e.to_string();
+                prepared
+                    .into_iter()
+                    .map(|p| p.and(Err(Error::from_kind(kind, msg.clone()))))
+                    .collect()
+            }
+        }
+    }
+
+    async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let max = max.min(10_000);
+        match self.lease_inner(max, wait).await {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                if e.kind() == agentscale_core::ErrorKind::Unavailable {
+                    // Redis is down or restarting: pace the caller instead of
+                    // letting a worker loop spin on instant errors.
+                    tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let (prio, id) = parse_receipt(lease)?;
+        let stream = self.inner.keys.streams[prio].clone();
+        if self
+            .settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Self::lease_lost(lease, "ack"))
+        }
+    }
+
+    async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
+        let mut out: Vec<Result<()>> = Vec::with_capacity(leases.len());
+        for chunk in leases.chunks(1000) {
+            let parsed: Vec<Result<(usize, &str)>> = chunk.iter().map(parse_receipt).collect();
+            let mut inv = self.inner.scripts.ack_batch.key(&self.inner.keys.streams[..]);
+            inv.arg(&self.inner.config.consumer_group)
+                .arg(&self.inner.consumer);
+            let mut n = 0;
+            for (l, p) in chunk.iter().zip(&parsed) {
+                if let Ok((p, id)) = p {
+                    inv.arg(*p).arg(*id).arg(l.fence());
+                    n += 1;
+                }
+            }
+            let codes: Result<Vec<i64>> = if n > 0 {
+                self.eval(&inv, "ack_batch").await
+            } else {
+                Ok(Vec::new())
+            };
+            let mut codes_it = codes.as_ref().ok().map(|c| c.iter());
+            for (l, p) in chunk.iter().zip(parsed) {
+                out.push(match (p, &codes) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(Error::from_kind(e.kind(), e.to_string())),
+                    (Ok(_), Ok(_)) => match codes_it.as_mut().and_then(|i| i.next()) {
+                        Some(1) => Ok(()),
+                        Some(_) => Err(Self::lease_lost(l, "ack")),
+                        None => Err(bad_reply("ack_batch")),
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    async fn nack(&self, lease: &Lease, nack: Nack) -> Result<()> {
+        let (prio, id) = parse_receipt(lease)?;
+        let keys = &self.inner.keys;
+        let mut task = lease.task().clone();
+        let done = match nack {
+            Nack::Retry(delay) => {
+                task.attempt = lease.attempt();
+                let env = task.encode()?;
+                let target_prio = task.priority.index();
+                if delay.is_zero() {
+                    self.settle(
+                        prio,
+                        id,
+                        lease.fence(),
+                        "xadd",
+                        &keys.streams[target_prio],
+                        &env,
+                        ["", "", "", ""],
+                    )
+                    .await?
+                } else {
+                    let due = (now_ms() + delay.as_millis() as u64).to_string();
+                    let member = delayed_member(target_prio, &env);
+                    self.settle(
+                        prio,
+                        id,
+                        lease.fence(),
+                        "delay",
+                        &keys.delayed,
+                        &member,
+                        [&due, "", "", ""],
+                    )
+                    .await?
+                }
+            }
+            Nack::Release => {
+                task.attempt = lease.attempt().saturating_sub(1);
+                let env = task.encode()?;
+                self.settle(
+                    prio,
+                    id,
+                    lease.fence(),
+                    "xadd",
+                    &keys.streams[task.priority.index()],
+                    &env,
+                    ["", "", "", ""],
+                )
+                .await?
+            }
+            Nack::DeadLetter(reason) => {
+                task.attempt = lease.attempt();
+                let env = task.encode()?;
+                self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
+                    .await?
+            }
+        };
+        if done {
+            Ok(())
+        } else {
+            Err(Self::lease_lost(lease, "nack"))
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, by: Duration) -> Result<()> {
+        let (prio, id) = parse_receipt(lease)?;
+        // The lease expires when the entry's idle time reaches lease_timeout;
+        // setting idle = lease_timeout - by makes it expire `by` from now
+        // (at most one full lease_timeout: Redis clamps idle at 0).
+        let idle = self
+            .inner
+            .config
+            .lease_timeout
+            .saturating_sub(by)
+            .as_millis()
+            .to_string();
+        let stream = self.inner.keys.streams[prio].clone();
+        if self
+            .settle(
+                prio,
+                id,
+                lease.fence(),
+                "extend",
+                &stream,
+                b"",
+                [&idle, "", "", ""],
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Self::lease_lost(lease, "extend"))
+        }
+    }
+
+    async fn depth(&self) -> Result<Depth> {
+        let keys = &self.inner.keys;
+        let mut inv = self.inner.scripts.depth.key(&keys.streams[..]);
+        inv.key(&keys.delayed)
+            .key(&keys.dead)
+            .arg(&self.inner.config.consumer_group);
+        let v: Vec<i64> = self.eval(&inv, "depth").await?;
+        let [ready, in_flight, delayed, dead, oldest] = v[..] else {
+            return Err(bad_reply("depth"));
+        };
+        let oldest_ready_age = u64::try_from(oldest)
+            .ok()
+            .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        Ok(Depth {
+            ready: ready.max(0) as u64,
+            in_flight: in_flight.max(0) as u64,
+            delayed: delayed.max(0) as u64,
+            dead: dead.max(0) as u64,
+            oldest_ready_age,
+        })
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_dead("-", "+", max).await
+    }
+
+    async fn replay_dead_letter(&self, id: &str) -> Result<()> {
+        let not_found =
+            || Error::NotFound(format!("dead letter {id:?} in queue {}", self.inner.config.queue));
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            return Err(not_found());
+        }
+        let found = self.read_dead(id, id, 1).await?;
+        let Some(dl) = found.into_iter().next() else {
+            return Err(not_found());
+        };
+        let Some(mut task) = dl.task else {
+            return Err(Error::InvalidInput(format!(
+                "dead letter {id} is not a task envelope ({}); it cannot be replayed",
+                dl.reason
+            )));
+        };
+        task.attempt = 0;
+        task.not_before_ms = None;
+        let env = task.encode()?;
+        let mut inv = self.inner.scripts.replay.key(&self.inner.keys.dead);
+        inv.key(self.inner.keys.stream(task.priority)).arg(id).arg(env);
+        let moved: i64 = self.eval(&inv, "replay").await?;
+        if moved == 1 {
+            Ok(())
+        } else {
+            Err(not_found())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let k = RedisQueueKeys::new("as", "jobs");
+        assert_eq!(k.streams[0], "as:{jobs}:stream:high");
+        assert_eq!(k.stream(Priority::Low), "as:{jobs}:stream:low");
+        assert_eq!(k.delayed, "as:{jobs}:delayed");
+        assert_eq!(k.dead, "as:{jobs}:dead");
+        assert_eq!(k.idempotency_prefix, "as:{jobs}:idem:");
+    }
+
+    #[test]
+    fn receipts_parse() {
+        let l = Lease::new(Task::new("k", "p"), 1, "2:1-0", 1);
+        assert_eq!(parse_receipt(&l).expect("ok"), (2, "1-0"));
+        for bad in ["", "x", "3:1-0", "1:", "a:1-0"] {
+            let l = Lease::new(Task::new("k", "p"), 1, bad, 1);
+            assert!(parse_receipt(&l).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The Lua scripts that make multi-key operations atomic. Every script names
+//! all its keys in `KEYS`, and all keys of one queue share the hash tag
+//! `{queue}`, so the scripts run unchanged on Redis Cluster.
+
+/// Promote due delayed tasks, optionally reclaim expired leases
+/// (`XAUTOCLAIM`), then read new entries highest priority first.
+///
+/// KEYS: stream high, normal, low, delayed zset.
+/// ARGV: group, consumer, max, now_ms, reclaim (0/1), min_idle_ms,
+///       promote_limit, cursor high, cursor normal, cursor low.
+/// Returns `{next_due_ms or -1, cursor0, cursor1, cursor2, (prio, id,
+/// deliveries, raw flag, payload)*}`.
+pub(crate) const LEASE: &str = r#"
+local group, consumer = ARGV[1], ARGV[2]
+local max = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local reclaim = ARGV[5] == '1'
+local min_idle = ARGV[6]
+local promote_limit = tonumber(ARGV[7])
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, promote_limit)
+for _, m in ipairs(due) do
+  local p = tonumber(string.sub(m, 1, 1))
+  if p == nil or p < 0 or p > 2 then p = 1 end
+  redis.call('XADD', KEYS[p + 1], '*', 'task', string.sub(m, 2))
+  redis.call('ZREM', KEYS[4], m)
+end
+local out = {-1, ARGV[8], ARGV[9], ARGV[10]}
+local n = 0
+local function push(p, e, deliveries)
+  local fields = e[2]
+  local payload = nil
+  if type(fields) == 'table' then
+    for i = 1, #fields, 2 do
+      if fields[i] == 'task' then payload = fields[i + 1] end
+    end
+  end
+  local raw = 0
+  if payload == nil then
+    raw = 1
+    if type(fields) == 'table' then payload = table.concat(fields, ' ') else payload = '' end
+  end
+  out[#out + 1] = p
+  out[#out + 1] = e[1]
+  out[#out + 1] = deliveries
+  out[#out + 1] = raw
+  out[#out + 1] = payload
+  n = n + 1
+end
+if reclaim then
+  for p = 0, 2 do
+    if n >= max then break end
+    local r = redis.pcall('XAUTOCLAIM', KEYS[p + 1], group, consumer, min_idle, ARGV[8 + p], 'COUNT', max - n)
+    if type(r) == 'table' and r.err == nil then
+      out[2 + p] = r[1]
+      for _, e in ipairs(r[2]) do
+        if type(e) == 'table' and e[2] then
+          local pend = redis.call('XPENDING', KEYS[p + 1], group, e[1], e[1], 1)
+          local d = 2
+          if pend[1] then d = pend[1][4] end
+          push(p, e, d)
+        end
+      end
+    end
+  end
+end
+for p = 0, 2 do
+  if n >= max then break end
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - n, 'STREAMS', KEYS[p + 1], '>')
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP', 1, true) then
+      redis.pcall('XGROUP', 'CREATE', KEYS[p + 1], group, '0', 'MKSTREAM')
+      r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - n, 'STREAMS', KEYS[p + 1], '>')
+    else
+      return redis.error_reply(r.err)
+    end
+  end
+  if type(r) == 'table' and r[1] then
+    for _, e in ipairs(r[1][2]) do push(p, e, 1) end
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if nxt[2] then out[1] = tonumber(nxt[2]) end
+return out
+"#;
+
+/// Settles or renews one lease, fenced: only if the pending entry is still
+/// owned by `consumer` with delivery count `fence`.
+///
+/// KEYS: stream, target (stream, delayed zset or dead-letter stream; the
+/// stream itself for ack/extend).
+/// ARGV: group, consumer, id, fence, action, payload, a1, a2, a3, a4.
+/// Actions: `ack`; `extend` (a1 = idle ms to set); `xadd` (payload to
+/// target stream); `delay` (ZADD target a1 payload); `dead` (XADD target
+/// with reason a1, attempts a2, dead_at a3, raw flag a4).
+/// Returns 1 when done, 0 when the lease is lost.
+pub(crate) const SETTLE: &str = r#"
+local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
+local pend = redis.pcall('XPENDING', KEYS[1], group, id, id, 1)
+if type(pend) ~= 'table' or pend.err then return 0 end
+local e = pend[1]
+if not e or e[2] ~= consumer or e[4] ~= tonumber(ARGV[4]) then return 0 end
+local action = ARGV[5]
+if action == 'extend' then
+  redis.call('XCLAIM', KEYS[1], group, consumer, 0, id, 'IDLE', ARGV[7], 'JUSTID')
+  return 1
+elseif action == 'xadd' then
+  redis.call('XADD', KEYS[2], '*', 'task', ARGV[6])
+elseif action == 'delay' then
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+elseif action == 'dead' then
+  redis.call('XADD', KEYS[2], '*', 'task', ARGV[6], 'reason', ARGV[7], 'attempts', ARGV[8],
+    'dead_at', ARGV[9], 'raw', ARGV[10])
+end
+redis.call('XACK', KEYS[1], group, id)
+redis.call('XDEL', KEYS[1], id)
+return 1
+"#;
+
+/// Acks many leases at once, each fenced like [`SETTLE`].
+///
+/// KEYS: stream high, normal, low. ARGV: group, consumer, then
+/// (prio, id, fence) triples. Returns one 1/0 per triple.
+pub(crate) const ACK_BATCH: &str = r#"
+local group, consumer = ARGV[1], ARGV[2]
+local out = {}
+local ids = {{}, {}, {}}
+for i = 3, #ARGV, 3 do
+  local p = tonumber(ARGV[i]) + 1
+  local id = ARGV[i + 1]
+  local ok = 0
+  local pend = redis.pcall('XPENDING', KEYS[p], group, id, id, 1)
+  if type(pend) == 'table' and pend.err == nil then
+    local e = pend[1]
+    if e and e[2] == consumer and e[4] == tonumber(ARGV[i + 2]) then
+      ok = 1
+      local l = ids[p]
+      l[#l + 1] = id
+    end
+  end
+  out[#out + 1] = ok
+end
+for p = 1, 3 do
+  local l = ids[p]
+  local i = 1
+  while i <= #l do
+    local j = math.min(i + 999, #l)
+    redis.call('XACK', KEYS[p], group, unpack(l, i, j))
+    redis.call('XDEL', KEYS[p], unpack(l, i, j))
+    i = j + 1
+  end
+end
+return out
+"#;
+
+/// Idempotent enqueue: remember the key (SET NX PX) and add the task, or
+/// report the id stored first.
+///
+/// KEYS: idempotency key, target (stream or delayed zset).
+/// ARGV: task id, ttl ms, mode (`x` stream / `z` zset), payload, score.
+/// Returns nil when stored, else the first task id.
+pub(crate) const ENQUEUE_IDEMPOTENT: &str = r#"
+local prev = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
+if prev then return prev end
+if ARGV[3] == 'z' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+else
+  redis.call('XADD', KEYS[2], '*', 'task', ARGV[4])
+end
+return false
+"#;
+
+/// Counts by state.
+///
+/// KEYS: stream high, normal, low, delayed zset, dead stream. ARGV: group.
+/// Returns `{ready, in_flight, delayed, dead, oldest ready ms or -1}`.
+pub(crate) const DEPTH: &str = r#"
+local group = ARGV[1]
+local ready, inflight, oldest = 0, 0, -1
+for p = 1, 3 do
+  local len = redis.call('XLEN', KEYS[p])
+  if len > 0 then
+    local pc = 0
+    local last = '0-0'
+    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[p])
+    if type(groups) == 'table' and groups.err == nil then
+      for _, g in ipairs(groups) do
+        local name, pending, ld = nil, 0, '0-0'
+        for i = 1, #g, 2 do
+          if g[i] == 'name' then name = g[i + 1]
+          elseif g[i] == 'pending' then pending = g[i + 1]
+          elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end
+        end
+        if name == group then pc = pending; last = ld end
+      end
+    end
+    ready = ready + math.max(len - pc, 0)
+    inflight = inflight + pc
+    local first = redis.call('XRANGE', KEYS[p], '(' .. last, '+', 'COUNT', 1)
+    if first[1] then
+      local ms = tonumber(string.match(first[1][1], '^(%d+)'))
+      if ms and (oldest == -1 or ms < oldest) then oldest = ms end
+    end
+  end
+end
+return {ready, inflight, redis.call('ZCARD', KEYS[4]), redis.call('XLEN', KEYS[5]), oldest}
+"#;
+
+/// Moves one dead letter back to a ready stream.
+///
+/// KEYS: dead stream, target stream. ARGV: dead-letter id, envelope.
+/// Returns 1 when moved, 0 when the dead letter does not exist.
+pub(crate) const REPLAY: &str = r#"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[2])
+return 1
+"#;

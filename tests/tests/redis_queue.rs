@@ -1,0 +1,285 @@
+//! The queue conformance suite against the Redis Streams queue (real Redis
+//! from `AGENTSCALE_REDIS_URL`), plus checks specific to Redis: fencing across
+//! processes' consumer names, XDEL of settled entries, KEDA's lag, recovery
+//! when the group vanishes, and foreign stream entries.
+
+use std::time::Duration;
+
+use agentscale_core::{ErrorKind, Nack, Priority, Task, TaskQueue};
+use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
+use redis::AsyncCommands;
+
+fn redis_url() -> Option<String> {
+    agentscale_tests::service_env("AGENTSCALE_REDIS_URL")
+}
+
+async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+async fn setup(opts: QueueOptions) -> Option<QueueFixture> {
+    let url = redis_url()?;
+    let config = RedisQueueConfig::new(url.clone(), opts.name.clone())
+        .with_key_prefix("astest")
+        .with_lease_timeout(opts.lease_timeout)
+        .with_max_envelope_bytes(opts.max_envelope_bytes);
+    let queue = RedisQueue::connect(config).await.expect("connect to redis");
+    let stream = queue.keys().stream(Priority::Normal).to_string();
+    let (inject_url, inject_stream) = (url.clone(), stream);
+    let cleanup_queue = queue.clone();
+    Some(
+        QueueFixture::new(queue)
+            .with_raw_injector(move |bytes| {
+                let (url, stream) = (inject_url.clone(), inject_stream.clone());
+                async move {
+                    let mut c = raw_conn(&url).await;
+                    let _: String = c.xadd(&stream, "*", &[("task", bytes)]).await.expect("xadd raw");
+                }
+            })
+            .with_cleanup(move || async move {
+                cleanup_queue.destroy().await.expect("destroy");
+            }),
+    )
+}
+
+// CONFORMANCE agentscale_tests::queue_conformance!(setup);
+
+async fn queue(url: &str, name: &str, consumer: &str, lease: Duration) -> RedisQueue {
+    let cfg = RedisQueueConfig::new(url, name)
+        .with_key_prefix("astest")
+        .with_consumer_name(consumer)
+        .with_lease_timeout(lease)
+        .with_reclaim_interval(Duration::from_millis(50));
+    RedisQueue::connect(cfg).await.expect("connect")
+}
+
+/// A worker whose lease was reclaimed by another process (another consumer
+/// name) cannot ack, nack or extend the new owner's delivery.
+#[tokio::test]
+async fn fencing_across_consumers() {
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("fence");
+    let a = queue(&url, &name, "proc-a", Duration::from_millis(300)).await;
+    let b = queue(&url, &name, "proc-b", Duration::from_millis(300)).await;
+    a.enqueue(Task::new("k", "x")).await.expect("enqueue");
+    let la = a.lease(1, Duration::from_secs(2)).await.expect("lease a");
+    assert_eq!(la.len(), 1);
+    // b reclaims once the lease has been idle for the lease timeout.
+    let lb = loop {
+        let l = b.lease(1, Duration::from_secs(2)).await.expect("lease b");
+        if !l.is_empty() {
+            break l;
+        }
+    };
+    assert_eq!(lb[0].task().id, la[0].task().id);
+    assert_eq!(lb[0].attempt(), 2);
+    assert_ne!(lb[0].fence(), la[0].fence());
+    assert_eq!(
+        a.ack(&la[0]).await.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost)
+    );
+    assert_eq!(
+        a.extend(&la[0], Duration::from_secs(1))
+            .await
+            .map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost)
+    );
+    assert_eq!(
+        a.nack(&la[0], Nack::DeadLetter("late".into()))
+            .await
+            .map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost)
+    );
+    let batch = a.ack_batch(&la).await;
+    assert_eq!(
+        batch[0].as_ref().map_err(|e| e.kind()).err(),
+        Some(ErrorKind::LeaseLost)
+    );
+    b.ack(&lb[0]).await.expect("new owner acks");
+    let d = b.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.dead), (0, 0, 0));
+    a.destroy().await.expect("destroy");
+}
+
+/// Settled entries are deleted from the stream (it does not grow), and the
+/// group's lag (what KEDA's redis-streams scaler reads) equals `ready`.
+#[tokio::test]
+async fn settled_entries_deleted_and_lag_matches_ready() {
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("xdel");
+    let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
+    let tasks: Vec<Task> = (0..20).map(|i| Task::new("k", format!("{i}"))).collect();
+    for r in q.enqueue_batch(tasks).await {
+        r.expect("enqueue");
+    }
+    let stream = q.keys().stream(Priority::Normal).to_string();
+    let mut c = raw_conn(&url).await;
+    let lag_of = |info: redis::Value| -> i64 {
+        let redis::Value::Array(groups) = info else {
+            panic!("XINFO GROUPS reply")
+        };
+        for g in groups {
+            let items: Vec<redis::Value> = match g {
+                redis::Value::Array(i) => i,
+                redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                other => panic!("group entry {other:?}"),
+            };
+            for pair in items.chunks(2) {
+                if let (redis::Value::BulkString(k), redis::Value::Int(v)) = (&pair[0], &pair[1]) {
+                    if k == b"lag" {
+                        return *v;
+                    }
+                }
+            }
+        }
+        panic!("no lag field")
+    };
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .expect("xinfo");
+    assert_eq!(lag_of(info), 20);
+    assert_eq!(q.depth().await.expect("depth").ready, 20);
+    let leases = q.lease(15, Duration::from_secs(1)).await.expect("lease");
+    assert_eq!(leases.len(), 15);
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .expect("xinfo");
+    assert_eq!(lag_of(info), 5);
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight), (5, 15));
+    for r in q.ack_batch(&leases).await {
+        r.expect("ack");
+    }
+    let len: i64 = c.xlen(&stream).await.expect("xlen");
+    assert_eq!(len, 5, "acked entries are XDEL'd; the 5 unleased remain");
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .expect("xinfo");
+    assert_eq!(lag_of(info), 5, "lag stays valid after XDEL of delivered entries");
+    q.destroy().await.expect("destroy");
+    let exists: i64 = c.exists(&stream).await.expect("exists");
+    assert_eq!(exists, 0);
+}
+
+/// An entry written by a foreign producer without a `task` field is
+/// dead-lettered with its raw content and the reason; leasing continues.
+#[tokio::test]
+async fn foreign_entry_without_task_field() {
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("foreign");
+    let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
+    let mut c = raw_conn(&url).await;
+    let _: String = c
+        .xadd(q.keys().stream(Priority::Normal), "*", &[("foo", "bar")])
+        .await
+        .expect("xadd");
+    let t = Task::new("k", "x");
+    q.enqueue(t.clone()).await.expect("enqueue");
+    let l = q.lease(10, Duration::from_secs(2)).await.expect("lease");
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].task().id, t.id);
+    q.ack(&l[0]).await.expect("ack");
+    let dl = q.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0].task.is_none());
+    assert_eq!(dl[0].raw.as_deref(), Some(&b"foo bar"[..]));
+    assert!(dl[0].reason.contains("no `task` field"), "{}", dl[0].reason);
+    let err = q
+        .replay_dead_letter(&dl[0].id)
+        .await
+        .expect_err("raw entries cannot be replayed");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        q.replay_dead_letter("1-1").await.map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound)
+    );
+    q.destroy().await.expect("destroy");
+}
+
+/// If the streams and group vanish (Redis restarted without persistence, or
+/// someone deleted them), the queue recreates them by itself.
+#[tokio::test]
+async fn recovers_when_group_vanishes() {
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("nogroup");
+    let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
+    let mut c = raw_conn(&url).await;
+    let keys = q.keys().clone();
+    let _: i64 = c.del(&keys.streams[..]).await.expect("del");
+    // A blocking leaser hits NOGROUP first; then an enqueue arrives.
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            loop {
+                match q.lease(1, Duration::from_secs(5)).await {
+                    Ok(l) if !l.is_empty() => return l,
+                    Ok(_) => continue,
+                    Err(e) => panic!("lease failed: {e}"),
+                }
+            }
+        })
+    };
+    let _: i64 = c.del(&keys.streams[..]).await.expect("del");
+    let t = Task::new("k", "after");
+    q.enqueue(t.clone()).await.expect("enqueue");
+    let l = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("leased in time")
+        .expect("join");
+    assert_eq!(l[0].task().id, t.id);
+    q.ack(&l[0]).await.expect("ack");
+    q.destroy().await.expect("destroy");
+}
+
+/// Keys of one queue carry one hash tag, and the prefix is configurable.
+#[tokio::test]
+async fn key_layout() {
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("layout");
+    let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
+    let k = q.keys();
+    for key in k
+        .streams
+        .iter()
+        .chain([&k.delayed, &k.dead, &k.idempotency_prefix])
+    {
+        assert!(key.starts_with(&format!("astest:{{{name}}}:")), "{key}");
+    }
+    q.enqueue(Task::new("k", "x").with_priority(Priority::High))
+        .await
+        .expect("enqueue");
+    let mut c = raw_conn(&url).await;
+    let len: i64 = c.xlen(&k.streams[0]).await.expect("xlen");
+    assert_eq!(len, 1);
+    assert_eq!(q.capabilities().priority_levels, 3);
+    assert!(format!("{q:?}").contains(&name));
+    q.destroy().await.expect("destroy");
+}
+
+/// Connecting with an invalid config fails with InvalidConfig; a URL with a
+/// password never shows up in Debug or errors.
+#[tokio::test]
+async fn invalid_config_refused() {
+    let err = RedisQueue::connect(RedisQueueConfig::new("http://x", "q"))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    let err = RedisQueue::connect(RedisQueueConfig::new("redis://u:sekrit@127.0.0.1:1", "q"))
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(!err.to_string().contains("sekrit"), "{err}");
+}
