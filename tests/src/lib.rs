@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
+pub mod queue_suite;
+
 /// The value of a service environment variable (exported by
 /// `scripts/dev-services up`).
 ///
