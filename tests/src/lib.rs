@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 
 pub mod queue_suite;
+pub mod state_suite;
 
 /// The value of a service environment variable (exported by
 /// `scripts/dev-services up`).
