@@ -236,6 +236,10 @@ pub(crate) fn status_to_call_error(s: tonic::Status, what: &str) -> CallError {
             chain.push_str(&e.to_string());
             cur = e.source();
         }
+        if chain.contains("Timeout expired") {
+            // tonic enforces the grpc-timeout it sends.
+            return CallError { error: Error::Timeout(format!("{what}: deadline expired")), retry_safe: false };
+        }
         return CallError {
             error: Error::Unavailable { message: format!("{what}: {}{chain}", s.message()), source: None },
             retry_safe: connect,

@@ -30,6 +30,7 @@ mod pool;
 mod request;
 mod stream;
 mod tensor;
+pub mod testing;
 
 pub use client::{
     ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata, TlsConfig, TritonClient, TritonClientBuilder,

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 DTYPES = {
     "bool": np.bool_,
@@ -97,6 +97,10 @@ def main():
     p.add_argument("--grpc-port", type=int, required=True)
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
+    # pytriton restricts the statistics / model-repository protocols to callers
+    # sending header `triton-grpc-protocol-triton-access-token: <token>`; the
+    # tests use this fixed token (the server listens on loopback only).
+    p.add_argument("--access-token", default="agentscale-test-token")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = TritonConfig(
@@ -106,7 +110,7 @@ def main():
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
-    with Triton(config=cfg) as t:
+    with Triton(config=cfg, security_config=TritonSecurityConfig(access_token=args.access_token)) as t:
         for name, dt in DTYPES.items():
             t.bind(
                 model_name=f"identity_{name}",
