@@ -9,6 +9,18 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
+mod ewma;
+mod policies;
+mod router;
+pub mod sim;
+
+pub use ewma::PeakEwma;
+pub use policies::{
+    LeastConnections, PeakEwmaP2c, PowerOfTwoChoices, RandomPick, RoundRobin, ShortestQueue,
+    WeightedRoundRobin,
+};
+pub use router::{EndpointStatus, PickGuard, Router, RouterBuilder, MAX_WEIGHT};
+
 /// A load snapshot of one endpoint, as seen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EndpointLoad {

@@ -1,0 +1,666 @@
+//! The policies: the seed's five plus power-of-two-choices and peak-EWMA P2C.
+//!
+//! Every `pick` is one pass (or less) over the slice and allocates nothing,
+//! except [`WeightedRoundRobin`], which grows its per-endpoint state vector
+//! when it first sees more endpoints than before.
+
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::{EndpointLoad, Policy};
+
+fn os_seeded() -> SmallRng {
+    SmallRng::from_rng(&mut rand::rng())
+}
+
+/// Index of the healthy endpoint minimising `key`, ties broken uniformly at
+/// random (reservoir sampling over the tied endpoints, so no allocation).
+#[inline]
+fn argmin_random_tie<K: Ord + Copy>(
+    rng: &mut SmallRng,
+    endpoints: &[EndpointLoad],
+    key: impl Fn(&EndpointLoad) -> K,
+) -> Option<usize> {
+    let mut best: Option<(usize, K)> = None;
+    let mut ties = 0u32;
+    for (i, e) in endpoints.iter().enumerate() {
+        if !e.healthy {
+            continue;
+        }
+        let k = key(e);
+        match best {
+            Some((_, bk)) if k > bk => {}
+            Some((_, bk)) if k == bk => {
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = Some((i, k));
+                }
+            }
+            _ => {
+                best = Some((i, k));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// The `k`-th healthy endpoint (0-based), scanning once.
+#[inline]
+fn nth_healthy(endpoints: &[EndpointLoad], k: usize) -> Option<usize> {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.healthy)
+        .nth(k)
+        .map(|(i, _)| i)
+}
+
+/// Two distinct healthy endpoints chosen uniformly at random, or one if only
+/// one is healthy. Tries direct sampling first (the common, all-healthy case:
+/// O(1)) and falls back to counting healthy endpoints (O(n)).
+#[inline]
+fn two_random_healthy(rng: &mut SmallRng, endpoints: &[EndpointLoad]) -> Option<(usize, Option<usize>)> {
+    let n = endpoints.len();
+    match n {
+        0 => return None,
+        1 => return endpoints[0].healthy.then_some((0, None)),
+        _ => {}
+    }
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    if endpoints[a].healthy && endpoints[b].healthy {
+        return Some((a, Some(b)));
+    }
+    let healthy = endpoints.iter().filter(|e| e.healthy).count();
+    match healthy {
+        0 => None,
+        1 => nth_healthy(endpoints, 0).map(|i| (i, None)),
+        h => {
+            let ka = rng.random_range(0..h);
+            let mut kb = rng.random_range(0..h - 1);
+            if kb >= ka {
+                kb += 1;
+            }
+            let (lo, hi) = if ka < kb { (ka, kb) } else { (kb, ka) };
+            // One pass finds both.
+            let mut first = None;
+            for (seen, (i, _)) in endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.healthy)
+                .enumerate()
+            {
+                if seen == lo {
+                    first = Some(i);
+                } else if seen == hi {
+                    return first.map(|f| (f, Some(i)));
+                }
+            }
+            None
+        }
+    }
+}
+
+fn weight_of(e: &EndpointLoad) -> u64 {
+    u64::from(e.weight.max(1))
+}
+
+// ---------------------------------------------------------------------------
+
+/// Shortest queue: the healthy endpoint with the smallest `queue_depth +
+/// in_flight`, ties broken at random. Ignores weights and latency.
+///
+/// Best with fresh load information and homogeneous replicas; with stale
+/// information it herds (every caller sends to the same "emptiest" replica).
+#[derive(Debug)]
+pub struct ShortestQueue {
+    rng: SmallRng,
+}
+
+impl ShortestQueue {
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy using `rng` for tie-breaks.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        ShortestQueue { rng }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+}
+
+impl Default for ShortestQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for ShortestQueue {
+    fn name(&self) -> &'static str {
+        "shortest_queue"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        argmin_random_tie(&mut self.rng, endpoints, |e| {
+            u64::from(e.queue_depth) + u64::from(e.in_flight)
+        })
+    }
+}
+
+/// Least connections: the healthy endpoint with the fewest requests in flight
+/// from this caller, ties broken at random. Ignores weights and latency.
+#[derive(Debug)]
+pub struct LeastConnections {
+    rng: SmallRng,
+}
+
+impl LeastConnections {
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy using `rng` for tie-breaks.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        LeastConnections { rng }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+}
+
+impl Default for LeastConnections {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for LeastConnections {
+    fn name(&self) -> &'static str {
+        "least_connections"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        argmin_random_tie(&mut self.rng, endpoints, |e| e.in_flight)
+    }
+}
+
+/// Round robin over the healthy endpoints, ignoring load and weights.
+///
+/// Unhealthy endpoints are skipped; the rotation continues after the last
+/// endpoint picked.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl RoundRobin {
+    /// A policy starting at index 0.
+    pub fn new() -> Self {
+        RoundRobin { next: 0 }
+    }
+}
+
+impl Policy for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next % n;
+        for off in 0..n {
+            let i = (start + off) % n;
+            if endpoints[i].healthy {
+                self.next = i + 1;
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// Smooth weighted round robin (the nginx algorithm).
+///
+/// Each pick adds every healthy endpoint's weight to its running score,
+/// picks the highest score and subtracts the total weight from it. Over a
+/// cycle of `sum(weights)` picks an endpoint of weight 3 is picked exactly 3
+/// times as often as one of weight 1, interleaved rather than in bursts
+/// (weights 3:1 give `a a b a`, not `a a a b`).
+///
+/// The scores are indexed by position in the slice; if the endpoint set
+/// changes, the cycle restarts smoothly from the old scores.
+#[derive(Debug, Default)]
+pub struct WeightedRoundRobin {
+    current: Vec<i64>,
+}
+
+impl WeightedRoundRobin {
+    /// A policy with empty state.
+    pub fn new() -> Self {
+        WeightedRoundRobin { current: Vec::new() }
+    }
+}
+
+impl Policy for WeightedRoundRobin {
+    fn name(&self) -> &'static str {
+        "weighted_round_robin"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        if self.current.len() < endpoints.len() {
+            self.current.resize(endpoints.len(), 0);
+        }
+        let mut total: i64 = 0;
+        let mut best: Option<usize> = None;
+        let mut best_score = i64::MIN;
+        for (i, e) in endpoints.iter().enumerate() {
+            if !e.healthy {
+                continue;
+            }
+            let w = weight_of(e) as i64;
+            total += w;
+            let c = &mut self.current[i];
+            *c += w;
+            if *c > best_score {
+                best_score = *c;
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        self.current[best] -= total;
+        Some(best)
+    }
+}
+
+/// Uniformly random healthy endpoint, ignoring load and weights.
+#[derive(Debug)]
+pub struct RandomPick {
+    rng: SmallRng,
+}
+
+impl RandomPick {
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy drawing from `rng`.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        RandomPick { rng }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+}
+
+impl Default for RandomPick {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for RandomPick {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let i = self.rng.random_range(0..n);
+        if endpoints[i].healthy {
+            return Some(i);
+        }
+        let healthy = endpoints.iter().filter(|e| e.healthy).count();
+        if healthy == 0 {
+            return None;
+        }
+        let k = self.rng.random_range(0..healthy);
+        nth_healthy(endpoints, k)
+    }
+}
+
+/// Power of two choices: two distinct healthy endpoints at random, the one
+/// with fewer requests in flight per unit of weight wins (ties: the first
+/// drawn, itself random).
+///
+/// Nearly as good as least connections with fresh information, much better
+/// with stale information (it does not herd), and O(1) when all endpoints are
+/// healthy.
+#[derive(Debug)]
+pub struct PowerOfTwoChoices {
+    rng: SmallRng,
+}
+
+impl PowerOfTwoChoices {
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy drawing from `rng`.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        PowerOfTwoChoices { rng }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+}
+
+impl Default for PowerOfTwoChoices {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for PowerOfTwoChoices {
+    fn name(&self) -> &'static str {
+        "p2c"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        let (a, b) = two_random_healthy(&mut self.rng, endpoints)?;
+        let Some(b) = b else { return Some(a) };
+        let (ea, eb) = (&endpoints[a], &endpoints[b]);
+        // (in_flight + 1) / weight, compared without division.
+        let ca = (u64::from(ea.in_flight) + 1) * weight_of(eb);
+        let cb = (u64::from(eb.in_flight) + 1) * weight_of(ea);
+        Some(if cb < ca { b } else { a })
+    }
+}
+
+/// Power of two choices on peak-EWMA cost — the default policy.
+///
+/// Two distinct healthy endpoints are drawn at random; the one with the lower
+/// cost `ewma_latency × (in_flight + 1) / weight` wins. The latency estimate
+/// (a [`PeakEwma`](super::PeakEwma), kept by the [`Router`](super::Router))
+/// jumps up at once when an endpoint slows down or fails, so a slow or failing
+/// replica stops attracting traffic after one observation, while the
+/// in-flight factor spreads load among equally fast replicas. An endpoint
+/// without an estimate yet (`ewma_latency` zero) is costed at
+/// `default_latency`, so a new replica is neither flooded nor starved.
+#[derive(Debug)]
+pub struct PeakEwmaP2c {
+    rng: SmallRng,
+    default_latency_ns: f64,
+}
+
+impl PeakEwmaP2c {
+    /// The latency assumed for an endpoint with no estimate yet.
+    pub const DEFAULT_LATENCY: Duration = Duration::from_millis(30);
+
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy drawing from `rng`.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        PeakEwmaP2c {
+            rng,
+            default_latency_ns: Self::DEFAULT_LATENCY.as_nanos() as f64,
+        }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+    /// Sets the latency assumed for endpoints with no estimate yet
+    /// (default [`Self::DEFAULT_LATENCY`]); a zero duration is taken as 1 ns.
+    pub fn default_latency(mut self, latency: Duration) -> Self {
+        self.default_latency_ns = (latency.as_nanos() as f64).max(1.0);
+        self
+    }
+
+    #[inline]
+    fn cost(&self, e: &EndpointLoad) -> f64 {
+        let lat = e.ewma_latency.as_nanos() as f64;
+        let lat = if lat > 0.0 { lat } else { self.default_latency_ns };
+        lat * (f64::from(e.in_flight) + 1.0) / weight_of(e) as f64
+    }
+}
+
+impl Default for PeakEwmaP2c {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for PeakEwmaP2c {
+    fn name(&self) -> &'static str {
+        "p2c_peak_ewma"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        let (a, b) = two_random_healthy(&mut self.rng, endpoints)?;
+        let Some(b) = b else { return Some(a) };
+        Some(if self.cost(&endpoints[b]) < self.cost(&endpoints[a]) {
+            b
+        } else {
+            a
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ep(in_flight: u32, queue_depth: u32) -> EndpointLoad {
+        EndpointLoad {
+            in_flight,
+            queue_depth,
+            ..EndpointLoad::default()
+        }
+    }
+
+    fn all_policies(seed: u64) -> Vec<Box<dyn Policy>> {
+        vec![
+            Box::new(ShortestQueue::with_seed(seed)),
+            Box::new(RoundRobin::new()),
+            Box::new(LeastConnections::with_seed(seed)),
+            Box::new(WeightedRoundRobin::new()),
+            Box::new(RandomPick::with_seed(seed)),
+            Box::new(PowerOfTwoChoices::with_seed(seed)),
+            Box::new(PeakEwmaP2c::with_seed(seed)),
+        ]
+    }
+
+    #[test]
+    fn none_on_empty_and_all_unhealthy() {
+        let down = vec![
+            EndpointLoad {
+                healthy: false,
+                ..EndpointLoad::default()
+            };
+            5
+        ];
+        for mut p in all_policies(1) {
+            assert_eq!(p.pick(&[]), None, "{}", p.name());
+            assert_eq!(p.pick(&down), None, "{}", p.name());
+            assert_eq!(p.pick(&down[..1]), None, "{}", p.name());
+        }
+    }
+
+    #[test]
+    fn unhealthy_never_picked() {
+        let mut eps: Vec<EndpointLoad> = (0..10).map(|i| ep(i % 3, i % 4)).collect();
+        for i in [0, 3, 4, 7, 9] {
+            eps[i].healthy = false;
+        }
+        for mut p in all_policies(7) {
+            for _ in 0..2_000 {
+                let i = p.pick(&eps).expect("a healthy endpoint exists");
+                assert!(eps[i].healthy, "{} picked unhealthy {i}", p.name());
+            }
+        }
+        // A single healthy endpoint is always the answer.
+        let mut one = vec![
+            EndpointLoad {
+                healthy: false,
+                ..EndpointLoad::default()
+            };
+            6
+        ];
+        one[4].healthy = true;
+        for mut p in all_policies(3) {
+            for _ in 0..50 {
+                assert_eq!(p.pick(&one), Some(4), "{}", p.name());
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_is_exact_and_smooth() {
+        let eps = [
+            EndpointLoad {
+                weight: 3,
+                ..EndpointLoad::default()
+            },
+            EndpointLoad {
+                weight: 1,
+                ..EndpointLoad::default()
+            },
+        ];
+        let mut p = WeightedRoundRobin::new();
+        let seq: Vec<usize> = (0..8).map(|_| p.pick(&eps).unwrap()).collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 0, 0, 1, 0]);
+        for _ in 0..25 {
+            let mut counts = [0; 2];
+            for _ in 0..4 {
+                counts[p.pick(&eps).unwrap()] += 1;
+            }
+            assert_eq!(counts, [3, 1]);
+        }
+        // 5:2:1 over cycles of 8, with one endpoint going unhealthy.
+        let mut eps = vec![
+            EndpointLoad {
+                weight: 5,
+                ..EndpointLoad::default()
+            },
+            EndpointLoad {
+                weight: 2,
+                ..EndpointLoad::default()
+            },
+            EndpointLoad {
+                weight: 1,
+                ..EndpointLoad::default()
+            },
+        ];
+        let mut p = WeightedRoundRobin::new();
+        let mut counts = [0; 3];
+        for _ in 0..80 {
+            counts[p.pick(&eps).unwrap()] += 1;
+        }
+        assert_eq!(counts, [50, 20, 10]);
+        eps[0].healthy = false;
+        let mut p = WeightedRoundRobin::new();
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[p.pick(&eps).unwrap()] += 1;
+        }
+        assert_eq!(counts, [0, 20, 10]);
+    }
+
+    #[test]
+    fn round_robin_rotates_over_healthy() {
+        let mut eps = vec![ep(0, 0); 4];
+        eps[2].healthy = false;
+        let mut p = RoundRobin::new();
+        let seq: Vec<usize> = (0..6).map(|_| p.pick(&eps).unwrap()).collect();
+        assert_eq!(seq, vec![0, 1, 3, 0, 1, 3]);
+    }
+
+    #[test]
+    fn least_loaded_policies_pick_the_minimum() {
+        let eps = [ep(5, 0), ep(2, 9), ep(3, 0), ep(9, 9)];
+        let mut lc = LeastConnections::with_seed(1);
+        let mut sq = ShortestQueue::with_seed(1);
+        for _ in 0..100 {
+            assert_eq!(lc.pick(&eps), Some(1));
+            assert_eq!(sq.pick(&eps), Some(2));
+        }
+        // Ties are broken at random: both tied endpoints get picked.
+        let tied = [ep(1, 0), ep(4, 0), ep(1, 0)];
+        let mut seen = [0; 3];
+        for _ in 0..200 {
+            seen[lc.pick(&tied).unwrap()] += 1;
+        }
+        assert_eq!(seen[1], 0);
+        assert!(seen[0] > 0 && seen[2] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn p2c_never_picks_the_worst_of_many() {
+        // With two distinct candidates, the single most loaded endpoint can
+        // never win.
+        let eps: Vec<EndpointLoad> = (0..10).map(|i| ep(if i == 6 { 100 } else { i }, 0)).collect();
+        let mut p = PowerOfTwoChoices::with_seed(5);
+        let slow: Vec<EndpointLoad> = (0..10)
+            .map(|i| EndpointLoad {
+                ewma_latency: Duration::from_millis(if i == 3 { 1_000 } else { 10 }),
+                ..EndpointLoad::default()
+            })
+            .collect();
+        let mut q = PeakEwmaP2c::with_seed(5);
+        for _ in 0..1_000 {
+            assert_ne!(p.pick(&eps), Some(6));
+            assert_ne!(q.pick(&slow), Some(3));
+        }
+    }
+
+    #[test]
+    fn peak_ewma_p2c_is_weight_scaled() {
+        // Same latency and load; weight 3 endpoint has a third of the cost.
+        let eps = [
+            EndpointLoad {
+                in_flight: 2,
+                weight: 3,
+                ewma_latency: Duration::from_millis(10),
+                ..EndpointLoad::default()
+            },
+            EndpointLoad {
+                in_flight: 0,
+                weight: 1,
+                ewma_latency: Duration::from_millis(10),
+                ..EndpointLoad::default()
+            },
+        ];
+        // cost a = 10*3/3 = 10, b = 10*1/1 = 10: tie → first drawn; make a clearly cheaper.
+        let mut eps2 = eps;
+        eps2[0].in_flight = 1;
+        let mut p = PeakEwmaP2c::with_seed(9);
+        for _ in 0..100 {
+            assert_eq!(p.pick(&eps2), Some(0));
+        }
+    }
+
+    #[test]
+    fn seeded_policies_are_deterministic() {
+        let eps: Vec<EndpointLoad> = (0..37)
+            .map(|i| EndpointLoad {
+                in_flight: (i * 7 % 5) as u32,
+                queue_depth: (i * 3 % 4) as u32,
+                ewma_latency: Duration::from_micros(100 + (i * 13 % 17) as u64 * 50),
+                weight: 1 + (i % 3) as u32,
+                healthy: i % 11 != 0,
+            })
+            .collect();
+        let run = |seed| {
+            all_policies(seed)
+                .into_iter()
+                .map(|mut p| (0..500).map(|_| p.pick(&eps).unwrap()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+}
