@@ -14,7 +14,6 @@ pub use session::{
     InMemorySessionStore, InMemorySessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL,
 };
 #[cfg(feature = "redis")]
-#[allow(unused_imports)]
 pub(crate) use tool_cache::{compute_outcome, new_cache, validate as validate_tool_cache};
 pub use tool_cache::{
     InMemoryToolCache, InMemoryToolCacheBuilder, DEFAULT_CAPACITY_BYTES, DEFAULT_MAX_VALUE_BYTES,

@@ -1,0 +1,277 @@
+//! Configuration of the Redis state backends.
+
+use std::fmt;
+use std::time::Duration;
+
+use agentscale_core::config::{redact_url, Secret};
+use agentscale_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Configuration of [`RedisSessionStore`](super::RedisSessionStore) and
+/// [`RedisToolCache`](super::RedisToolCache).
+///
+/// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
+/// `"500ms"`, `"2m"`, `"24h"`). Build one with [`RedisStateConfig::new`] and
+/// set the public fields; `connect` calls [`validate`](Self::validate).
+/// `Debug` shows the URL with its password replaced by `***`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisStateConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub url: Secret,
+    /// Prefix of every key (default `agentscale`): 1–128 characters from
+    /// `[A-Za-z0-9_.:-]` (no braces, so it never disturbs the hash tag).
+    pub key_prefix: String,
+    /// Sessions: TTL set on all of a session's keys by every write, and the
+    /// lifetime of a delete's tombstone (default 24 h).
+    #[serde(with = "duration_serde")]
+    pub ttl: Duration,
+    /// Sessions: most history entries kept (default 1000).
+    pub history_cap: usize,
+    /// Sessions: whether `get` and `history` also restart the TTL (default false).
+    pub refresh_on_read: bool,
+    /// Timeout of one command (default 5 s).
+    #[serde(with = "duration_serde")]
+    pub command_timeout: Duration,
+    /// Timeout for establishing a connection (default 5 s).
+    #[serde(with = "duration_serde")]
+    pub connect_timeout: Duration,
+    /// Tool cache: TTL of the in-process first level (default 1 s). An
+    /// `invalidate` on another replica is seen here after at most this long.
+    #[serde(with = "duration_serde")]
+    pub tool_local_ttl: Duration,
+    /// Tool cache: bytes held by the in-process first level (default 64 MiB).
+    pub tool_local_capacity_bytes: u64,
+    /// Tool cache: how long a non-retryable failure stays cached (default 30 s).
+    #[serde(with = "duration_serde")]
+    pub tool_negative_ttl: Duration,
+    /// Tool cache: largest value accepted (default 1 MiB).
+    pub tool_max_value_bytes: usize,
+    /// Tool cache: lease of the fleet-wide computation lock (default 30 s).
+    /// The computing replica renews it while it computes; if it dies, another
+    /// replica takes over after at most this long.
+    #[serde(with = "duration_serde")]
+    pub tool_lock_lease: Duration,
+    /// Tool cache: longest a caller waits for another replica's computation
+    /// before giving up with a timeout (default 120 s).
+    #[serde(with = "duration_serde")]
+    pub tool_wait_timeout: Duration,
+}
+
+impl Default for RedisStateConfig {
+    fn default() -> Self {
+        RedisStateConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            key_prefix: "agentscale".into(),
+            ttl: Duration::from_secs(24 * 3600),
+            history_cap: 1000,
+            refresh_on_read: false,
+            command_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            tool_local_ttl: Duration::from_secs(1),
+            tool_local_capacity_bytes: 64 << 20,
+            tool_negative_ttl: Duration::from_secs(30),
+            tool_max_value_bytes: 1 << 20,
+            tool_lock_lease: Duration::from_secs(30),
+            tool_wait_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStateConfig")
+            .field("url", &redact_url(self.url.expose()))
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl", &self.ttl)
+            .field("history_cap", &self.history_cap)
+            .field("refresh_on_read", &self.refresh_on_read)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tool_local_ttl", &self.tool_local_ttl)
+            .field("tool_local_capacity_bytes", &self.tool_local_capacity_bytes)
+            .field("tool_negative_ttl", &self.tool_negative_ttl)
+            .field("tool_max_value_bytes", &self.tool_max_value_bytes)
+            .field("tool_lock_lease", &self.tool_lock_lease)
+            .field("tool_wait_timeout", &self.tool_wait_timeout)
+            .finish()
+    }
+}
+
+impl RedisStateConfig {
+    /// A config for the Redis at `url`, other fields at their defaults.
+    pub fn new(url: impl Into<Secret>) -> Self {
+        RedisStateConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the session TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the history cap.
+    pub fn with_history_cap(mut self, cap: usize) -> Self {
+        self.history_cap = cap;
+        self
+    }
+
+    /// Sets whether reads refresh the session TTL.
+    pub fn with_refresh_on_read(mut self, refresh: bool) -> Self {
+        self.refresh_on_read = refresh;
+        self
+    }
+
+    /// Checks every field; the first problem is [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.url.is_empty() {
+            return bad("redis url is empty".into());
+        }
+        let p = &self.key_prefix;
+        if p.is_empty()
+            || p.len() > 128
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            return bad(format!(
+                "key_prefix {p:?} must be 1-128 characters from A-Z a-z 0-9 _ - . :"
+            ));
+        }
+        for (name, d) in [
+            ("ttl", self.ttl),
+            ("command_timeout", self.command_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("tool_local_ttl", self.tool_local_ttl),
+            ("tool_negative_ttl", self.tool_negative_ttl),
+            ("tool_lock_lease", self.tool_lock_lease),
+            ("tool_wait_timeout", self.tool_wait_timeout),
+        ] {
+            if d.as_millis() == 0 {
+                return bad(format!("{name} must be at least 1 ms"));
+            }
+        }
+        if self.history_cap == 0 || self.history_cap > i64::MAX as usize {
+            return bad("history_cap must be greater than zero".into());
+        }
+        crate::memory::validate_tool_cache(
+            self.tool_negative_ttl,
+            self.tool_max_value_bytes,
+            self.tool_local_capacity_bytes,
+        )
+    }
+}
+
+/// Whole milliseconds, at least 1 (Redis `PX` takes milliseconds).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Parses `"250ms"`, `"30s"`, `"2m"`, `"1h"`, `"1d"` or a bare number of milliseconds.
+pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+mod duration_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Ms(u64),
+        Text(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Ms(ms) => Ok(Duration::from_millis(ms)),
+            Repr::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let c = RedisStateConfig::new("redis://app:hunter2@db:6379/0");
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("redis://app:***@db:6379/0"), "{s}");
+    }
+
+    #[test]
+    fn loads_from_json_with_duration_strings() {
+        let c: RedisStateConfig = serde_json::from_str(
+            r#"{"url":"redis://h:1","key_prefix":"svc:a","ttl":"2h","history_cap":5,"tool_local_ttl":250}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(7200));
+        assert_eq!(c.tool_local_ttl, Duration::from_millis(250));
+        assert_eq!(c.history_cap, 5);
+        c.validate().unwrap();
+        assert!(serde_json::from_str::<RedisStateConfig>(r#"{"ttl":"5 parsecs"}"#).is_err());
+        assert!(serde_json::from_str::<RedisStateConfig>(r#"{"unknown":1}"#).is_err());
+    }
+
+    #[test]
+    fn validation_refuses_bad_values() {
+        let ok = RedisStateConfig::new("redis://h:1");
+        ok.validate().unwrap();
+        for c in [
+            ok.clone().with_ttl(Duration::ZERO),
+            ok.clone().with_history_cap(0),
+            ok.clone().with_key_prefix(""),
+            ok.clone().with_key_prefix("a{b}"),
+            ok.clone().with_key_prefix("a b"),
+            RedisStateConfig {
+                tool_max_value_bytes: 0,
+                ..ok.clone()
+            },
+            RedisStateConfig {
+                tool_lock_lease: Duration::ZERO,
+                ..ok.clone()
+            },
+            RedisStateConfig {
+                url: Secret::new(""),
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidConfig(_))),
+                "{c:?} accepted"
+            );
+        }
+    }
+}
