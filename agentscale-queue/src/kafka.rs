@@ -477,16 +477,21 @@ enum Slot {
     /// Fetched, waiting in the ready buffer.
     Buffered,
     /// Handed to a worker.
-    Leased { at: Instant, task: Box<Task> },
+    Leased {
+        at: Instant,
+        task: Box<Task>,
+        fence: u64,
+    },
     /// Being moved elsewhere (retry, dead letter, reaped); completes on delivery.
-    Settling,
+    Settling { fence: u64 },
     /// Finished; its offset may be committed once everything before it is.
     Done,
 }
 
 #[derive(Debug)]
 struct Part {
-    fence: u64,
+    /// Assignment generation: ready records of an older one are dropped.
+    generation: u64,
     slots: BTreeMap<i64, Slot>,
     /// The position committed or stored: everything below is finished.
     stored: i64,
@@ -497,9 +502,9 @@ struct Part {
 }
 
 impl Part {
-    fn new(fence: u64) -> Self {
+    fn new(generation: u64) -> Self {
         Part {
-            fence,
+            generation,
             slots: BTreeMap::new(),
             stored: -1,
             next: -1,
@@ -538,7 +543,7 @@ impl Part {
     fn unsettled(&self) -> usize {
         self.slots
             .values()
-            .filter(|s| matches!(s, Slot::Leased { .. } | Slot::Settling))
+            .filter(|s| matches!(s, Slot::Leased { .. } | Slot::Settling { .. }))
             .count()
     }
 }
@@ -547,7 +552,7 @@ impl Part {
 struct Ready {
     partition: i32,
     offset: i64,
-    fence: u64,
+    generation: u64,
     task: Task,
 }
 
@@ -572,9 +577,9 @@ impl Shared {
     fn on_assign(&self, tpl: &TopicPartitionList) {
         let mut st = self.state.lock();
         for e in tpl.elements_for_topic(&self.config.topic) {
-            let fence = self.fences.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(topic = %self.config.topic, partition = e.partition(), fence, "partition assigned");
-            st.parts.insert(e.partition(), Part::new(fence));
+            let generation = self.next_token();
+            tracing::debug!(topic = %self.config.topic, partition = e.partition(), generation, "partition assigned");
+            st.parts.insert(e.partition(), Part::new(generation));
         }
     }
 
@@ -635,8 +640,10 @@ impl Shared {
         tracing::debug!(topic = %self.config.topic, partitions = ?revoked, lost, "partitions revoked");
     }
 
-    /// Marks `offset` finished if it is still owned with `fence` and in state
-    /// `expect`, then stores the new contiguous position.
+    /// Marks `offset` finished if its slot is still `Leased` (or, with
+    /// `from_settling`, `Settling`) under `fence`, then stores the new
+    /// contiguous position. Fences are unique per delivery, and a revoked
+    /// partition's slots are forgotten, so a stale lease never matches.
     fn complete<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
@@ -646,27 +653,26 @@ impl Shared {
         from_settling: bool,
     ) -> Result<()> {
         let mut st = self.state.lock();
-        let Some(part) = st.parts.get_mut(&partition).filter(|p| p.fence == fence) else {
-            return Err(Error::LeaseLost(format!(
-                "partition {partition} of {} is no longer owned by this consumer",
+        let lost = || {
+            Error::LeaseLost(format!(
+                "{}:{partition}:{offset} is no longer leased by this consumer (settled, taken back or \
+                 its partition was revoked)",
                 self.config.topic
-            )));
+            ))
+        };
+        let Some(part) = st.parts.get_mut(&partition) else {
+            return Err(lost());
         };
         let was_leased = match part.slots.get_mut(&offset) {
-            Some(slot @ Slot::Leased { .. }) if !from_settling => {
+            Some(slot @ Slot::Leased { .. }) if !from_settling && slot.fence() == fence => {
                 *slot = Slot::Done;
                 true
             }
-            Some(slot @ Slot::Settling) if from_settling => {
+            Some(slot @ Slot::Settling { .. }) if from_settling && slot.fence() == fence => {
                 *slot = Slot::Done;
                 false
             }
-            _ => {
-                return Err(Error::LeaseLost(format!(
-                    "{}:{partition}:{offset} is not leased (already settled or taken back)",
-                    self.config.topic
-                )))
-            }
+            _ => return Err(lost()),
         };
         let pos = part.advance();
         if was_leased {
@@ -689,22 +695,23 @@ impl Shared {
     /// Moves a leased slot to `Settling` (before a nack produces elsewhere).
     fn begin_settle(&self, partition: i32, offset: i64, fence: u64) -> Result<()> {
         let mut st = self.state.lock();
-        let ok = match st.parts.get_mut(&partition).filter(|p| p.fence == fence) {
-            Some(part) => match part.slots.get_mut(&offset) {
-                Some(slot @ Slot::Leased { .. }) => {
-                    *slot = Slot::Settling;
-                    true
-                }
-                _ => false,
-            },
-            None => false,
+        let ok = match st
+            .parts
+            .get_mut(&partition)
+            .and_then(|p| p.slots.get_mut(&offset))
+        {
+            Some(slot @ Slot::Leased { .. }) if slot.fence() == fence => {
+                *slot = Slot::Settling { fence };
+                true
+            }
+            _ => false,
         };
         if ok {
             st.in_flight = st.in_flight.saturating_sub(1);
             Ok(())
         } else {
             Err(Error::LeaseLost(format!(
-                "{}:{partition}:{offset} is no longer leased",
+                "{}:{partition}:{offset} is no longer leased by this consumer",
                 self.config.topic
             )))
         }
@@ -714,17 +721,38 @@ impl Shared {
     fn abort_settle(&self, partition: i32, offset: i64, fence: u64, task: Task) {
         let mut st = self.state.lock();
         let mut restored = false;
-        if let Some(part) = st.parts.get_mut(&partition).filter(|p| p.fence == fence) {
-            if let Some(slot @ Slot::Settling) = part.slots.get_mut(&offset) {
+        if let Some(slot @ Slot::Settling { .. }) = st
+            .parts
+            .get_mut(&partition)
+            .and_then(|p| p.slots.get_mut(&offset))
+        {
+            if slot.fence() == fence {
                 *slot = Slot::Leased {
                     at: Instant::now(),
                     task: Box::new(task),
+                    fence,
                 };
                 restored = true;
             }
         }
         if restored {
             st.in_flight += 1;
+        }
+        drop(st);
+        self.settled.notify_all();
+    }
+
+    /// A fresh token: partition generations and per-delivery fences.
+    fn next_token(&self) -> u64 {
+        self.fences.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl Slot {
+    fn fence(&self) -> u64 {
+        match self {
+            Slot::Leased { fence, .. } | Slot::Settling { fence } => *fence,
+            Slot::Buffered | Slot::Done => 0,
         }
     }
 }
@@ -761,6 +789,7 @@ pub struct KafkaQueue {
     producer: FutureProducer,
     consumer: Arc<GroupConsumer>,
     relay: Arc<BaseConsumer<RelayContext>>,
+    relay_stored: RelayStored,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -867,7 +896,10 @@ impl KafkaQueue {
             .map_err(|e| Error::InvalidConfig(format!("kafka client config: {e}")))?;
         let timeout = config.connect_timeout;
         let brokers = config.brokers.clone();
-        tokio::task::spawn_blocking(move || probe.fetch_metadata(None, timeout).map(|_| ()))
+        // Metadata of our own topic only: all-topic metadata from some brokers
+        // (tansu, after deletions) has crashed librdkafka's metadata cache.
+        let probe_topic = config.topic.clone();
+        tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&probe_topic), timeout).map(|_| ()))
             .await
             .map_err(|e| Error::backend("kafka probe task failed", e))?
             .map_err(|e| {
@@ -963,11 +995,13 @@ impl KafkaQueue {
             .name(format!("kafka-poll-{}", config.topic))
             .spawn(move || poller.run())
             .map_err(|e| Error::backend("spawn kafka poll thread", e))?;
+        let relay_stored: RelayStored = Arc::new(Mutex::new(HashMap::new()));
         let relayer = Relayer {
             shared: shared.clone(),
             consumer: relay.clone(),
             producer: producer.clone(),
             held,
+            stored: relay_stored.clone(),
         };
         let relay_thread = std::thread::Builder::new()
             .name(format!("kafka-retry-{}", config.topic))
@@ -979,6 +1013,7 @@ impl KafkaQueue {
             producer,
             consumer,
             relay,
+            relay_stored,
             threads: Mutex::new(vec![poll_thread, relay_thread]),
         })
     }
@@ -1180,16 +1215,17 @@ async fn ensure_topics(config: &KafkaQueueConfig) -> Result<()> {
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + timeout;
         loop {
-            let md = admin.inner().fetch_metadata(None, timeout);
-            if let Ok(md) = &md {
-                let ok = wanted.iter().all(|w| {
-                    md.topics()
+            let ok = wanted
+                .iter()
+                .all(|w| match admin.inner().fetch_metadata(Some(w), timeout) {
+                    Ok(md) => md
+                        .topics()
                         .iter()
-                        .any(|t| t.name() == w && t.error().is_none() && !t.partitions().is_empty())
+                        .any(|t| t.name() == w && t.error().is_none() && !t.partitions().is_empty()),
+                    Err(_) => false,
                 });
-                if ok {
-                    return Ok(());
-                }
+            if ok {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable {
@@ -1292,13 +1328,13 @@ impl Poller {
                 stored = part.stored,
                 "kafka partition reset"
             );
-            let fence = shared.fences.fetch_add(1, Ordering::Relaxed) + 1;
+            let generation = shared.next_token();
             let leased = part
                 .slots
                 .values()
                 .filter(|s| matches!(s, Slot::Leased { .. }))
                 .count() as u64;
-            *part = Part::new(fence);
+            *part = Part::new(generation);
             st.in_flight = st.in_flight.saturating_sub(leased);
             st.ready.retain(|r| r.partition != p);
         }
@@ -1310,7 +1346,7 @@ impl Poller {
             part.stored = off;
         }
         part.next = part.next.max(off + 1);
-        let fence = part.fence;
+        let generation = part.generation;
         match decoded {
             Some(Ok(task)) => {
                 part.slots.insert(off, Slot::Buffered);
@@ -1322,7 +1358,7 @@ impl Poller {
                 st.ready.push_back(Ready {
                     partition: p,
                     offset: off,
-                    fence,
+                    generation,
                     task,
                 });
                 if pause {
@@ -1340,7 +1376,8 @@ impl Poller {
                     Some(Err(e)) => format!("not a task envelope: {e}"),
                     _ => "not a task envelope: empty record".to_string(),
                 };
-                part.slots.insert(off, Slot::Settling);
+                let fence = shared.next_token();
+                part.slots.insert(off, Slot::Settling { fence });
                 let out = Outgoing {
                     topic: shared.config.dead_letter_topic(),
                     key: msg.key().map(<[u8]>::to_vec),
@@ -1373,7 +1410,8 @@ impl Poller {
                             .lock()
                             .parts
                             .get(&p)
-                            .map(|x| x.fence == fence)
+                            .and_then(|x| x.slots.get(&off))
+                            .map(|slot| matches!(slot, Slot::Settling { .. }) && slot.fence() == fence)
                             .unwrap_or(false);
                         if !owned || shared.closed.load(Ordering::SeqCst) {
                             return;
@@ -1396,9 +1434,13 @@ impl Poller {
             for (p, part) in st.parts.iter_mut() {
                 for (off, slot) in part.slots.iter_mut() {
                     if let Slot::Leased { at, .. } = slot {
+                        let at = *at;
                         if at.elapsed() >= limit {
-                            if let Slot::Leased { task, .. } = std::mem::replace(slot, Slot::Settling) {
-                                expired.push((*p, *off, part.fence, task));
+                            let fence = slot.fence();
+                            if let Slot::Leased { task, .. } =
+                                std::mem::replace(slot, Slot::Settling { fence })
+                            {
+                                expired.push((*p, *off, fence, task));
                                 n += 1;
                             }
                         }
@@ -1454,6 +1496,8 @@ struct Held {
 }
 
 type HeldMap = Arc<Mutex<HashMap<(String, i32), Held>>>;
+/// Positions the relay stored per retry-tier partition (fresher than commits).
+type RelayStored = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 struct RelayContext {
     held: HeldMap,
@@ -1477,6 +1521,7 @@ struct Relayer {
     consumer: Arc<BaseConsumer<RelayContext>>,
     producer: FutureProducer,
     held: HeldMap,
+    stored: RelayStored,
 }
 
 impl Relayer {
@@ -1557,6 +1602,7 @@ impl Relayer {
                 let _ =
                     tpl.add_partition_offset(msg.topic(), msg.partition(), Offset::Offset(msg.offset() + 1));
                 let _ = self.consumer.store_offsets(&tpl);
+                self.stored.lock().insert(key, msg.offset() + 1);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "retry relay produce failed; will try again");
@@ -1575,6 +1621,7 @@ fn reader(config: &KafkaQueueConfig) -> Result<BaseConsumer> {
         .set("group.id", format!("{}.reader", config.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(|e| Error::InvalidConfig(format!("kafka reader config: {e}")))
 }
@@ -1591,13 +1638,53 @@ fn partitions_of(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec
         .collect())
 }
 
+/// Low and high watermark of a partition. The high watermark is verified by
+/// reading the last batch: some Kafka-protocol brokers (tansu 0.6) answer
+/// ListOffsets(latest) with the *base* offset of the last batch + 1, which
+/// undercounts when producers batch. On Kafka itself the read confirms the
+/// reported value.
+fn watermarks(c: &BaseConsumer, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
+    let (lo, hi) = c
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| Error::unavailable(format!("kafka watermarks of {topic}"), e))?;
+    if hi <= lo {
+        return Ok((lo, hi));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(hi - 1));
+    c.assign(&tpl)
+        .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
+    let deadline = Instant::now() + timeout;
+    let mut top = hi;
+    let mut seen = false;
+    loop {
+        let wait = if seen {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        match c.poll(wait) {
+            Some(Ok(m)) => {
+                if m.topic() == topic && m.partition() == partition && m.offset() >= hi - 1 {
+                    top = top.max(m.offset() + 1);
+                    seen = true;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka watermark read error"),
+            None if seen => break,
+            None if Instant::now() >= deadline => break,
+            None => {}
+        }
+    }
+    let _ = c.unassign();
+    Ok((lo, top))
+}
+
 /// Total records (high - low) of a topic.
 fn record_count(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<u64> {
     let mut n = 0u64;
     for p in partitions_of(c, topic, timeout)? {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| Error::unavailable(format!("kafka watermarks of {topic}"), e))?;
+        let (lo, hi) = watermarks(c, topic, p, timeout)?;
         n += (hi - lo).max(0) as u64;
     }
     Ok(n)
@@ -1622,9 +1709,7 @@ fn read_all(
     let mut tpl = TopicPartitionList::new();
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     for p in partitions_of(c, topic, timeout)? {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| Error::unavailable(format!("kafka watermarks of {topic}"), e))?;
+        let (lo, hi) = watermarks(c, topic, p, timeout)?;
         if hi > lo {
             let _ = tpl.add_partition_offset(topic, p, Offset::Offset(lo));
             remaining.insert(p, hi);
@@ -1636,6 +1721,7 @@ fn read_all(
     c.assign(&tpl)
         .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
     let deadline = Instant::now() + timeout;
+    let mut seen = HashSet::new();
     while !remaining.is_empty() {
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
@@ -1644,6 +1730,9 @@ fn read_all(
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                if m.topic() != topic || !seen.insert((m.partition(), m.offset())) {
+                    continue;
+                }
                 f(&m);
                 if let Some(hi) = remaining.get(&m.partition()) {
                     if m.offset() + 1 >= *hi {
@@ -1765,15 +1854,21 @@ impl TaskQueue for KafkaQueue {
                 let st = &mut *st;
                 while leases.len() < max {
                     let Some(r) = st.ready.pop_front() else { break };
-                    let Some(part) = st.parts.get_mut(&r.partition).filter(|p| p.fence == r.fence) else {
+                    let Some(part) = st
+                        .parts
+                        .get_mut(&r.partition)
+                        .filter(|p| p.generation == r.generation)
+                    else {
                         continue;
                     };
                     let Some(slot) = part.slots.get_mut(&r.offset) else {
                         continue;
                     };
+                    let fence = self.shared.next_token();
                     *slot = Slot::Leased {
                         at: Instant::now(),
                         task: Box::new(r.task.clone()),
+                        fence,
                     };
                     part.buffered = part.buffered.saturating_sub(1);
                     if part.paused && part.buffered <= self.shared.config.prefetch_per_partition / 2 {
@@ -1786,7 +1881,7 @@ impl TaskQueue for KafkaQueue {
                         r.task,
                         attempt,
                         format!("{}:{}", r.partition, r.offset),
-                        r.fence,
+                        fence,
                     ));
                 }
             }
@@ -1848,13 +1943,24 @@ impl TaskQueue for KafkaQueue {
     async fn depth(&self) -> Result<Depth> {
         let consumer = self.consumer.clone();
         let relay = self.relay.clone();
-        let local: HashMap<i32, i64> = self
+        let relay_stored = self.relay_stored.lock().clone();
+        // Owned partitions: the stored position and the tasks finished ahead
+        // of it (finished out of order, not yet committable).
+        let local: HashMap<i32, (i64, u64)> = self
             .shared
             .state
             .lock()
             .parts
             .iter()
-            .map(|(p, x)| (*p, x.stored))
+            .map(|(p, x)| {
+                (
+                    *p,
+                    (
+                        x.stored,
+                        x.slots.values().filter(|s| matches!(s, Slot::Done)).count() as u64,
+                    ),
+                )
+            })
             .collect();
         let in_flight = self.shared.state.lock().in_flight;
         let (lag, delayed, dead) = self
@@ -1864,7 +1970,7 @@ impl TaskQueue for KafkaQueue {
                     |cons: &dyn Fn(TopicPartitionList) -> rdkafka::error::KafkaResult<TopicPartitionList>,
                      topic: &str,
                      probe: &BaseConsumer,
-                     local: &HashMap<i32, i64>|
+                     local: &HashMap<i32, (i64, u64)>|
                      -> Result<u64> {
                         let parts = partitions_of(probe, topic, timeout)?;
                         let mut tpl = TopicPartitionList::new();
@@ -1875,17 +1981,19 @@ impl TaskQueue for KafkaQueue {
                             cons(tpl).map_err(|e| Error::unavailable("kafka committed offsets", e))?;
                         let mut lag = 0u64;
                         for p in parts {
-                            let (lo, hi) = probe
-                                .fetch_watermarks(topic, p, timeout)
-                                .map_err(|e| Error::unavailable(format!("kafka watermarks of {topic}"), e))?;
+                            let (lo, hi) = watermarks(probe, topic, p, timeout)?;
                             let mut pos = match committed.find_partition(topic, p).map(|e| e.offset()) {
                                 Some(Offset::Offset(o)) => o,
                                 _ => lo,
                             };
-                            if let Some(stored) = local.get(&p) {
-                                pos = pos.max(*stored);
+                            let mut done_ahead = 0;
+                            if let Some((stored, done)) = local.get(&p) {
+                                if *stored >= pos {
+                                    pos = *stored;
+                                    done_ahead = *done;
+                                }
                             }
-                            lag += (hi - pos.max(lo)).max(0) as u64;
+                            lag += ((hi - pos.max(lo)).max(0) as u64).saturating_sub(done_ahead);
                         }
                         Ok(lag)
                     };
@@ -1898,12 +2006,13 @@ impl TaskQueue for KafkaQueue {
                 )?;
                 let mut delayed = 0;
                 for tier in &c.retry_tiers {
-                    delayed += lag_of(
-                        &|t| relay.committed_offsets(t, timeout),
-                        &c.retry_topic(*tier),
-                        &probe,
-                        &HashMap::new(),
-                    )?;
+                    let topic = c.retry_topic(*tier);
+                    let local: HashMap<i32, (i64, u64)> = relay_stored
+                        .iter()
+                        .filter(|((t, _), _)| *t == topic)
+                        .map(|((_, p), o)| (*p, (*o, 0)))
+                        .collect();
+                    delayed += lag_of(&|t| relay.committed_offsets(t, timeout), &topic, &probe, &local)?;
                 }
                 let dead = record_count(&probe, &c.dead_letter_topic(), timeout)?
                     .saturating_sub(record_count(&probe, &c.replayed_topic(), timeout)?);
@@ -2040,6 +2149,7 @@ mod tests {
                 Slot::Leased {
                     at: Instant::now(),
                     task: Box::new(Task::new("k", "x")),
+                    fence: 1,
                 },
             );
         }

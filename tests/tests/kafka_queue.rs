@@ -1,0 +1,365 @@
+//! The queue conformance suite against `KafkaQueue` on a real Kafka-protocol
+//! broker (`AGENTSCALE_KAFKA_BROKERS`, tansu from `scripts/dev-services up`),
+//! plus Kafka-specific checks: only contiguous offsets are committed,
+//! revoked partitions fence their leases, dead-letter headers, unreachable
+//! brokers fail fast.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentscale_core::{ErrorKind, Nack, Task, TaskQueue};
+use agentscale_queue::kafka::{self, KafkaQueue, KafkaQueueConfig};
+use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn brokers() -> Option<String> {
+    agentscale_tests::service_env("AGENTSCALE_KAFKA_BROKERS")
+}
+
+/// tansu does not implement the idempotent producer handshake
+/// (`InitProducerId`) for non-transactional producers the way librdkafka
+/// expects, so the tests turn idempotence off (see docs/kafka.md).
+fn config(brokers: &str, topic: &str) -> agentscale_queue::kafka::KafkaQueueConfigBuilder {
+    KafkaQueueConfig::builder(brokers, topic)
+        .group_id(format!("{topic}-g"))
+        .partitions(2)
+        .idempotence(false)
+        .revoke_drain(Duration::from_millis(500))
+}
+
+/// Topics are left in place: deleting topics on tansu 0.6 while other
+/// clients are connected makes librdkafka 2.12 crash in its metadata cache
+/// (a null topic name in the broker's metadata response). Each test uses
+/// fresh random topic names, and the dev broker keeps them in memory only.
+async fn delete_topics(brokers: &str, topics: Vec<String>) {
+    if std::env::var("AGENTSCALE_KAFKA_DELETE_TOPICS").is_err() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin
+        .delete_topics(
+            &refs,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
+        )
+        .await;
+}
+
+fn raw_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
+async fn setup(opts: QueueOptions) -> Option<QueueFixture> {
+    let brokers = brokers()?;
+    let cfg = config(&brokers, &opts.name)
+        .lease_timeout(opts.lease_timeout)
+        .max_envelope_bytes(opts.max_envelope_bytes)
+        .build()
+        .expect("config");
+    let topics = cfg.all_topics();
+    let queue = Arc::new(KafkaQueue::connect(cfg).await.expect("connect to kafka"));
+    let producer = raw_producer(&brokers);
+    let topic = opts.name.clone();
+    let closing = queue.clone();
+    Some(
+        QueueFixture::from_arc(queue)
+            .with_raw_injector(move |bytes| {
+                let (producer, topic) = (producer.clone(), topic.clone());
+                async move {
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to(&topic).payload(&bytes),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .expect("produce raw");
+                }
+            })
+            .with_cleanup(move || async move {
+                closing.close().await;
+                delete_topics(&brokers, topics).await;
+            }),
+    )
+}
+
+agentscale_tests::queue_conformance!(setup);
+
+/// The committed offset of `partition` for `group`.
+fn committed(brokers: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .expect("committed");
+    match got.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    }
+}
+
+async fn wait_committed(brokers: &str, group: &str, topic: &str, partition: i32, want: i64) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (b, g, t) = (brokers.to_string(), group.to_string(), topic.to_string());
+        let got = tokio::task::spawn_blocking(move || committed(&b, &g, &t, partition))
+            .await
+            .expect("join");
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "committed offset stayed {got:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With many tasks in flight finishing out of order, only the highest
+/// contiguous completed offset is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_only_contiguous_offsets() {
+    let Some(brokers) = brokers() else { return };
+    let topic = agentscale_tests::unique_name("askq-contig");
+    let cfg = config(&brokers, &topic)
+        .partitions(1)
+        .commit_interval(Duration::from_millis(100))
+        .build()
+        .expect("cfg");
+    let group = cfg.group_id.clone();
+    let topics = cfg.all_topics();
+    let q = KafkaQueue::connect(cfg).await.expect("connect");
+    let tasks: Vec<Task> = (0..10).map(|i| Task::new("t", format!("{i}"))).collect();
+    for r in q.enqueue_batch(tasks).await {
+        r.expect("enqueue");
+    }
+    let mut leases = Vec::new();
+    while leases.len() < 10 {
+        leases.extend(
+            q.lease(10 - leases.len(), Duration::from_secs(10))
+                .await
+                .expect("lease"),
+        );
+    }
+    leases.sort_by_key(|l| l.receipt().split(':').nth(1).and_then(|o| o.parse::<i64>().ok()));
+    // Complete 0..3 and 5..10, leaving offset 3 and 4 unfinished.
+    for l in leases[..3].iter().chain(&leases[5..]) {
+        q.ack(l).await.expect("ack");
+    }
+    wait_committed(&brokers, &group, &topic, 0, 3).await;
+    assert_eq!(q.depth().await.expect("depth").backlog(), 2);
+    q.ack(&leases[4]).await.expect("ack 4");
+    // Still blocked by offset 3: the commit must not move.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (b, g, t) = (brokers.clone(), group.clone(), topic.clone());
+    let now = tokio::task::spawn_blocking(move || committed(&b, &g, &t, 0))
+        .await
+        .expect("join");
+    assert_eq!(now, Some(3), "an unfinished offset was committed past");
+    q.ack(&leases[3]).await.expect("ack 3");
+    wait_committed(&brokers, &group, &topic, 0, 10).await;
+    assert_eq!(q.depth().await.expect("depth").backlog(), 0);
+    q.close().await;
+    delete_topics(&brokers, topics).await;
+}
+
+/// A second group member takes a partition: the first stops dispatching it,
+/// its late acks are refused with LeaseLost, and the task is delivered to
+/// the new owner; nothing that finished before the revoke runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partition_fences_leases() {
+    let Some(brokers) = brokers() else { return };
+    let topic = agentscale_tests::unique_name("askq-revoke");
+    let cfg = config(&brokers, &topic)
+        .partitions(2)
+        .key_by_session(true)
+        .revoke_drain(Duration::from_millis(200))
+        .build()
+        .expect("cfg");
+    let topics = cfg.all_topics();
+    let a = KafkaQueue::connect(cfg.clone()).await.expect("connect a");
+    // One task per partition (keys chosen so both partitions get one).
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        tasks.push(Task::new("t", format!("{i}")).with_session(format!("s{i}")));
+    }
+    for r in a.enqueue_batch(tasks).await {
+        r.expect("enqueue");
+    }
+    let mut held = Vec::new();
+    while held.len() < 16 {
+        held.extend(a.lease(16, Duration::from_secs(10)).await.expect("lease"));
+    }
+    assert_eq!(a.assigned_partitions(), vec![0, 1]);
+    // B joins; A must give up one partition while its leases are still open.
+    let b = KafkaQueue::connect(cfg.clone()).await.expect("connect b");
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while b.assigned_partitions().is_empty() {
+        assert!(Instant::now() < give_up, "b never got a partition");
+        let _ = b.lease(1, Duration::from_millis(100)).await.expect("lease b");
+    }
+    let moved = b.assigned_partitions();
+    let mut lost = 0;
+    let mut acked = 0;
+    for l in &held {
+        let p: i32 = l
+            .receipt()
+            .split(':')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("receipt");
+        match a.ack(l).await {
+            Ok(()) => {
+                assert!(!moved.contains(&p), "ack accepted for a revoked partition {p}");
+                acked += 1
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::LeaseLost, "{e}");
+                assert!(moved.contains(&p));
+                lost += 1
+            }
+        }
+    }
+    assert!(lost > 0 && acked > 0, "lost {lost}, acked {acked}");
+    // B receives exactly the tasks whose acks were refused.
+    let mut got = Vec::new();
+    while got.len() < lost {
+        got.extend(b.lease(16, Duration::from_secs(10)).await.expect("lease b"));
+    }
+    for l in &got {
+        b.ack(l).await.expect("ack on b");
+    }
+    assert!(b
+        .lease(16, Duration::from_millis(500))
+        .await
+        .expect("lease")
+        .is_empty());
+    assert_eq!(got.len(), lost);
+    a.close().await;
+    b.close().await;
+    delete_topics(&brokers, topics).await;
+}
+
+/// A dead letter carries origin topic/partition/offset, attempt and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_headers() {
+    let Some(brokers) = brokers() else { return };
+    let topic = agentscale_tests::unique_name("askq-dlt");
+    let cfg = config(&brokers, &topic).partitions(1).build().expect("cfg");
+    let topics = cfg.all_topics();
+    let dlt = cfg.dead_letter_topic();
+    let q = KafkaQueue::connect(cfg).await.expect("connect");
+    let t = Task::new("t", "payload");
+    q.enqueue(t.clone()).await.expect("enqueue");
+    let l = q
+        .lease(1, Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .remove(0);
+    q.nack(&l, Nack::DeadLetter("bad payload".into()))
+        .await
+        .expect("dead-letter");
+
+    let b = brokers.clone();
+    let headers: HashMap<String, String> = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", "reader")
+            .create()
+            .expect("c");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&dlt, 0, Offset::Beginning).expect("tpl");
+        c.assign(&tpl).expect("assign");
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < give_up, "no dead letter in {dlt}");
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let h = m.headers().expect("headers");
+                return h
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect();
+            }
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(headers[kafka::HEADER_ORIGIN_TOPIC], topic);
+    assert_eq!(headers[kafka::HEADER_ORIGIN_PARTITION], "0");
+    assert_eq!(headers[kafka::HEADER_ORIGIN_OFFSET], "0");
+    assert_eq!(headers[kafka::HEADER_ATTEMPT], "1");
+    assert_eq!(headers[kafka::HEADER_REASON], "bad payload");
+    assert!(headers[kafka::HEADER_DEAD_AT_MS].parse::<u64>().expect("ms") > 0);
+    q.close().await;
+    delete_topics(&brokers, topics).await;
+}
+
+/// No broker at start-up: a clear Unavailable error within the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_fails_fast() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }; // closed again: nothing listens there
+    let cfg = KafkaQueueConfig::builder(format!("127.0.0.1:{port}"), "never")
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("cfg");
+    let result = tokio::time::timeout(Duration::from_secs(30), KafkaQueue::connect(cfg))
+        .await
+        .expect("connect hung instead of failing");
+    let err = result.expect_err("connected to a closed port");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+/// `extend` is honestly unsupported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_is_unsupported() {
+    let Some(brokers) = brokers() else { return };
+    let topic = agentscale_tests::unique_name("askq-ext");
+    let cfg = config(&brokers, &topic).partitions(1).build().expect("cfg");
+    let topics = cfg.all_topics();
+    let q = KafkaQueue::connect(cfg).await.expect("connect");
+    assert!(!q.capabilities().lease_extension);
+    q.enqueue(Task::new("t", "x")).await.expect("enqueue");
+    let l = q
+        .lease(1, Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!(
+        q.extend(&l, Duration::from_secs(1))
+            .await
+            .expect_err("extend")
+            .kind(),
+        ErrorKind::Unsupported
+    );
+    q.ack(&l).await.expect("ack");
+    q.close().await;
+    delete_topics(&brokers, topics).await;
+}
