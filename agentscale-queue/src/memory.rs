@@ -27,6 +27,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,11 +111,35 @@ impl Ord for Delayed {
     }
 }
 
+/// Hashes the sequential fence numbers with one multiplication (Fibonacci
+/// hashing) instead of SipHash: fences are not attacker-controlled, and the
+/// in-flight map is on the hot path of every lease and ack.
+#[derive(Default)]
+struct FenceHasher(u64);
+
+impl Hasher for FenceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FenceMap<V> = HashMap<u64, V, BuildHasherDefault<FenceHasher>>;
+
 #[derive(Default)]
 struct State {
     ready: [VecDeque<Ready>; 3],
     delayed: BinaryHeap<Reverse<Delayed>>,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: FenceMap<InFlight>,
     /// (deadline, fence); entries whose fence is gone or whose deadline no
     /// longer matches are stale and skipped.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
