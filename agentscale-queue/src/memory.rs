@@ -20,6 +20,10 @@
 //! [`Task::encode`] when a cheap upper bound says the task might exceed
 //! `max_envelope_bytes`.
 //!
+//! A lease is lost when its task is delivered again after expiry; an ack that
+//! arrives after the deadline but before any other leaser took the task still
+//! completes it, since nobody else can be running it.
+//!
 //! Tasks live in process memory: they are lost when the process exits. Use the
 //! Redis or Kafka backend when producers and workers are separate processes or
 //! tasks must survive a restart.
@@ -580,15 +584,17 @@ impl TaskQueue for MemoryQueue {
         }
     }
 
+    // Acks do not apply expiries first: a lease whose deadline passed but
+    // whose task nobody has leased again still completes it (no one else
+    // holds it, so no duplicate is possible). Once the task was delivered
+    // again, the old fence is gone and the ack is refused.
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let mut st = self.shared.state.lock();
-        st.tick(Instant::now());
         st.take_in_flight(lease).map(drop)
     }
 
     async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
         let mut st = self.shared.state.lock();
-        st.tick(Instant::now());
         leases.iter().map(|l| st.take_in_flight(l).map(drop)).collect()
     }
 
@@ -723,6 +729,31 @@ mod tests {
         assert!(t.encode().expect("encode").len() <= envelope_upper_bound(&t));
         let small = Task::new("k", "x");
         assert!(small.encode().expect("encode").len() <= envelope_upper_bound(&small));
+    }
+
+    #[tokio::test]
+    async fn late_ack_completes_until_redelivery() {
+        let q = MemoryQueue::builder("late")
+            .lease_timeout(Duration::from_millis(20))
+            .build()
+            .expect("build");
+        q.enqueue(Task::new("k", "a")).await.expect("enqueue");
+        let l = q.lease(1, Duration::ZERO).await.expect("lease");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        q.ack(&l[0])
+            .await
+            .expect("nobody else holds it: the late ack completes the task");
+        assert_eq!(q.depth().await.expect("depth"), Depth::default());
+
+        q.enqueue(Task::new("k", "b")).await.expect("enqueue");
+        let old = q.lease(1, Duration::ZERO).await.expect("lease");
+        let new = q.lease(1, Duration::from_secs(5)).await.expect("redelivery");
+        assert_eq!(new[0].task().id, old[0].task().id);
+        assert_eq!(
+            q.ack(&old[0]).await.map_err(|e| e.kind()),
+            Err(agentscale_core::ErrorKind::LeaseLost)
+        );
+        q.ack(&new[0]).await.expect("ack");
     }
 
     #[tokio::test]
