@@ -181,6 +181,9 @@ pub struct KafkaQueueConfig {
     pub commit_interval: Duration,
     /// Create the topics at connect.
     pub create_topics: bool,
+    /// Join the consumer group (lease tasks). Off for producer-only queues,
+    /// which must not hold partitions they never lease from.
+    pub consume: bool,
     /// Partition assignment strategy.
     pub assignment: AssignmentStrategy,
     /// Largest encoded envelope accepted at enqueue.
@@ -218,6 +221,7 @@ impl fmt::Debug for KafkaQueueConfig {
             .field("delivery_timeout", &self.delivery_timeout)
             .field("commit_interval", &self.commit_interval)
             .field("create_topics", &self.create_topics)
+            .field("consume", &self.consume)
             .field("assignment", &self.assignment)
             .field("max_envelope_bytes", &self.max_envelope_bytes)
             .field("client_properties", &props)
@@ -256,6 +260,7 @@ impl KafkaQueueConfig {
                 delivery_timeout: Duration::from_secs(30),
                 commit_interval: Duration::from_millis(500),
                 create_topics: true,
+                consume: true,
                 assignment: AssignmentStrategy::CooperativeSticky,
                 max_envelope_bytes: agentscale_core::task::DEFAULT_MAX_ENVELOPE_BYTES,
                 client_properties: BTreeMap::new(),
@@ -405,6 +410,13 @@ impl KafkaQueueConfigBuilder {
     /// Create topics at connect (default on).
     pub fn create_topics(mut self, on: bool) -> Self {
         self.config.create_topics = on;
+        self
+    }
+    /// Join the consumer group and lease tasks (default on). Turn it off for
+    /// a producer-only queue: a group member that never leases would hold
+    /// partitions and starve the workers.
+    pub fn consume(mut self, on: bool) -> Self {
+        self.config.consume = on;
         self
     }
     /// Partition assignment strategy (default cooperative-sticky).
@@ -953,9 +965,11 @@ impl KafkaQueue {
                 shared: shared.clone(),
             })
             .map_err(|e| Error::InvalidConfig(format!("kafka consumer config: {e}")))?;
-        consumer
-            .subscribe(&[config.topic.as_str()])
-            .map_err(|e| Error::backend(format!("kafka subscribe to {}", config.topic), e))?;
+        if config.consume {
+            consumer
+                .subscribe(&[config.topic.as_str()])
+                .map_err(|e| Error::backend(format!("kafka subscribe to {}", config.topic), e))?;
+        }
         let consumer = Arc::new(consumer);
 
         let held = Arc::new(Mutex::new(HashMap::new()));
@@ -980,9 +994,11 @@ impl KafkaQueue {
             .map(|d| config.retry_topic(*d))
             .collect();
         let tier_refs: Vec<&str> = tier_topics.iter().map(String::as_str).collect();
-        relay
-            .subscribe(&tier_refs)
-            .map_err(|e| Error::backend("kafka subscribe to retry tiers", e))?;
+        if config.consume {
+            relay
+                .subscribe(&tier_refs)
+                .map_err(|e| Error::backend("kafka subscribe to retry tiers", e))?;
+        }
         let relay = Arc::new(relay);
 
         let poller = Poller {
