@@ -34,7 +34,10 @@ impl std::fmt::Debug for TlsConfig {
         f.debug_struct("TlsConfig")
             .field("ca_pem_bytes", &self.ca_pem.len())
             .field("domain", &self.domain)
-            .field("client_identity", &self.client_identity.as_ref().map(|_| "<redacted>"))
+            .field(
+                "client_identity",
+                &self.client_identity.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -120,7 +123,9 @@ impl TritonClientBuilder {
         }
         let is_https = url.starts_with("https://");
         if !(url.starts_with("http://") || is_https) {
-            return Err(Error::InvalidConfig(format!("triton url '{url}': scheme must be http or https")));
+            return Err(Error::InvalidConfig(format!(
+                "triton url '{url}': scheme must be http or https"
+            )));
         }
         if is_https != self.tls.is_some() {
             return Err(Error::InvalidConfig(format!(
@@ -136,7 +141,9 @@ impl TritonClientBuilder {
             .tcp_nodelay(true);
         if let Some((interval, timeout)) = self.keepalive {
             if interval.is_zero() || timeout.is_zero() {
-                return Err(Error::InvalidConfig("keepalive interval and timeout must be positive".into()));
+                return Err(Error::InvalidConfig(
+                    "keepalive interval and timeout must be positive".into(),
+                ));
             }
             endpoint = endpoint
                 .http2_keep_alive_interval(interval)
@@ -154,12 +161,15 @@ impl TritonClientBuilder {
             if let Some((cert, key)) = &tls.client_identity {
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
-            endpoint = endpoint.tls_config(cfg).map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
         }
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, v) in &self.headers {
-            let key = AsciiMetadataKey::from_str(k)
-                .map_err(|_| Error::InvalidConfig(format!("header name '{k}' is not a valid gRPC metadata key")))?;
+            let key = AsciiMetadataKey::from_str(k).map_err(|_| {
+                Error::InvalidConfig(format!("header name '{k}' is not a valid gRPC metadata key"))
+            })?;
             let val = AsciiMetadataValue::from_str(v)
                 .map_err(|_| Error::InvalidConfig(format!("header '{k}': value is not printable ASCII")))?;
             headers.push((key, val));
@@ -169,9 +179,16 @@ impl TritonClientBuilder {
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);
         if self.gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip).accept_compressed(CompressionEncoding::Gzip);
+            grpc = grpc
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
         }
-        Ok(TritonClient { grpc, headers, default_deadline: self.default_deadline, url })
+        Ok(TritonClient {
+            grpc,
+            headers,
+            default_deadline: self.default_deadline,
+            url,
+        })
     }
 }
 
@@ -201,7 +218,10 @@ pub(crate) struct CallError {
 
 impl From<Error> for CallError {
     fn from(error: Error) -> Self {
-        CallError { error, retry_safe: false }
+        CallError {
+            error,
+            retry_safe: false,
+        }
     }
 }
 
@@ -238,19 +258,31 @@ pub(crate) fn status_to_call_error(s: tonic::Status, what: &str) -> CallError {
         }
         if chain.contains("Timeout expired") {
             // tonic enforces the grpc-timeout it sends.
-            return CallError { error: Error::Timeout(format!("{what}: deadline expired")), retry_safe: false };
+            return CallError {
+                error: Error::Timeout(format!("{what}: deadline expired")),
+                retry_safe: false,
+            };
         }
         return CallError {
-            error: Error::Unavailable { message: format!("{what}: {}{chain}", s.message()), source: None },
+            error: Error::Unavailable {
+                message: format!("{what}: {}{chain}", s.message()),
+                source: None,
+            },
             retry_safe: connect,
         };
     }
     let code = RpcCode::from_i32(s.code() as i32);
     let error = match code {
         RpcCode::DeadlineExceeded => Error::Timeout(format!("{what}: {}", s.message())),
-        _ => Error::Rpc { code, message: s.message().to_string() },
+        _ => Error::Rpc {
+            code,
+            message: s.message().to_string(),
+        },
     };
-    CallError { error, retry_safe: false }
+    CallError {
+        error,
+        retry_safe: false,
+    }
 }
 
 impl TritonClient {
@@ -324,21 +356,33 @@ impl TritonClient {
             },
             None => fut.await,
         };
-        res.map(tonic::Response::into_inner).map_err(|s| status_to_call_error(s, what))
+        res.map(tonic::Response::into_inner)
+            .map_err(|s| status_to_call_error(s, what))
     }
 
     /// Whether the server is live.
     pub async fn server_live(&self) -> Result<bool> {
-        self.unary("ServerLive", pb::ServerLiveRequest {}, None, |mut c, r| async move { c.server_live(r).await })
-            .await
-            .map(|r| r.live)
-            .map_err(|e| e.error)
+        self.unary(
+            "ServerLive",
+            pb::ServerLiveRequest {},
+            None,
+            |mut c, r| async move { c.server_live(r).await },
+        )
+        .await
+        .map(|r| r.live)
+        .map_err(|e| e.error)
     }
 
-    pub(crate) async fn server_ready_within(&self, deadline: Option<Duration>) -> std::result::Result<bool, CallError> {
-        self.unary("ServerReady", pb::ServerReadyRequest {}, deadline, |mut c, r| async move {
-            c.server_ready(r).await
-        })
+    pub(crate) async fn server_ready_within(
+        &self,
+        deadline: Option<Duration>,
+    ) -> std::result::Result<bool, CallError> {
+        self.unary(
+            "ServerReady",
+            pb::ServerReadyRequest {},
+            deadline,
+            |mut c, r| async move { c.server_ready(r).await },
+        )
         .await
         .map(|r| r.ready)
     }
@@ -350,28 +394,45 @@ impl TritonClient {
 
     /// Whether a model (version; `""` for the server's choice) is ready.
     pub async fn model_ready(&self, model: &str, version: &str) -> Result<bool> {
-        let msg = pb::ModelReadyRequest { name: model.into(), version: version.into() };
-        self.unary("ModelReady", msg, None, |mut c, r| async move { c.model_ready(r).await })
-            .await
-            .map(|r| r.ready)
-            .map_err(|e| e.error)
+        let msg = pb::ModelReadyRequest {
+            name: model.into(),
+            version: version.into(),
+        };
+        self.unary("ModelReady", msg, None, |mut c, r| async move {
+            c.model_ready(r).await
+        })
+        .await
+        .map(|r| r.ready)
+        .map_err(|e| e.error)
     }
 
     /// Server name, version and protocol extensions.
     pub async fn server_metadata(&self) -> Result<ServerMetadata> {
-        self.unary("ServerMetadata", pb::ServerMetadataRequest {}, None, |mut c, r| async move {
-            c.server_metadata(r).await
-        })
+        self.unary(
+            "ServerMetadata",
+            pb::ServerMetadataRequest {},
+            None,
+            |mut c, r| async move { c.server_metadata(r).await },
+        )
         .await
-        .map(|r| ServerMetadata { name: r.name, version: r.version, extensions: r.extensions })
+        .map(|r| ServerMetadata {
+            name: r.name,
+            version: r.version,
+            extensions: r.extensions,
+        })
         .map_err(|e| e.error)
     }
 
     /// A model's inputs, outputs, versions and platform.
     pub async fn model_metadata(&self, model: &str, version: &str) -> Result<ModelMetadata> {
-        let msg = pb::ModelMetadataRequest { name: model.into(), version: version.into() };
+        let msg = pb::ModelMetadataRequest {
+            name: model.into(),
+            version: version.into(),
+        };
         let r = self
-            .unary("ModelMetadata", msg, None, |mut c, r| async move { c.model_metadata(r).await })
+            .unary("ModelMetadata", msg, None, |mut c, r| async move {
+                c.model_metadata(r).await
+            })
             .await
             .map_err(|e| e.error)?;
         let conv = |t: pb::model_metadata_response::TensorMetadata| TensorMetadata {
@@ -390,35 +451,58 @@ impl TritonClient {
 
     /// A model's configuration (the protocol message; see [`pb::ModelConfig`]).
     pub async fn model_config(&self, model: &str, version: &str) -> Result<pb::ModelConfig> {
-        let msg = pb::ModelConfigRequest { name: model.into(), version: version.into() };
-        self.unary("ModelConfig", msg, None, |mut c, r| async move { c.model_config(r).await })
-            .await
-            .map_err(|e| e.error)?
-            .config
-            .ok_or_else(|| Error::Backend { message: "ModelConfig: empty response".into(), source: None })
+        let msg = pb::ModelConfigRequest {
+            name: model.into(),
+            version: version.into(),
+        };
+        self.unary("ModelConfig", msg, None, |mut c, r| async move {
+            c.model_config(r).await
+        })
+        .await
+        .map_err(|e| e.error)?
+        .config
+        .ok_or_else(|| Error::Backend {
+            message: "ModelConfig: empty response".into(),
+            source: None,
+        })
     }
 
     /// Inference statistics of one model (`model` empty: all models).
     pub async fn model_statistics(&self, model: &str, version: &str) -> Result<Vec<pb::ModelStatistics>> {
-        let msg = pb::ModelStatisticsRequest { name: model.into(), version: version.into() };
-        self.unary("ModelStatistics", msg, None, |mut c, r| async move { c.model_statistics(r).await })
-            .await
-            .map(|r| r.model_stats)
-            .map_err(|e| e.error)
+        let msg = pb::ModelStatisticsRequest {
+            name: model.into(),
+            version: version.into(),
+        };
+        self.unary("ModelStatistics", msg, None, |mut c, r| async move {
+            c.model_statistics(r).await
+        })
+        .await
+        .map(|r| r.model_stats)
+        .map_err(|e| e.error)
     }
 
     /// The models in the repository (`ready_only`: only ready ones).
     pub async fn repository_index(&self, ready_only: bool) -> Result<Vec<RepositoryModel>> {
-        let msg = pb::RepositoryIndexRequest { repository_name: String::new(), ready: ready_only };
-        self.unary("RepositoryIndex", msg, None, |mut c, r| async move { c.repository_index(r).await })
-            .await
-            .map(|r| {
-                r.models
-                    .into_iter()
-                    .map(|m| RepositoryModel { name: m.name, version: m.version, state: m.state, reason: m.reason })
-                    .collect()
-            })
-            .map_err(|e| e.error)
+        let msg = pb::RepositoryIndexRequest {
+            repository_name: String::new(),
+            ready: ready_only,
+        };
+        self.unary("RepositoryIndex", msg, None, |mut c, r| async move {
+            c.repository_index(r).await
+        })
+        .await
+        .map(|r| {
+            r.models
+                .into_iter()
+                .map(|m| RepositoryModel {
+                    name: m.name,
+                    version: m.version,
+                    state: m.state,
+                    reason: m.reason,
+                })
+                .collect()
+        })
+        .map_err(|e| e.error)
     }
 
     /// Loads (or reloads) a model (needs Triton's explicit model control mode).
@@ -428,10 +512,12 @@ impl TritonClient {
             model_name: model.into(),
             parameters: HashMap::new(),
         };
-        self.unary("RepositoryModelLoad", msg, None, |mut c, r| async move { c.repository_model_load(r).await })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.error)
+        self.unary("RepositoryModelLoad", msg, None, |mut c, r| async move {
+            c.repository_model_load(r).await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.error)
     }
 
     /// Unloads a model (needs Triton's explicit model control mode).
@@ -449,9 +535,16 @@ impl TritonClient {
         .map_err(|e| e.error)
     }
 
-    pub(crate) async fn infer_inner(&self, req: &InferRequest) -> std::result::Result<InferResponse, CallError> {
+    pub(crate) async fn infer_inner(
+        &self,
+        req: &InferRequest,
+    ) -> std::result::Result<InferResponse, CallError> {
         let msg = req.to_pb(false)?;
-        let r = self.unary("ModelInfer", msg, req.deadline, |mut c, r| async move { c.model_infer(r).await }).await?;
+        let r = self
+            .unary("ModelInfer", msg, req.deadline, |mut c, r| async move {
+                c.model_infer(r).await
+            })
+            .await?;
         Ok(InferResponse::from_pb(r)?)
     }
 

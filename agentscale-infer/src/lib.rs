@@ -33,8 +33,8 @@ mod tensor;
 pub mod testing;
 
 pub use client::{
-    ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata, TlsConfig, TritonClient, TritonClientBuilder,
-    DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_SIZE,
+    ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata, TlsConfig, TritonClient,
+    TritonClientBuilder, DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use llm::{Inference, LlmClient};
 pub use pool::{PoolStats, TritonPool, TritonPoolBuilder};

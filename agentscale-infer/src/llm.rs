@@ -62,7 +62,14 @@ pub struct LlmClient<I> {
 impl<I: Inference> LlmClient<I> {
     /// A helper for `model` (default 64 max tokens).
     pub fn new(inner: I, model: impl Into<String>) -> Self {
-        LlmClient { inner, model: model.into(), max_tokens: 64, batch_dim: true, deadline: None, params: Vec::new() }
+        LlmClient {
+            inner,
+            model: model.into(),
+            max_tokens: 64,
+            batch_dim: true,
+            deadline: None,
+            params: Vec::new(),
+        }
     }
 
     /// Maximum tokens to generate.
@@ -95,7 +102,11 @@ impl<I: Inference> LlmClient<I> {
         }
         let shape = if self.batch_dim { vec![1, 1] } else { vec![1] };
         let mut req = InferRequest::new(self.model.clone())
-            .input(Tensor::from_bytes("text_input", shape.clone(), [prompt.as_bytes()]))
+            .input(Tensor::from_bytes(
+                "text_input",
+                shape.clone(),
+                [prompt.as_bytes()],
+            ))
             .input(Tensor::new("max_tokens", shape.clone(), &[self.max_tokens]))
             .input(Tensor::new("stream", shape, &[stream]))
             .output("text_output");
@@ -119,7 +130,10 @@ impl<I: Inference> LlmClient<I> {
     }
 
     /// Generates token by token: each item is the text of one response.
-    pub async fn generate_stream(&self, prompt: &str) -> Result<impl Stream<Item = Result<String>> + Send + 'static> {
+    pub async fn generate_stream(
+        &self,
+        prompt: &str,
+    ) -> Result<impl Stream<Item = Result<String>> + Send + 'static> {
         let s = self.inner.infer_stream(self.request(prompt, true)?).await?;
         Ok(s.map(|r| r.and_then(|r| text_of(&r))))
     }

@@ -92,7 +92,15 @@ pub struct TritonPool {
 impl std::fmt::Debug for TritonPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TritonPool")
-            .field("replicas", &self.inner.replicas.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .field(
+                "replicas",
+                &self
+                    .inner
+                    .replicas
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("router", &self.inner.router)
             .finish()
     }
@@ -112,7 +120,10 @@ pub struct TritonPoolBuilder {
 impl std::fmt::Debug for TritonPoolBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TritonPoolBuilder")
-            .field("replicas", &self.replicas.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .field(
+                "replicas",
+                &self.replicas.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            )
             .field("health_interval", &self.health_interval)
             .field("max_attempts", &self.max_attempts)
             .finish()
@@ -174,14 +185,20 @@ impl TritonPoolBuilder {
             return Err(Error::InvalidConfig("triton pool: no endpoints".into()));
         }
         if self.max_attempts == 0 || self.unhealthy_after == 0 {
-            return Err(Error::InvalidConfig("triton pool: max_attempts and unhealthy_after must be ≥ 1".into()));
+            return Err(Error::InvalidConfig(
+                "triton pool: max_attempts and unhealthy_after must be ≥ 1".into(),
+            ));
         }
         if self.health_interval.is_zero() || self.health_timeout.is_zero() {
-            return Err(Error::InvalidConfig("triton pool: health check interval/timeout must be positive".into()));
+            return Err(Error::InvalidConfig(
+                "triton pool: health check interval/timeout must be positive".into(),
+            ));
         }
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::InvalidConfig("triton pool: build() needs a Tokio runtime".into()))?;
-        let mut builder = Router::builder().eject_after(self.eject_after.0, self.eject_after.1).allow_empty();
+        let mut builder = Router::builder()
+            .eject_after(self.eject_after.0, self.eject_after.1)
+            .allow_empty();
         builder = match self.policy {
             Some(p) => builder.boxed_policy(p),
             None => builder.policy(PeakEwmaP2c::default()),
@@ -191,7 +208,9 @@ impl TritonPoolBuilder {
             let client = client?;
             let id = format!("{i}:{url}");
             if replicas.iter().any(|r: &Replica| r.client.url() == client.url()) {
-                return Err(Error::InvalidConfig(format!("triton pool: endpoint {url} given twice")));
+                return Err(Error::InvalidConfig(format!(
+                    "triton pool: endpoint {url} given twice"
+                )));
             }
             builder = builder.endpoint(id.clone(), client.clone(), weight);
             replicas.push(Replica {
@@ -222,21 +241,30 @@ impl TritonPoolBuilder {
                 inner.check_health().await;
             }
         });
-        Ok(TritonPool { inner, _health: Arc::new(HealthTask(task)) })
+        Ok(TritonPool {
+            inner,
+            _health: Arc::new(HealthTask(task)),
+        })
     }
 }
 
 impl Inner {
     async fn check_health(&self) {
         let checks = self.replicas.iter().map(|r| async move {
-            let ok = matches!(r.client.server_ready_within(Some(self.health_timeout)).await, Ok(true));
+            let ok = matches!(
+                r.client.server_ready_within(Some(self.health_timeout)).await,
+                Ok(true)
+            );
             (r, ok)
         });
         for (r, ok) in futures::future::join_all(checks).await {
             if ok {
                 r.failed_checks.store(0, Ordering::Relaxed);
                 if !r.in_router.load(Ordering::Relaxed)
-                    && self.router.add_endpoint(r.id.clone(), r.client.clone(), r.weight).is_ok()
+                    && self
+                        .router
+                        .add_endpoint(r.id.clone(), r.client.clone(), r.weight)
+                        .is_ok()
                 {
                     r.in_router.store(true, Ordering::Relaxed);
                     self.counters.readmissions.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +355,10 @@ impl TritonPool {
             if let Some(d) = req.deadline {
                 let left = d.saturating_sub(started.elapsed());
                 if left.is_zero() {
-                    return Err(Error::Timeout(format!("deadline of {d:?} expired after {} attempts", attempt - 1)));
+                    return Err(Error::Timeout(format!(
+                        "deadline of {d:?} expired after {} attempts",
+                        attempt - 1
+                    )));
                 }
                 this.deadline = Some(left);
             }

@@ -34,7 +34,9 @@ impl Param {
             Param::Double(v) => C::DoubleParam(*v),
             Param::String(s) => C::StringParam(s.clone()),
         };
-        pb::InferParameter { parameter_choice: Some(c) }
+        pb::InferParameter {
+            parameter_choice: Some(c),
+        }
     }
 
     pub(crate) fn from_pb(p: &pb::InferParameter) -> Option<Param> {
@@ -209,7 +211,9 @@ impl InferRequest {
     /// shared (reference-counted), not copied.
     pub(crate) fn to_pb(&self, enable_empty_final: bool) -> Result<pb::ModelInferRequest> {
         if self.model.is_empty() {
-            return Err(Error::InvalidInput("inference request without a model name".into()));
+            return Err(Error::InvalidInput(
+                "inference request without a model name".into(),
+            ));
         }
         let mut parameters = HashMap::with_capacity(self.params.len() + 4);
         for (k, v) in &self.params {
@@ -239,16 +243,24 @@ impl InferRequest {
             parameters.insert("sequence_start".into(), Param::Bool(self.sequence_start).to_pb());
             parameters.insert("sequence_end".into(), Param::Bool(self.sequence_end).to_pb());
         } else if self.sequence_start || self.sequence_end {
-            return Err(Error::InvalidInput("sequence_start/sequence_end need a sequence_id".into()));
+            return Err(Error::InvalidInput(
+                "sequence_start/sequence_end need a sequence_id".into(),
+            ));
         }
         if enable_empty_final {
-            parameters.insert("triton_enable_empty_final_response".into(), Param::Bool(true).to_pb());
+            parameters.insert(
+                "triton_enable_empty_final_response".into(),
+                Param::Bool(true).to_pb(),
+            );
         }
         let mut inputs = Vec::with_capacity(self.inputs.len());
         let mut raw = Vec::with_capacity(self.inputs.len());
         for t in &self.inputs {
             t.validate()?;
-            if inputs.iter().any(|i: &pb::model_infer_request::InferInputTensor| i.name == t.name()) {
+            if inputs
+                .iter()
+                .any(|i: &pb::model_infer_request::InferInputTensor| i.name == t.name())
+            {
                 return Err(Error::InvalidInput(format!("input '{}' given twice", t.name())));
             }
             inputs.push(pb::model_infer_request::InferInputTensor {
@@ -299,14 +311,20 @@ impl InferResponse {
     /// The output named `name`, or [`Error::NotFound`].
     pub fn output(&self, name: &str) -> Result<&Tensor> {
         self.outputs.iter().find(|t| t.name() == name).ok_or_else(|| {
-            Error::NotFound(format!("output '{name}' not in the response of model '{}'", self.model_name))
+            Error::NotFound(format!(
+                "output '{name}' not in the response of model '{}'",
+                self.model_name
+            ))
         })
     }
 
     /// Whether this is the last response of a streamed request
     /// (`triton_final_response`).
     pub fn is_final(&self) -> bool {
-        matches!(self.parameters.get("triton_final_response"), Some(Param::Bool(true)))
+        matches!(
+            self.parameters.get("triton_final_response"),
+            Some(Param::Bool(true))
+        )
     }
 
     pub(crate) fn from_pb(r: pb::ModelInferResponse) -> Result<InferResponse> {
@@ -333,7 +351,13 @@ impl InferResponse {
             };
             outputs.push(Tensor::from_raw(o.name, datatype, o.shape, data));
         }
-        Ok(InferResponse { model_name: r.model_name, model_version: r.model_version, id: r.id, parameters, outputs })
+        Ok(InferResponse {
+            model_name: r.model_name,
+            model_version: r.model_version,
+            id: r.id,
+            parameters,
+            outputs,
+        })
     }
 }
 
@@ -343,16 +367,46 @@ fn contents_to_raw(dt: DataType, c: pb::InferTensorContents) -> Bytes {
     let mut out = Vec::new();
     match dt {
         DataType::Bool => out.extend(c.bool_contents.iter().map(|b| u8::from(*b))),
-        DataType::Int8 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&(*v as i8).to_le_bytes())),
-        DataType::Int16 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&(*v as i16).to_le_bytes())),
-        DataType::Int32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Int64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Uint8 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&(*v as u8).to_le_bytes())),
-        DataType::Uint16 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&(*v as u16).to_le_bytes())),
-        DataType::Uint32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Uint64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int8 => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as i8).to_le_bytes())),
+        DataType::Int16 => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as i16).to_le_bytes())),
+        DataType::Int32 => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int64 => c
+            .int64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint8 => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as u8).to_le_bytes())),
+        DataType::Uint16 => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as u16).to_le_bytes())),
+        DataType::Uint32 => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint64 => c
+            .uint64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp32 => c
+            .fp32_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp64 => c
+            .fp64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DataType::Bytes => c.bytes_contents.iter().for_each(|b| {
             out.extend_from_slice(&(b.len() as u32).to_le_bytes());
             out.extend_from_slice(b);
@@ -371,8 +425,13 @@ mod tests {
     #[test]
     fn reserved_parameters_are_rejected() {
         let r = InferRequest::new("m").param("priority", Param::Uint64(1));
-        assert_eq!(r.to_pb(false).unwrap_err().kind(), agentscale_core::ErrorKind::InvalidInput);
-        let r = InferRequest::new("m").param("custom", Param::Bool(true)).priority(2);
+        assert_eq!(
+            r.to_pb(false).unwrap_err().kind(),
+            agentscale_core::ErrorKind::InvalidInput
+        );
+        let r = InferRequest::new("m")
+            .param("custom", Param::Bool(true))
+            .priority(2);
         let p = r.to_pb(false).unwrap();
         assert_eq!(p.parameters.len(), 2);
         assert_eq!(Param::from_pb(&p.parameters["priority"]), Some(Param::Uint64(2)));
@@ -389,6 +448,9 @@ mod tests {
     #[test]
     fn bad_tensors_fail_before_sending() {
         let r = InferRequest::new("m").input(Tensor::new("x", vec![4], &[1i32, 2]));
-        assert_eq!(r.to_pb(false).unwrap_err().kind(), agentscale_core::ErrorKind::InvalidInput);
+        assert_eq!(
+            r.to_pb(false).unwrap_err().kind(),
+            agentscale_core::ErrorKind::InvalidInput
+        );
     }
 }

@@ -50,7 +50,9 @@ pub struct InferStream {
 
 impl std::fmt::Debug for InferStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InferStream").field("pending", &self.inner.pending.lock().len()).finish()
+        f.debug_struct("InferStream")
+            .field("pending", &self.inner.pending.lock().len())
+            .finish()
     }
 }
 
@@ -63,7 +65,10 @@ fn fail_all(pending: &Mutex<Pending>, closed: &Mutex<Option<String>>, why: &Erro
 
 fn clone_error(e: &Error) -> Error {
     match e {
-        Error::Rpc { code, message } => Error::Rpc { code: *code, message: message.clone() },
+        Error::Rpc { code, message } => Error::Rpc {
+            code: *code,
+            message: message.clone(),
+        },
         other => Error::from_kind(other.kind(), other.to_string()),
     }
 }
@@ -88,7 +93,11 @@ impl InferStream {
                 match inbound.message().await {
                     Ok(Some(msg)) => dispatch(&p, msg),
                     Ok(None) => {
-                        fail_all(&p, &c, &Error::Closed("ModelStreamInfer: the server ended the stream".into()));
+                        fail_all(
+                            &p,
+                            &c,
+                            &Error::Closed("ModelStreamInfer: the server ended the stream".into()),
+                        );
                         return;
                     }
                     Err(s) => {
@@ -99,7 +108,13 @@ impl InferStream {
             }
         });
         InferStream {
-            inner: Arc::new(Inner { tx, pending, closed, next_id: AtomicU64::new(1), reader }),
+            inner: Arc::new(Inner {
+                tx,
+                pending,
+                closed,
+                next_id: AtomicU64::new(1),
+                reader,
+            }),
         }
     }
 
@@ -118,18 +133,33 @@ impl InferStream {
             }
             let mut pending = self.inner.pending.lock();
             if pending.contains_key(&req.id) {
-                return Err(Error::InvalidInput(format!("request id '{}' is already in flight on this stream", req.id)));
+                return Err(Error::InvalidInput(format!(
+                    "request id '{}' is already in flight on this stream",
+                    req.id
+                )));
             }
             pending.insert(req.id.clone(), rtx);
         }
         let id = req.id.clone();
         if self.inner.tx.send(msg).await.is_err() {
             self.inner.pending.lock().remove(&id);
-            let why = self.inner.closed.lock().clone().unwrap_or_else(|| "stream closed".into());
+            let why = self
+                .inner
+                .closed
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "stream closed".into());
             return Err(Error::Closed(why));
         }
         let sleep = req.deadline.map(|d| (d, Box::pin(tokio::time::sleep(d))));
-        Ok(ResponseStream { id, rx: rrx, session: Some(Arc::clone(&self.inner)), done: false, sleep, first: None })
+        Ok(ResponseStream {
+            id,
+            rx: rrx,
+            session: Some(Arc::clone(&self.inner)),
+            done: false,
+            sleep,
+            first: None,
+        })
     }
 
     /// Requests sent whose final response has not arrived yet.
@@ -143,7 +173,10 @@ fn dispatch(pending: &Mutex<Pending>, msg: pb::ModelStreamInferResponse) {
     let id = resp.id.clone();
     let mut map = pending.lock();
     if !msg.error_message.is_empty() {
-        let err = Error::Rpc { code: RpcCode::Internal, message: msg.error_message };
+        let err = Error::Rpc {
+            code: RpcCode::Internal,
+            message: msg.error_message,
+        };
         // Triton names the failed request by id; without one the error can
         // only be attributed when a single request is in flight.
         let key = if map.contains_key(&id) {
@@ -198,7 +231,10 @@ pub struct ResponseStream {
 
 impl std::fmt::Debug for ResponseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseStream").field("id", &self.id).field("done", &self.done).finish()
+        f.debug_struct("ResponseStream")
+            .field("id", &self.id)
+            .field("done", &self.done)
+            .finish()
     }
 }
 

@@ -174,7 +174,12 @@ impl Tensor {
         for v in values {
             v.put(&mut buf);
         }
-        Tensor { name: name.into(), datatype: T::DATATYPE, shape: shape.into(), data: buf.freeze() }
+        Tensor {
+            name: name.into(),
+            datatype: T::DATATYPE,
+            shape: shape.into(),
+            data: buf.freeze(),
+        }
     }
 
     /// A 1-D tensor of fixed-size elements.
@@ -195,19 +200,38 @@ impl Tensor {
             buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
             buf.extend_from_slice(e);
         }
-        Tensor { name: name.into(), datatype: DataType::Bytes, shape: shape.into(), data: buf.freeze() }
+        Tensor {
+            name: name.into(),
+            datatype: DataType::Bytes,
+            shape: shape.into(),
+            data: buf.freeze(),
+        }
     }
 
     /// A 1-D `BYTES` tensor of strings.
     pub fn from_strings<S: AsRef<str>>(name: impl Into<String>, strings: &[S]) -> Tensor {
-        Tensor::from_bytes(name, vec![strings.len() as i64], strings.iter().map(|s| s.as_ref().as_bytes()))
+        Tensor::from_bytes(
+            name,
+            vec![strings.len() as i64],
+            strings.iter().map(|s| s.as_ref().as_bytes()),
+        )
     }
 
     /// A tensor from raw little-endian bytes (the way to send `FP16` and
     /// `BF16`, or data already serialized). No copy is made. For `BYTES` the
     /// bytes must already be length-prefixed.
-    pub fn from_raw(name: impl Into<String>, datatype: DataType, shape: impl Into<Vec<i64>>, data: Bytes) -> Tensor {
-        Tensor { name: name.into(), datatype, shape: shape.into(), data }
+    pub fn from_raw(
+        name: impl Into<String>,
+        datatype: DataType,
+        shape: impl Into<Vec<i64>>,
+        data: Bytes,
+    ) -> Tensor {
+        Tensor {
+            name: name.into(),
+            datatype,
+            shape: shape.into(),
+            data,
+        }
     }
 
     /// The tensor's name.
@@ -241,7 +265,10 @@ impl Tensor {
                 )));
             }
             n = n.checked_mul(d as usize).ok_or_else(|| {
-                Error::InvalidInput(format!("tensor '{}': shape {:?} overflows", self.name, self.shape))
+                Error::InvalidInput(format!(
+                    "tensor '{}': shape {:?} overflows",
+                    self.name, self.shape
+                ))
             })?;
         }
         Ok(n)
@@ -254,7 +281,7 @@ impl Tensor {
         let n = self.element_count()?;
         match self.datatype.size() {
             Some(size) => {
-                let want = n.checked_mul(size).unwrap_or(usize::MAX);
+                let want = n.saturating_mul(size);
                 if self.data.len() != want {
                     return Err(Error::InvalidInput(format!(
                         "tensor '{}': {} shape {:?} needs {want} bytes ({n} elements × {size}), got {}",
@@ -319,9 +346,8 @@ impl Tensor {
         self.to_bytes_elements()?
             .into_iter()
             .map(|b| {
-                String::from_utf8(b.to_vec()).map_err(|_| {
-                    Error::InvalidInput(format!("tensor '{}': element is not UTF-8", self.name))
-                })
+                String::from_utf8(b.to_vec())
+                    .map_err(|_| Error::InvalidInput(format!("tensor '{}': element is not UTF-8", self.name)))
             })
             .collect()
     }
@@ -331,11 +357,17 @@ fn count_bytes_elements(mut data: &[u8]) -> std::result::Result<usize, String> {
     let mut n = 0;
     while !data.is_empty() {
         if data.len() < 4 {
-            return Err(format!("{} trailing bytes where a 4-byte length was expected", data.len()));
+            return Err(format!(
+                "{} trailing bytes where a 4-byte length was expected",
+                data.len()
+            ));
         }
         let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
         if data.len() - 4 < len {
-            return Err(format!("element length {len} exceeds the {} bytes left", data.len() - 4));
+            return Err(format!(
+                "element length {len} exceeds the {} bytes left",
+                data.len() - 4
+            ));
         }
         data = &data[4 + len..];
         n += 1;
@@ -348,12 +380,18 @@ fn split_bytes_elements(data: &Bytes) -> std::result::Result<Vec<Bytes>, String>
     let mut at = 0;
     while at < data.len() {
         if data.len() - at < 4 {
-            return Err(format!("{} trailing bytes where a 4-byte length was expected", data.len() - at));
+            return Err(format!(
+                "{} trailing bytes where a 4-byte length was expected",
+                data.len() - at
+            ));
         }
         let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         at += 4;
         if data.len() - at < len {
-            return Err(format!("element length {len} exceeds the {} bytes left", data.len() - at));
+            return Err(format!(
+                "element length {len} exceeds the {} bytes left",
+                data.len() - at
+            ));
         }
         out.push(data.slice(at..at + len));
         at += len;
@@ -392,13 +430,23 @@ mod tests {
         assert!(e.to_string().contains("needs 12 bytes"), "{e}");
         assert!(Tensor::new("x", vec![-1], &[1u8]).validate().is_err());
         assert!(Tensor::from_strings("s", &["a", "b"]).validate().is_ok());
-        let bad = Tensor::from_raw("s", DataType::Bytes, vec![1], Bytes::from_static(&[9, 0, 0, 0, 1]));
+        let bad = Tensor::from_raw(
+            "s",
+            DataType::Bytes,
+            vec![1],
+            Bytes::from_static(&[9, 0, 0, 0, 1]),
+        );
         assert!(bad.validate().is_err());
         let short = Tensor::from_bytes("s", vec![3], ["a", "b"]);
         assert!(short.validate().is_err());
         let half = Tensor::from_raw("h", DataType::Fp16, vec![2], Bytes::from_static(&[0, 0x3c, 0]));
         assert!(half.validate().is_err());
-        let bf = Tensor::from_raw("h", DataType::Bf16, vec![2], Bytes::from_static(&[0x80, 0x3f, 0, 0x40]));
+        let bf = Tensor::from_raw(
+            "h",
+            DataType::Bf16,
+            vec![2],
+            Bytes::from_static(&[0x80, 0x3f, 0, 0x40]),
+        );
         bf.validate().unwrap();
     }
 

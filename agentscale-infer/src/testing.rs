@@ -61,13 +61,17 @@ impl GrpcInferenceService for NoopInferenceService {
         }))
     }
     async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Rs<pb::ModelMetadataResponse> {
-        Ok(Response::new(pb::ModelMetadataResponse { name: r.into_inner().name, ..Default::default() }))
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: r.into_inner().name,
+            ..Default::default()
+        }))
     }
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Rs<pb::ModelInferResponse> {
         Ok(Response::new(echo(r.into_inner())))
     }
-    type ModelStreamInferStream =
-        Pin<Box<dyn Stream<Item = std::result::Result<pb::ModelStreamInferResponse, Status>> + Send + 'static>>;
+    type ModelStreamInferStream = Pin<
+        Box<dyn Stream<Item = std::result::Result<pb::ModelStreamInferResponse, Status>> + Send + 'static>,
+    >;
     async fn model_stream_infer(
         &self,
         r: Request<Streaming<pb::ModelInferRequest>>,
@@ -78,22 +82,36 @@ impl GrpcInferenceService for NoopInferenceService {
                 let mut resp = echo(req);
                 resp.parameters.insert(
                     "triton_final_response".into(),
-                    pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)) },
+                    pb::InferParameter {
+                        parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+                    },
                 );
-                pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) }
+                pb::ModelStreamInferResponse {
+                    error_message: String::new(),
+                    infer_response: Some(resp),
+                }
             })
         });
         Ok(Response::new(Box::pin(s)))
     }
     async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Rs<pb::ModelConfigResponse> {
         Ok(Response::new(pb::ModelConfigResponse {
-            config: Some(pb::ModelConfig { name: r.into_inner().name, ..Default::default() }),
+            config: Some(pb::ModelConfig {
+                name: r.into_inner().name,
+                ..Default::default()
+            }),
         }))
     }
-    async fn model_statistics(&self, _: Request<pb::ModelStatisticsRequest>) -> Rs<pb::ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        _: Request<pb::ModelStatisticsRequest>,
+    ) -> Rs<pb::ModelStatisticsResponse> {
         Ok(Response::new(pb::ModelStatisticsResponse::default()))
     }
-    async fn repository_index(&self, _: Request<pb::RepositoryIndexRequest>) -> Rs<pb::RepositoryIndexResponse> {
+    async fn repository_index(
+        &self,
+        _: Request<pb::RepositoryIndexRequest>,
+    ) -> Rs<pb::RepositoryIndexResponse> {
         Ok(Response::new(pb::RepositoryIndexResponse::default()))
     }
     async fn repository_model_load(
@@ -123,13 +141,19 @@ impl NoopServer {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::unavailable(format!("bind {addr}"), e))?;
-        let addr = listener.local_addr().map_err(|e| Error::backend("local_addr", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::backend("local_addr", e))?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let svc = GrpcInferenceServiceServer::new(NoopInferenceService)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let task = tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
                 tracing::warn!(error = %e, "noop triton server stopped");
             }
         });

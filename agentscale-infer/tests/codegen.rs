@@ -9,8 +9,8 @@ use std::path::PathBuf;
 #[test]
 fn generated_code_is_up_to_date() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fds = protox::compile([root.join("proto/inference.proto")], [root.join("proto")])
-        .expect("proto compiles");
+    let fds =
+        protox::compile([root.join("proto/inference.proto")], [root.join("proto")]).expect("proto compiles");
     let out = tempfile_dir();
     tonic_prost_build::configure()
         .build_client(true)

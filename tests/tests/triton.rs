@@ -15,7 +15,10 @@ fn url() -> Option<String> {
 }
 
 fn client(url: &str) -> TritonClient {
-    TritonClient::builder(url).default_deadline(Duration::from_secs(30)).build().unwrap()
+    TritonClient::builder(url)
+        .default_deadline(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -27,7 +30,10 @@ async fn health_metadata_config_statistics_repository() {
     assert!(c.model_ready("identity_fp32", "").await.unwrap());
     let meta = c.server_metadata().await.unwrap();
     assert_eq!(meta.name, "triton");
-    assert!(meta.extensions.iter().any(|e| e == "model_configuration"), "{meta:?}");
+    assert!(
+        meta.extensions.iter().any(|e| e == "model_configuration"),
+        "{meta:?}"
+    );
     let mm = c.model_metadata("echo", "").await.unwrap();
     assert_eq!(mm.name, "echo");
     assert_eq!(mm.inputs[0].name, "INPUT0");
@@ -40,9 +46,14 @@ async fn health_metadata_config_statistics_repository() {
     assert_eq!(cfg.backend, "python");
     let cfg = c.model_config("identity_fp32", "").await.unwrap();
     assert_eq!(cfg.max_batch_size, 0);
-    assert_eq!(cfg.input[0].data_type, agentscale_infer::pb::DataType::TypeFp32 as i32);
+    assert_eq!(
+        cfg.input[0].data_type,
+        agentscale_infer::pb::DataType::TypeFp32 as i32
+    );
 
-    c.infer(&InferRequest::new("identity_int8").input(Tensor::from_slice("INPUT0", &[1i8]))).await.unwrap();
+    c.infer(&InferRequest::new("identity_int8").input(Tensor::from_slice("INPUT0", &[1i8])))
+        .await
+        .unwrap();
     // pytriton restricts statistics and the model repository to callers
     // sending an access-token header (serve.py fixes the token).
     let e = c.model_statistics("identity_int8", "").await.unwrap_err();
@@ -54,7 +65,10 @@ async fn health_metadata_config_statistics_repository() {
         other => panic!("expected Rpc, got {other:?}"),
     }
     let c = TritonClient::builder(&url)
-        .header("triton-grpc-protocol-triton-access-token", "agentscale-test-token")
+        .header(
+            "triton-grpc-protocol-triton-access-token",
+            "agentscale-test-token",
+        )
         .build()
         .unwrap();
     let stats = c.model_statistics("identity_int8", "").await.unwrap();
@@ -74,7 +88,10 @@ async fn health_metadata_config_statistics_repository() {
 
 async fn round_trip(c: &TritonClient, model: &str, t: Tensor) -> Tensor {
     let name = t.name().to_string();
-    let r = c.infer(&InferRequest::new(model).input(t).output("OUTPUT0")).await.unwrap();
+    let r = c
+        .infer(&InferRequest::new(model).input(t).output("OUTPUT0"))
+        .await
+        .unwrap();
     assert_eq!(r.model_name, model);
     let _ = name;
     r.output("OUTPUT0").unwrap().clone()
@@ -105,16 +122,37 @@ async fn every_datatype_round_trips() {
     check!("identity_fp64", f64, vec![1.5e300, -2.25, 0.1]);
     // FP16 as raw bytes: 1.0, -2.0, 65504 (max), smallest subnormal.
     let half = Bytes::from_static(&[0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x01, 0x00]);
-    let out = round_trip(&c, "identity_fp16", Tensor::from_raw("INPUT0", DataType::Fp16, vec![4], half.clone())).await;
+    let out = round_trip(
+        &c,
+        "identity_fp16",
+        Tensor::from_raw("INPUT0", DataType::Fp16, vec![4], half.clone()),
+    )
+    .await;
     assert_eq!(out.datatype(), DataType::Fp16);
     assert_eq!(out.raw(), &half);
     // BYTES, including empty and non-UTF-8 elements, through identity and echo.
     let elems: Vec<&[u8]> = vec![b"hello", b"", &[0, 255, 1], "ünïcode".as_bytes()];
-    let out = round_trip(&c, "identity_bytes", Tensor::from_bytes("INPUT0", vec![4], elems.clone())).await;
-    let got: Vec<Vec<u8>> = out.to_bytes_elements().unwrap().iter().map(|b| b.to_vec()).collect();
+    let out = round_trip(
+        &c,
+        "identity_bytes",
+        Tensor::from_bytes("INPUT0", vec![4], elems.clone()),
+    )
+    .await;
+    let got: Vec<Vec<u8>> = out
+        .to_bytes_elements()
+        .unwrap()
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
     assert_eq!(got, elems.iter().map(|e| e.to_vec()).collect::<Vec<_>>());
-    let r = c.infer(&InferRequest::new("echo").input(Tensor::from_bytes("INPUT0", vec![4], elems.clone()))).await.unwrap();
-    assert_eq!(r.output("LENGTHS").unwrap().to_vec::<i64>().unwrap(), vec![5, 0, 3, 9]);
+    let r = c
+        .infer(&InferRequest::new("echo").input(Tensor::from_bytes("INPUT0", vec![4], elems.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.output("LENGTHS").unwrap().to_vec::<i64>().unwrap(),
+        vec![5, 0, 3, 9]
+    );
     assert_eq!(r.output("OUTPUT0").unwrap().to_bytes_elements().unwrap().len(), 4);
     // 2-D and a large tensor (beyond tonic's 4 MiB default message limit).
     let vals: Vec<f32> = (0..6).map(|i| i as f32).collect();
@@ -151,10 +189,16 @@ async fn gzip_and_headers_and_parameters() {
         .unwrap();
     assert_eq!(r.id, "req-42");
     assert_eq!(r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(), vals);
-    let bad = c.infer(&InferRequest::new("identity_fp32").param("priority", Param::Uint64(1))).await;
+    let bad = c
+        .infer(&InferRequest::new("identity_fp32").param("priority", Param::Uint64(1)))
+        .await;
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert_eq!(
-        TritonClient::builder(&url).header("bad header", "x").build().unwrap_err().kind(),
+        TritonClient::builder(&url)
+            .header("bad header", "x")
+            .build()
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidConfig
     );
 }
@@ -164,17 +208,26 @@ async fn bad_input_and_server_errors_are_typed() {
     let Some(url) = url() else { return };
     let c = client(&url);
     // Detected before sending.
-    let e = c.infer(&InferRequest::new("identity_fp32").input(Tensor::new("INPUT0", vec![3], &[1.0f32]))).await;
+    let e = c
+        .infer(&InferRequest::new("identity_fp32").input(Tensor::new("INPUT0", vec![3], &[1.0f32])))
+        .await;
     let e = e.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("needs 12 bytes"), "{e}");
     let e = c
-        .infer(&InferRequest::new("identity_bytes").input(Tensor::from_bytes("INPUT0", vec![2], ["only one"])))
+        .infer(&InferRequest::new("identity_bytes").input(Tensor::from_bytes(
+            "INPUT0",
+            vec![2],
+            ["only one"],
+        )))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // Refused by the server: wrong datatype for the model.
-    let e = c.infer(&InferRequest::new("identity_fp32").input(Tensor::from_slice("INPUT0", &[1i32]))).await.unwrap_err();
+    let e = c
+        .infer(&InferRequest::new("identity_fp32").input(Tensor::from_slice("INPUT0", &[1i32])))
+        .await
+        .unwrap_err();
     match &e {
         Error::Rpc { code, message } => {
             assert_eq!(*code, RpcCode::InvalidArgument, "{message}");
@@ -183,22 +236,38 @@ async fn bad_input_and_server_errors_are_typed() {
         other => panic!("expected Rpc, got {other:?}"),
     }
     // Unknown model and unknown version.
-    let e = c.infer(&InferRequest::new("no_such_model").input(Tensor::from_slice("INPUT0", &[1.0f32]))).await.unwrap_err();
+    let e = c
+        .infer(&InferRequest::new("no_such_model").input(Tensor::from_slice("INPUT0", &[1.0f32])))
+        .await
+        .unwrap_err();
     match &e {
         Error::Rpc { code, message } => {
-            assert!(matches!(code, RpcCode::NotFound | RpcCode::InvalidArgument | RpcCode::Unavailable), "{code:?}");
+            assert!(
+                matches!(
+                    code,
+                    RpcCode::NotFound | RpcCode::InvalidArgument | RpcCode::Unavailable
+                ),
+                "{code:?}"
+            );
             assert!(message.contains("no_such_model"), "{message}");
         }
         other => panic!("expected Rpc, got {other:?}"),
     }
     let e = c
-        .infer(&InferRequest::new("identity_fp32").version("77").input(Tensor::from_slice("INPUT0", &[1.0f32])))
+        .infer(
+            &InferRequest::new("identity_fp32")
+                .version("77")
+                .input(Tensor::from_slice("INPUT0", &[1.0f32])),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Rpc, "{e}");
     assert!(!c.model_ready("no_such_model", "").await.unwrap_or(false));
     // The model raises.
-    let e = c.infer(&InferRequest::new("always_error").input(Tensor::from_slice("INPUT0", &[1.0f32]))).await.unwrap_err();
+    let e = c
+        .infer(&InferRequest::new("always_error").input(Tensor::from_slice("INPUT0", &[1.0f32])))
+        .await
+        .unwrap_err();
     match &e {
         Error::Rpc { message, .. } => assert!(message.contains("always fails"), "{message}"),
         other => panic!("expected Rpc, got {other:?}"),
@@ -222,7 +291,16 @@ async fn deadline_expiry_is_a_timeout() {
         .input(Tensor::from_slice("INPUT0", &[2.0f32]))
         .input(Tensor::from_slice("DELAY_MS", &[1i32]))
         .deadline(Duration::from_secs(30));
-    assert_eq!(c.infer(&ok).await.unwrap().output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(), vec![2.0]);
+    assert_eq!(
+        c.infer(&ok)
+            .await
+            .unwrap()
+            .output("OUTPUT0")
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        vec![2.0]
+    );
 }
 
 fn expected_tokens(prompt: &str, n: usize) -> Vec<String> {
@@ -248,7 +326,10 @@ async fn many_concurrent_streams_split_per_id() {
     for i in 0..24 {
         let prompt = format!("w{i} alpha beta");
         let n = 3 + (i % 5);
-        let s = session.send(llm_request(&format!("r{i}"), &prompt, n as i32)).await.unwrap();
+        let s = session
+            .send(llm_request(&format!("r{i}"), &prompt, n as i32))
+            .await
+            .unwrap();
         streams.push((s, prompt, n));
     }
     assert!(session.in_flight() > 0);
@@ -268,14 +349,20 @@ async fn many_concurrent_streams_split_per_id() {
     assert_eq!(session.in_flight(), 0);
     // Duplicate ids on one session are refused.
     let _a = session.send(llm_request("dup", "x", 50)).await.unwrap();
-    assert_eq!(session.send(llm_request("dup", "x", 1)).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        session.send(llm_request("dup", "x", 1)).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 #[tokio::test]
 async fn stream_errors_are_typed_and_drop_cancels() {
     let Some(url) = url() else { return };
     let c = client(&url);
-    let mut s = c.infer_stream(llm_request("bad", "please FAIL now", 4)).await.unwrap();
+    let mut s = c
+        .infer_stream(llm_request("bad", "please FAIL now", 4))
+        .await
+        .unwrap();
     let first = s.next().await.unwrap();
     match first {
         Err(Error::Rpc { message, .. }) => assert!(message.contains("asked to fail"), "{message}"),
@@ -283,7 +370,10 @@ async fn stream_errors_are_typed_and_drop_cancels() {
     }
     assert!(s.next().await.is_none());
     // Streaming on an unknown model.
-    let mut s = c.infer_stream(InferRequest::new("no_such_model").input(Tensor::from_slice("x", &[1u8]))).await.unwrap();
+    let mut s = c
+        .infer_stream(InferRequest::new("no_such_model").input(Tensor::from_slice("x", &[1u8])))
+        .await
+        .unwrap();
     assert_eq!(s.next().await.unwrap().unwrap_err().kind(), ErrorKind::Rpc);
     // Drop mid-stream: the call is cancelled and the client keeps working.
     let mut s = c.infer_stream(llm_request("long", "a b", 100_000)).await.unwrap();
@@ -301,11 +391,18 @@ async fn stream_errors_are_typed_and_drop_cancels() {
 #[tokio::test]
 async fn llm_helper_generates_text_and_token_streams() {
     let Some(url) = url() else { return };
-    let llm = LlmClient::new(client(&url), "llm_stream").max_tokens(5).deadline(Duration::from_secs(60));
+    let llm = LlmClient::new(client(&url), "llm_stream")
+        .max_tokens(5)
+        .deadline(Duration::from_secs(60));
     let text = llm.generate("the quick fox").await.unwrap();
     assert_eq!(text, expected_tokens("the quick fox", 5).concat());
-    let tokens: Vec<String> =
-        llm.generate_stream("one two").await.unwrap().map(|t| t.unwrap()).collect::<Vec<_>>().await;
+    let tokens: Vec<String> = llm
+        .generate_stream("one two")
+        .await
+        .unwrap()
+        .map(|t| t.unwrap())
+        .collect::<Vec<_>>()
+        .await;
     assert_eq!(tokens, expected_tokens("one two", 5));
 }
 
@@ -314,31 +411,68 @@ async fn llm_helper_generates_text_and_token_streams() {
 #[tokio::test]
 async fn outputs_match_python_tritonclient() {
     let Some(url) = url() else { return };
-    let Some(py) = agentscale_tests::service_env("AGENTSCALE_TRITON_PYTHON") else { return };
+    let Some(py) = agentscale_tests::service_env("AGENTSCALE_TRITON_PYTHON") else {
+        return;
+    };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/triton/crosscheck.py");
-    let out = tokio::process::Command::new(&py).arg(script).arg(&url).output().await.unwrap();
+    let out = tokio::process::Command::new(&py)
+        .arg(script)
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let py: HashMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let c = client(&url);
     let r = c
-        .infer(&InferRequest::new("identity_fp32").input(Tensor::from_slice("INPUT0", &[1.25f32, -3.5, 1e-7])))
+        .infer(
+            &InferRequest::new("identity_fp32").input(Tensor::from_slice("INPUT0", &[1.25f32, -3.5, 1e-7])),
+        )
         .await
         .unwrap();
-    let ours: Vec<f64> = r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap().iter().map(|v| *v as f64).collect();
+    let ours: Vec<f64> = r
+        .output("OUTPUT0")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| *v as f64)
+        .collect();
     assert_eq!(serde_json::json!(ours), py["identity_fp32"]);
     let r = c
         .infer(&InferRequest::new("echo").input(Tensor::from_strings("INPUT0", &["héllo", "", "world"])))
         .await
         .unwrap();
-    assert_eq!(serde_json::json!(r.output("OUTPUT0").unwrap().to_strings().unwrap()), py["echo"]);
-    assert_eq!(serde_json::json!(r.output("LENGTHS").unwrap().to_vec::<i64>().unwrap()), py["echo_lengths"]);
-    let mut s = c.infer_stream(llm_request("x", "cross check words", 4)).await.unwrap();
+    assert_eq!(
+        serde_json::json!(r.output("OUTPUT0").unwrap().to_strings().unwrap()),
+        py["echo"]
+    );
+    assert_eq!(
+        serde_json::json!(r.output("LENGTHS").unwrap().to_vec::<i64>().unwrap()),
+        py["echo_lengths"]
+    );
+    let mut s = c
+        .infer_stream(llm_request("x", "cross check words", 4))
+        .await
+        .unwrap();
     let mut tokens = Vec::new();
     while let Some(t) = s.next().await {
-        tokens.push(t.unwrap().output("text_output").unwrap().to_strings().unwrap().concat());
+        tokens.push(
+            t.unwrap()
+                .output("text_output")
+                .unwrap()
+                .to_strings()
+                .unwrap()
+                .concat(),
+        );
     }
     assert_eq!(serde_json::json!(tokens), py["llm_stream"]);
-    let e = c.infer(&InferRequest::new("always_error").input(Tensor::from_slice("INPUT0", &[1.0f32]))).await.unwrap_err();
-    let Error::Rpc { message, .. } = e else { panic!("expected Rpc") };
+    let e = c
+        .infer(&InferRequest::new("always_error").input(Tensor::from_slice("INPUT0", &[1.0f32])))
+        .await
+        .unwrap_err();
+    let Error::Rpc { message, .. } = e else {
+        panic!("expected Rpc")
+    };
     assert_eq!(serde_json::json!(message), py["always_error"]);
 }

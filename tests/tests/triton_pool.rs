@@ -10,7 +10,11 @@ use agentscale_infer::testing::NoopServer;
 use agentscale_infer::{InferRequest, Tensor, TritonClient, TritonPool};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Replica {
@@ -22,14 +26,21 @@ struct Replica {
 impl Replica {
     fn kill(&self) {
         // serve.py leads its own process group: kill it with tritonserver.
-        let ok = std::process::Command::new("kill").arg("-KILL").arg(format!("-{}", self.pgid)).status().unwrap();
+        let ok = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.pgid))
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").arg("-KILL").arg(format!("-{}", self.pgid)).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.pgid))
+            .status();
     }
 }
 
@@ -39,7 +50,14 @@ async fn start_replica(python: &str) -> Replica {
     let log = std::fs::File::create(std::env::temp_dir().join(format!("triton-replica-{g}.log"))).unwrap();
     let child = tokio::process::Command::new(python)
         .arg(script)
-        .args(["--grpc-port", &g.to_string(), "--http-port", &h.to_string(), "--metrics-port", &m.to_string()])
+        .args([
+            "--grpc-port",
+            &g.to_string(),
+            "--http-port",
+            &h.to_string(),
+            "--metrics-port",
+            &m.to_string(),
+        ])
         .process_group(0)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -52,24 +70,36 @@ async fn start_replica(python: &str) -> Replica {
     // Await readiness (start-up takes 10–40 s on this machine).
     let mut ready = false;
     for _ in 0..1800 {
-        if c.server_ready().await.unwrap_or(false) && c.model_ready("identity_fp32", "").await.unwrap_or(false) {
+        if c.server_ready().await.unwrap_or(false)
+            && c.model_ready("identity_fp32", "").await.unwrap_or(false)
+        {
             ready = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "second Triton replica did not become ready");
-    Replica { pgid, url, _child: child }
+    Replica {
+        pgid,
+        url,
+        _child: child,
+    }
 }
 
 fn request(i: u64) -> InferRequest {
-    InferRequest::new("identity_fp32").input(Tensor::from_slice("INPUT0", &[i as f32])).deadline(Duration::from_secs(30))
+    InferRequest::new("identity_fp32")
+        .input(Tensor::from_slice("INPUT0", &[i as f32]))
+        .deadline(Duration::from_secs(30))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
-    let Some(url) = agentscale_tests::service_env("AGENTSCALE_TRITON_URL") else { return };
-    let Some(python) = agentscale_tests::service_env("AGENTSCALE_TRITON_PYTHON") else { return };
+    let Some(url) = agentscale_tests::service_env("AGENTSCALE_TRITON_URL") else {
+        return;
+    };
+    let Some(python) = agentscale_tests::service_env("AGENTSCALE_TRITON_PYTHON") else {
+        return;
+    };
     let b = start_replica(&python).await;
     let pool = TritonPool::builder()
         .endpoint(&url, 1)
@@ -91,7 +121,10 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
                 let i = issued.fetch_add(1, Ordering::Relaxed);
                 let before_ejection = pool.stats().ejections == 0;
                 match pool.infer(&request(i)).await {
-                    Ok(r) => assert_eq!(r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(), vec![i as f32]),
+                    Ok(r) => assert_eq!(
+                        r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(),
+                        vec![i as f32]
+                    ),
                     Err(e) => failures.push((before_ejection, e.kind(), e.to_string())),
                 }
             }
@@ -99,7 +132,14 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
         }));
     }
     // Both replicas serve before the kill.
-    while pool.router().endpoints().iter().filter(|e| e.ewma_latency > Duration::ZERO).count() < 2 {
+    while pool
+        .router()
+        .endpoints()
+        .iter()
+        .filter(|e| e.ewma_latency > Duration::ZERO)
+        .count()
+        < 2
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     b.kill();
@@ -123,10 +163,16 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
     // Only requests already started when the replica died may fail: those in
     // flight on it (at most one per worker; a request that reached a server
     // is never retried). Requests started after the ejection never fail.
-    assert!(failures.iter().all(|(before, _, _)| *before), "a request started after the ejection failed: {failures:?}");
+    assert!(
+        failures.iter().all(|(before, _, _)| *before),
+        "a request started after the ejection failed: {failures:?}"
+    );
     assert!(failures.len() as u64 <= WORKERS, "{failures:?}");
     for (_, kind, msg) in &failures {
-        assert!(matches!(kind, ErrorKind::Unavailable | ErrorKind::Rpc), "{kind:?} {msg}");
+        assert!(
+            matches!(kind, ErrorKind::Unavailable | ErrorKind::Rpc),
+            "{kind:?} {msg}"
+        );
     }
     assert_eq!(stats.failed, failures.len() as u64);
     assert_eq!(stats.succeeded + stats.failed, stats.requests);
@@ -137,7 +183,9 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
 
 #[tokio::test]
 async fn dead_endpoint_is_ejected_then_readmitted_and_connect_failures_retry() {
-    let Some(url) = agentscale_tests::service_env("AGENTSCALE_TRITON_URL") else { return };
+    let Some(url) = agentscale_tests::service_env("AGENTSCALE_TRITON_URL") else {
+        return;
+    };
     let port = free_port();
     let dead = format!("http://127.0.0.1:{port}");
     let pool = TritonPool::builder()
@@ -151,19 +199,26 @@ async fn dead_endpoint_is_ejected_then_readmitted_and_connect_failures_retry() {
     // connect and are retried (safe: nothing was sent).
     for i in 0..20 {
         let r = pool.infer(&request(i)).await.unwrap();
-        assert_eq!(r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(), vec![i as f32]);
+        assert_eq!(
+            r.output("OUTPUT0").unwrap().to_vec::<f32>().unwrap(),
+            vec![i as f32]
+        );
     }
     assert!(pool.stats().retries >= 1, "{:?}", pool.stats());
     pool.check_health().await;
     assert_eq!(pool.stats().ejections, 1);
     assert_eq!(pool.router().len(), 1);
     // A server appears on that port: the next check re-admits it.
-    let _server = NoopServer::start(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let _server = NoopServer::start(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
     pool.check_health().await;
     assert_eq!(pool.stats().readmissions, 1);
     assert_eq!(pool.router().len(), 2);
     // Invalid input is never retried and never reaches a replica.
-    let e = pool.infer(&InferRequest::new("identity_fp32").input(Tensor::new("INPUT0", vec![2], &[1.0f32]))).await;
+    let e = pool
+        .infer(&InferRequest::new("identity_fp32").input(Tensor::new("INPUT0", vec![2], &[1.0f32])))
+        .await;
     assert_eq!(e.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!(TritonPool::builder().build().is_err());
 }

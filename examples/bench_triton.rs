@@ -1,0 +1,193 @@
+//! perf_analyzer-style sweep of agentscale-infer against Triton, with NVIDIA's
+//! Python `tritonclient` measured in the same run as the baseline.
+//!
+//! ```text
+//! eval "$(scripts/dev-services up)"
+//! cargo run --release -p agentscale-examples --example bench_triton
+//! ```
+//! Env: AGENTSCALE_TRITON_URL, AGENTSCALE_TRITON_PYTHON (from dev-services),
+//! BENCH_SECS (seconds per point, default 4).
+//!
+//! For each concurrency 1/4/16/64: throughput, p50/p99 latency and client
+//! CPU time per inference (user+sys of the client process / inferences, from
+//! /proc/self/stat), ours then Python's. Then both clients against an
+//! in-process no-op `GRPCInferenceService` (the client's own ceiling).
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentscale_infer::testing::NoopServer;
+use agentscale_infer::{InferRequest, Tensor, TritonClient};
+use hdrhistogram::Histogram;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Point {
+    infer_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_infer: f64,
+}
+
+/// user+sys CPU time of this process, in µs (from /proc/self/stat).
+fn process_cpu_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks * 1e6 / hz
+}
+
+async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
+    let client = TritonClient::new(url).expect("client");
+    let data: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let req = InferRequest::new("identity_fp32")
+        .input(Tensor::from_slice("INPUT0", &data))
+        .output("OUTPUT0");
+    for _ in 0..20 {
+        client.infer(&req).await.expect("warm-up inference");
+    }
+    let cpu0 = process_cpu_us();
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let req = Arc::new(req);
+    let tasks: Vec<_> = (0..conc)
+        .map(|_| {
+            let (client, req) = (client.clone(), Arc::clone(&req));
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let s = Instant::now();
+                    if s >= end {
+                        return h;
+                    }
+                    let r = client.infer(&req).await.expect("inference");
+                    let out = r
+                        .output("OUTPUT0")
+                        .expect("output")
+                        .to_vec::<f32>()
+                        .expect("fp32");
+                    debug_assert_eq!(out.len(), 16);
+                    h.record(s.elapsed().as_micros() as u64).ok();
+                }
+            })
+        })
+        .collect();
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    for t in tasks {
+        h.add(t.await.expect("task")).ok();
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_us() - cpu0;
+    let n = h.len() as f64;
+    Point {
+        infer_per_s: n / elapsed,
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        cpu_us_per_infer: cpu / n.max(1.0),
+    }
+}
+
+async fn run_python(python: &str, url: &str, conc: usize, secs: f64) -> Point {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/triton/bench_tritonclient.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(url)
+        .arg(conc.to_string())
+        .arg(secs.to_string())
+        .output()
+        .await
+        .expect("run python baseline");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+        panic!(
+            "python baseline failed: {line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Point {
+        infer_per_s: f("infer_per_s"),
+        p50_us: f("p50_us"),
+        p99_us: f("p99_us"),
+        cpu_us_per_infer: f("cpu_us_per_infer"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let url = std::env::var("AGENTSCALE_TRITON_URL")
+        .expect("AGENTSCALE_TRITON_URL (eval \"$(scripts/dev-services up)\")");
+    let python = std::env::var("AGENTSCALE_TRITON_PYTHON").expect("AGENTSCALE_TRITON_PYTHON");
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let mut results = Vec::new();
+    println!("Triton identity_fp32 (16 floats), {secs} s per point, server {url}");
+    println!(
+        "{:>5} | {:>10} {:>9} {:>9} {:>9} | {:>10} {:>9} {:>9} {:>9}",
+        "conc", "ours inf/s", "p50 µs", "p99 µs", "cpu µs", "py inf/s", "p50 µs", "p99 µs", "cpu µs"
+    );
+    for conc in [1usize, 4, 16, 64] {
+        let ours = run_ours(&url, conc, secs).await;
+        let py = run_python(&python, &url, conc, secs).await;
+        println!(
+            "{conc:>5} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} | {:>10.0} {:>9.0} {:>9.0} {:>9.1}",
+            ours.infer_per_s,
+            ours.p50_us,
+            ours.p99_us,
+            ours.cpu_us_per_infer,
+            py.infer_per_s,
+            py.p50_us,
+            py.p99_us,
+            py.cpu_us_per_infer
+        );
+        results.push((conc, ours, py));
+    }
+    // Client ceiling: both clients against an in-process no-op server.
+    let server = NoopServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("noop server");
+    let noop_conc = 16;
+    let ours_noop = run_ours(&server.url(), noop_conc, secs).await;
+    let py_noop = run_python(&python, &server.url(), noop_conc, secs).await;
+    println!(
+        "no-op server, concurrency {noop_conc}: ours {:.0} inf/s (p50 {:.0} µs, {:.1} µs CPU/inf incl. the in-process server), python {:.0} inf/s ({:.1} µs CPU/inf)",
+        ours_noop.infer_per_s, ours_noop.p50_us, ours_noop.cpu_us_per_infer, py_noop.infer_per_s, py_noop.cpu_us_per_infer
+    );
+    for (conc, ours, py) in &results {
+        println!(
+            "RESULT triton_client_cpu_us_c{conc} ours={:.1} baseline=python_tritonclient:{:.1} ratio={:.3}",
+            ours.cpu_us_per_infer,
+            py.cpu_us_per_infer,
+            ours.cpu_us_per_infer / py.cpu_us_per_infer.max(1e-9)
+        );
+    }
+    for (conc, ours, py) in &results {
+        println!(
+            "RESULT triton_infer_per_s_c{conc} ours={:.0} baseline=python_tritonclient:{:.0} ratio={:.3}",
+            ours.infer_per_s,
+            py.infer_per_s,
+            ours.infer_per_s / py.infer_per_s.max(1e-9)
+        );
+    }
+    println!(
+        "RESULT triton_noop_server_infer_per_s ours={:.0} baseline=python_tritonclient:{:.0} ratio={:.3}",
+        ours_noop.infer_per_s,
+        py_noop.infer_per_s,
+        ours_noop.infer_per_s / py_noop.infer_per_s.max(1e-9)
+    );
+}

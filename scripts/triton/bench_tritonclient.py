@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Python baseline for examples/bench_triton.rs: NVIDIA tritonclient (gRPC sync
+at concurrency 1, grpc.aio above) running identity_fp32 with a 16-float input
+for a fixed time. Prints one JSON line: infer_per_s, p50_us, p99_us,
+cpu_us_per_infer (this process's user+sys time / inferences), count.
+Usage: bench_tritonclient.py <url> <concurrency> <seconds> [model]"""
+import asyncio
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+url = sys.argv[1].split("://", 1)[-1]
+conc = int(sys.argv[2])
+secs = float(sys.argv[3])
+model = sys.argv[4] if len(sys.argv) > 4 else "identity_fp32"
+data = np.arange(16, dtype=np.float32)
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def report(lat, elapsed, cpu_s):
+    lat.sort()
+    n = len(lat)
+    print(json.dumps({
+        "count": n,
+        "infer_per_s": n / elapsed,
+        "p50_us": lat[n // 2] * 1e6 if n else 0,
+        "p99_us": lat[min(n - 1, int(n * 0.99))] * 1e6 if n else 0,
+        "cpu_us_per_infer": cpu_s * 1e6 / n if n else 0,
+    }))
+
+
+def sync_run():
+    import tritonclient.grpc as g
+    c = g.InferenceServerClient(url)
+    inp = g.InferInput("INPUT0", [16], "FP32")
+    inp.set_data_from_numpy(data)
+    for _ in range(20):
+        c.infer(model, [inp])
+    lat = []
+    c0, t0 = cpu(), time.perf_counter()
+    end = t0 + secs
+    while True:
+        s = time.perf_counter()
+        if s >= end:
+            break
+        inp = g.InferInput("INPUT0", [16], "FP32")
+        inp.set_data_from_numpy(data)
+        r = c.infer(model, [inp])
+        r.as_numpy("OUTPUT0")
+        lat.append(time.perf_counter() - s)
+    report(lat, time.perf_counter() - t0, cpu() - c0)
+
+
+async def aio_run():
+    import tritonclient.grpc.aio as ga
+    c = ga.InferenceServerClient(url)
+    lat = []
+
+    async def one():
+        inp = ga.InferInput("INPUT0", [16], "FP32")
+        inp.set_data_from_numpy(data)
+        r = await c.infer(model, [inp])
+        r.as_numpy("OUTPUT0")
+
+    for _ in range(20):
+        await one()
+    c0, t0 = cpu(), time.perf_counter()
+    end = t0 + secs
+
+    async def worker():
+        while True:
+            s = time.perf_counter()
+            if s >= end:
+                return
+            await one()
+            lat.append(time.perf_counter() - s)
+
+    await asyncio.gather(*[worker() for _ in range(conc)])
+    report(lat, time.perf_counter() - t0, cpu() - c0)
+    await c.close()
+
+
+if conc == 1:
+    sync_run()
+else:
+    asyncio.run(aio_run())
