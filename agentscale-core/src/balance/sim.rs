@@ -203,7 +203,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// Scenario (a): 16 agent replicas with 2 slots each, 80 % short (~200 ms)
-    /// and 20 % long (~2 s) heavy-tailed tasks, Poisson arrivals for 600 s at
+    /// and 20 % long (~2 s) heavy-tailed tasks (Pareto, shape 1.8), Poisson arrivals for 600 s at
     /// `load` (0..1) of total capacity.
     pub fn agent_mix(load: f64, seed: u64) -> Self {
         let workload = Self::agent_workload();
@@ -237,7 +237,7 @@ impl Scenario {
             short: Duration::from_millis(200),
             long: Duration::from_secs(2),
             long_fraction: 0.2,
-            tail_alpha: 2.5,
+            tail_alpha: 1.8,
         }
     }
 
@@ -271,15 +271,15 @@ impl Scenario {
         }
     }
 
-    /// Scenario (c): the agent mix at 70 % load for 300 s; replica 0 is pinned
-    /// at 2 s per request from 60 s to 90 s.
+    /// Scenario (c): the agent mix at 70 % load for 120 s; replica 0 is pinned
+    /// at 2 s per request from 30 s to 60 s.
     pub fn slow_replica(seed: u64) -> Self {
-        let mut s = Self::agent_mix(0.7, seed).with_duration_secs(300.0);
+        let mut s = Self::agent_mix(0.7, seed).with_duration_secs(120.0);
         s.name = "slow_replica".into();
         s.slowdowns.push(Slowdown {
             replica: 0,
-            from: Duration::from_secs(60),
-            until: Duration::from_secs(90),
+            from: Duration::from_secs(30),
+            until: Duration::from_secs(60),
             pinned: Duration::from_secs(2),
         });
         s
