@@ -427,6 +427,23 @@ impl MemoryQueue {
         );
     }
 
+    /// Applies due delays and expiries, then leases up to `max` ready tasks
+    /// into `out`. `None` when it leased something; otherwise the time of the
+    /// next delay or expiry (if any) to wake up for.
+    fn try_take(&self, max: usize, now: Instant, out: &mut Vec<Lease>) -> Option<Option<Instant>> {
+        let mut st = self.shared.state.lock();
+        st.tick(now);
+        self.take(&mut st, max, now, out);
+        if out.is_empty() {
+            return Some(st.next_event());
+        }
+        if st.ready_len() > 0 {
+            // Leftovers: pass the wake-up on to another waiting leaser.
+            self.shared.notify.notify_one();
+        }
+        None
+    }
+
     /// Takes up to `max` ready tasks, highest priority first.
     fn take(&self, st: &mut State, max: usize, now: Instant, out: &mut Vec<Lease>) {
         let deadline = now + self.shared.lease_timeout;
@@ -548,34 +565,28 @@ impl TaskQueue for MemoryQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let mut out = Vec::new();
+        // Fast path: tasks are ready; the Notify is not touched.
         let started = Instant::now();
+        if self.try_take(max, started, &mut out).is_none() {
+            return Ok(out);
+        }
         let give_up = started
             .checked_add(wait)
             .unwrap_or(started + Duration::from_secs(86_400 * 365));
-        let mut out = Vec::new();
         loop {
-            let notified = self.shared.notify.notified();
-            tokio::pin!(notified);
-            // Register interest before looking, so an enqueue between the
-            // look and the wait is not missed.
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let next_event = {
-                let mut st = self.shared.state.lock();
-                st.tick(now);
-                self.take(&mut st, max, now, &mut out);
-                if !out.is_empty() {
-                    if st.ready_len() > 0 {
-                        // Leftovers: pass the wake-up on to another leaser.
-                        self.shared.notify.notify_one();
-                    }
-                    return Ok(out);
-                }
-                st.next_event()
-            };
-            if now >= give_up {
+            if Instant::now() >= give_up {
                 return Ok(out);
             }
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            // Register interest before looking again, so an enqueue between
+            // the look and the wait is not missed.
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let Some(next_event) = self.try_take(max, now, &mut out) else {
+                return Ok(out);
+            };
             let wake = next_event.map_or(give_up, |e| e.min(give_up));
             tokio::select! {
                 _ = &mut notified => {}
