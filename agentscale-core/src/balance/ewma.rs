@@ -62,6 +62,18 @@ impl PeakEwma {
         Duration::from_nanos(self.estimate_ns.min(u64::MAX as f64) as u64)
     }
 
+    /// The estimate as read at `now`: the stored estimate decayed toward zero
+    /// by `exp(-(now - last sample) / decay)`, so an endpoint nobody has
+    /// sampled for a while (because it looked slow) is tried again instead of
+    /// being starved forever.
+    pub fn estimate_at(&self, now: Duration) -> Duration {
+        let Some(at) = self.updated_at else {
+            return self.estimate();
+        };
+        let idle = now.saturating_sub(at).as_nanos() as f64;
+        Duration::from_nanos((self.estimate_ns * (-idle / self.decay_ns).exp()).min(u64::MAX as f64) as u64)
+    }
+
     /// The current estimate in nanoseconds.
     pub fn estimate_nanos(&self) -> f64 {
         self.estimate_ns
@@ -121,6 +133,9 @@ mod tests {
         e.observe(200 * MS, 10 * MS);
         let est = e.estimate().as_secs_f64() * 1e3;
         assert!(est < 500.0 && est > 440.0, "{est}");
+        // Read later without new samples, the estimate decays toward zero.
+        let idle = e.estimate_at(Duration::from_secs(10) + 200 * MS);
+        assert!(idle < e.estimate() / 1000, "{idle:?}");
         // After a long silence, one sample dominates.
         e.observe(Duration::from_secs(60), 10 * MS);
         assert!(e.estimate() < 11 * MS);
