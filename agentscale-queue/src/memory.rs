@@ -387,7 +387,7 @@ impl MemoryQueue {
                     duplicate: true,
                 };
             }
-            let until = now + self.shared.idempotency_window;
+            let until = later(now, self.shared.idempotency_window);
             st.idempotency.insert(key.clone(), (task.id.clone(), until));
             st.idempotency_expiry.push(Reverse((until, key.clone())));
         }
@@ -397,7 +397,7 @@ impl MemoryQueue {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.delayed.push(Reverse(Delayed {
-                    at: now + Duration::from_millis(wait),
+                    at: later(now, Duration::from_millis(wait)),
                     seq,
                     task,
                 }));
@@ -446,7 +446,7 @@ impl MemoryQueue {
 
     /// Takes up to `max` ready tasks, highest priority first.
     fn take(&self, st: &mut State, max: usize, now: Instant, out: &mut Vec<Lease>) {
-        let deadline = now + self.shared.lease_timeout;
+        let deadline = later(now, self.shared.lease_timeout);
         for idx in 0..3 {
             while out.len() < max {
                 let Some(r) = st.ready[idx].pop_front() else { break };
@@ -466,6 +466,15 @@ impl MemoryQueue {
             }
         }
     }
+}
+
+/// Longest delay honoured (about 100 years); longer ones are capped so that
+/// instant arithmetic on caller-supplied durations never overflows.
+const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + d`, capped at [`MAX_DELAY`].
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(MAX_DELAY)).unwrap_or(now)
 }
 
 /// An upper bound on the encoded envelope size, computed without encoding.
@@ -571,9 +580,7 @@ impl TaskQueue for MemoryQueue {
         if self.try_take(max, started, &mut out).is_none() {
             return Ok(out);
         }
-        let give_up = started
-            .checked_add(wait)
-            .unwrap_or(started + Duration::from_secs(86_400 * 365));
+        let give_up = later(started, wait);
         loop {
             if Instant::now() >= give_up {
                 return Ok(out);
@@ -626,7 +633,7 @@ impl TaskQueue for MemoryQueue {
                         let seq = st.next_seq;
                         st.next_seq += 1;
                         st.delayed.push(Reverse(Delayed {
-                            at: now + delay,
+                            at: later(now, delay),
                             seq,
                             task,
                         }));
@@ -657,7 +664,7 @@ impl TaskQueue for MemoryQueue {
         let now = Instant::now();
         let mut st = self.shared.state.lock();
         st.tick(now);
-        let deadline = now + by;
+        let deadline = later(now, by);
         match st.in_flight.get_mut(&lease.fence()) {
             Some(f) if f.task.id == lease.task().id => {
                 f.deadline = deadline;
@@ -765,6 +772,24 @@ mod tests {
             Err(agentscale_core::ErrorKind::LeaseLost)
         );
         q.ack(&new[0]).await.expect("ack");
+    }
+
+    #[tokio::test]
+    async fn huge_durations_do_not_overflow() {
+        let q = MemoryQueue::builder("huge")
+            .lease_timeout(Duration::MAX)
+            .idempotency_window(Duration::MAX)
+            .build()
+            .expect("build");
+        let mut far = Task::new("k", "x").with_idempotency_key("far");
+        far.not_before_ms = Some(u64::MAX);
+        q.enqueue(far).await.expect("enqueue");
+        q.enqueue(Task::new("k", "y")).await.expect("enqueue");
+        let l = q.lease(4, Duration::MAX).await.expect("lease");
+        assert_eq!(l.len(), 1);
+        q.extend(&l[0], Duration::MAX).await.expect("extend");
+        q.nack(&l[0], Nack::Retry(Duration::MAX)).await.expect("nack");
+        assert_eq!(q.depth().await.expect("depth").delayed, 2);
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@
 //! * never lets two concurrent leasers complete the same task: every task is
 //!   acked successfully exactly once (`concurrent_leasers_exclusive`).
 //!
-//! Checks consult [`Capabilities`](agentscale_core::Capabilities) and skip,
+//! Checks consult [`Capabilities`] and skip,
 //! with a line on stderr, only what the backend declares it cannot do
 //! (lease extension, delayed retry, priorities, idempotent enqueue, fencing,
 //! wire format, dead-letter replay). No check asserts on speed; time-based
