@@ -312,3 +312,152 @@ async fn connection_refused_is_unavailable() {
         .expect_err("invalid config");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
 }
+
+/// A redis-server owned by one test (AOF on, `appendfsync always`), on a free
+/// port, stopped by PID.
+struct TestRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl TestRedis {
+    fn start() -> TestRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut r = TestRedis {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/services/redis.sh installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        for _ in 0..400 {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis killed and restarted: calls fail with a retryable error while it is
+/// down, then the stores recover by themselves (reconnect, scripts reloaded
+/// after `NOSCRIPT`) with the data the AOF kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovers_after_redis_restart() {
+    if redis_url().is_none() {
+        return;
+    }
+    let mut server = TestRedis::start();
+    let mut cfg = config(&server.url(), "st");
+    cfg.command_timeout = Duration::from_secs(1);
+    cfg.connect_timeout = Duration::from_secs(1);
+    let store = RedisSessionStore::connect(cfg.clone()).await.expect("connect");
+    let tools = RedisToolCache::connect(cfg).await.expect("connect");
+    let key = SessionKey::new("acme", "survivor").expect("key");
+    assert_eq!(
+        store.put(&key, 0, Bytes::from_static(b"one")).await.expect("put"),
+        1
+    );
+
+    server.kill();
+    let err = store.get(&key).await.expect_err("redis is down");
+    assert!(err.is_retryable(), "{err}");
+    let err = store
+        .put(&key, 1, Bytes::from_static(b"two"))
+        .await
+        .expect_err("redis is down");
+    assert!(err.is_retryable(), "{err}");
+
+    server.spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        match store.get(&key).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no recovery after restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(
+        state.map(|s| (s.version, s.data)),
+        Some((1, Bytes::from_static(b"one")))
+    );
+    assert_eq!(
+        store
+            .put(&key, 1, Bytes::from_static(b"two"))
+            .await
+            .expect("put after restart"),
+        2
+    );
+    let tk = ToolKey::new("acme", "t", "v1", &serde_json::json!({})).expect("key");
+    let calls = AtomicUsize::new(0);
+    let v = loop {
+        let r = tools
+            .get_or_compute(
+                &tk,
+                Duration::from_secs(60),
+                Box::pin(async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(Bytes::from_static(b"v"))
+                }),
+            )
+            .await;
+        match r {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "tool cache did not recover: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(&v[..], b"v");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
