@@ -509,6 +509,14 @@ impl RedisQueue {
         .await
     }
 
+    /// A failed dead-lettering leaves the entry pending: it is reclaimed
+    /// after the lease timeout and tried again. Leases already read in the
+    /// same call are still returned.
+    fn dead_letter_failed(&self, entry: &str, err: &Error) -> bool {
+        tracing::warn!(queue = %self.inner.config.queue, %entry, error = %err, "could not dead-letter a malformed entry; it will be retried");
+        false
+    }
+
     /// Turns entries into leases; dead-letters entries that are not
     /// envelopes and tasks whose attempts are exhausted.
     async fn to_leases(&self, entries: Vec<RawEntry>) -> Result<Vec<Lease>> {
@@ -526,7 +534,8 @@ impl RedisQueue {
                     "stream entry is not a task envelope: no `task` field",
                     e.deliveries as u32,
                 )
-                .await?;
+                .await
+                .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
                 continue;
             }
             match Task::decode(&e.payload) {
@@ -541,7 +550,8 @@ impl RedisQueue {
                         &format!("stream entry is not a task envelope: {err}"),
                         e.deliveries as u32,
                     )
-                    .await?;
+                    .await
+                    .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
                 }
                 Ok(task) => {
                     // Attempts beyond max_attempts are still delivered: the
