@@ -47,7 +47,7 @@ async fn setup(opts: QueueOptions) -> Option<QueueFixture> {
     )
 }
 
-// CONFORMANCE agentscale_tests::queue_conformance!(setup);
+agentscale_tests::queue_conformance!(setup);
 
 async fn queue(url: &str, name: &str, consumer: &str, lease: Duration) -> RedisQueue {
     let cfg = RedisQueueConfig::new(url, name)

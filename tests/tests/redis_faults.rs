@@ -1,0 +1,405 @@
+//! Fault tests for the Redis Streams queue, against a `redis-server` each test
+//! starts itself (AOF on, `appendfsync always`) on a free port and stops by
+//! PID, with worker PROCESSES (`redis_fault_worker`) that the tests kill with
+//! SIGKILL:
+//!
+//! 1. a worker killed mid-task → the task is delivered again and completed;
+//! 2. Redis killed and restarted mid-run → workers and the producer recover by
+//!    themselves and no acknowledged enqueue is lost;
+//! 3. 10,000 tasks with random worker kills → 10,000 distinct completions,
+//!    0 lost, duplicates counted and printed.
+//!
+//! Workers record completions in a Redis hash on the test's server (survives
+//! their death), so counts are exact. Needs `redis-server` on PATH; skipped
+//! like the other Redis tests when `AGENTSCALE_REDIS_URL` is unset.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agentscale_core::{ErrorKind, Task, TaskId, TaskQueue};
+use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+use rand::Rng;
+use redis::AsyncCommands;
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_redis_fault_worker");
+const LEASE_MS: u64 = 1000;
+
+/// A redis-server owned by one test.
+struct TestRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    fn start() -> TestRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = TestRedis {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/services/redis.sh installs it)");
+        self.child = Some(child);
+        // Wait until it answers PING (it loads the AOF first after a restart).
+        let client = redis::Client::open(self.url()).expect("url");
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then start again on the same port and AOF directory.
+    fn crash_and_restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A worker process; killed with SIGKILL on drop.
+struct WorkerProc(Child);
+
+impl WorkerProc {
+    fn spawn(url: &str, queue: &str, concurrency: usize) -> WorkerProc {
+        let child = Command::new(WORKER_BIN)
+            .args([url, queue, &concurrency.to_string(), &LEASE_MS.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis_fault_worker");
+        WorkerProc(child)
+    }
+
+    fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn enabled() -> bool {
+    // The fault tests start their own Redis, but follow the Redis tests'
+    // switch so a machine without Redis skips them (and CI fails loudly).
+    agentscale_tests::service_env("AGENTSCALE_REDIS_URL").is_some()
+}
+
+async fn connect_queue(url: &str, name: &str) -> RedisQueue {
+    let cfg = RedisQueueConfig::new(url, name)
+        .with_lease_timeout(Duration::from_millis(LEASE_MS))
+        .with_consumer_name(format!("test-producer-{}", std::process::id()));
+    RedisQueue::connect(cfg).await.expect("connect")
+}
+
+fn work(sleep_ms: u64, first_attempt_sleep_ms: u64) -> Task {
+    Task::json(
+        "fault",
+        &serde_json::json!({ "sleep_ms": sleep_ms, "first_attempt_sleep_ms": first_attempt_sleep_ms }),
+    )
+    .expect("json")
+    .with_max_attempts(1000)
+}
+
+async fn done_counts(c: &mut redis::aio::MultiplexedConnection, queue: &str) -> HashMap<String, u64> {
+    c.hgetall(format!("{queue}:done")).await.expect("hgetall")
+}
+
+/// Polls `cond` every 50 ms until it holds; panics after `limit` (a hang
+/// guard, not a performance threshold).
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// 1. `kill -9` a worker process mid-task: another worker process reclaims
+/// the lease after it expires, and completes the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_task_is_redelivered_and_completed() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let name = agentscale_tests::unique_name("kill");
+    let q = connect_queue(&url, &name).await;
+    // The first attempt runs "forever"; the redelivery finishes at once.
+    let t = work(0, 3_600_000);
+    q.enqueue(t.clone()).await.expect("enqueue");
+    let first = WorkerProc::spawn(&url, &name, 4);
+    let mut c = conn(&url).await;
+    let started_key = format!("{name}:started");
+    wait_for("the task to start", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let (k, id) = (started_key.clone(), t.id.to_string());
+        async move { c.sismember::<_, _, bool>(k, id).await.expect("sismember") }
+    })
+    .await;
+    assert_eq!(q.depth().await.expect("depth").in_flight, 1);
+    first.kill9();
+    let second = WorkerProc::spawn(&url, &name, 4);
+    wait_for(
+        "the task to complete on the second worker",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            let name = name.clone();
+            async move { done_counts(&mut c, &name).await.len() == 1 }
+        },
+    )
+    .await;
+    wait_for("the queue to drain", Duration::from_secs(30), || {
+        let q = q.clone();
+        async move { q.depth().await.expect("depth").backlog() == 0 }
+    })
+    .await;
+    let done = done_counts(&mut c, &name).await;
+    assert_eq!(
+        done.get(t.id.as_str()),
+        Some(&1),
+        "completed exactly once: {done:?}"
+    );
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0));
+    drop(second);
+}
+
+/// 2. Redis is SIGKILLed and restarted (same AOF) while a producer enqueues
+/// and worker processes consume: both recover by themselves, and every
+/// enqueue that was acknowledged is completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_no_acknowledged_enqueue() {
+    if !enabled() {
+        return;
+    }
+    let mut redis = TestRedis::start();
+    let url = redis.url();
+    let name = agentscale_tests::unique_name("restart");
+    let q = connect_queue(&url, &name).await;
+    let workers: Vec<WorkerProc> = (0..2).map(|_| WorkerProc::spawn(&url, &name, 16)).collect();
+
+    // The producer enqueues one task at a time; an error means "not
+    // acknowledged": it retries the same task (same id and idempotency key),
+    // so an enqueue whose reply was lost is not stored twice.
+    const TOTAL: usize = 600;
+    let producer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let mut acked: Vec<TaskId> = Vec::new();
+            let mut errors = 0u64;
+            for i in 0..TOTAL {
+                let t = work(2, 0).with_idempotency_key(format!("task-{i}"));
+                loop {
+                    match q.enqueue(t.clone()).await {
+                        Ok(e) => {
+                            acked.push(e.id);
+                            break;
+                        }
+                        Err(e) => {
+                            assert!(
+                                matches!(
+                                    e.kind(),
+                                    ErrorKind::Unavailable | ErrorKind::Backend | ErrorKind::Timeout
+                                ),
+                                "unexpected enqueue error {e}"
+                            );
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                if i % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (acked, errors)
+        })
+    };
+
+    // Crash Redis once some tasks are done and the producer is mid-run.
+    let mut c = conn(&url).await;
+    wait_for(
+        "some completions before the crash",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            let name = name.clone();
+            async move { done_counts(&mut c, &name).await.len() >= 50 }
+        },
+    )
+    .await;
+    let restart = tokio::task::spawn_blocking(move || {
+        redis.crash_and_restart(Duration::from_millis(1500));
+        redis
+    });
+    let redis = restart.await.expect("restart");
+    let (acked, producer_errors) = producer.await.expect("producer");
+    assert_eq!(acked.len(), TOTAL);
+    let acked: HashSet<String> = acked.into_iter().map(|id| id.to_string()).collect();
+    assert_eq!(acked.len(), TOTAL, "idempotent retries kept one id per task");
+
+    let mut c = conn(&url).await;
+    wait_for(
+        "every acknowledged task to complete",
+        Duration::from_secs(120),
+        || {
+            let mut c = c.clone();
+            let (name, acked) = (name.clone(), acked.clone());
+            async move {
+                let done = done_counts(&mut c, &name).await;
+                acked.iter().all(|id| done.contains_key(id))
+            }
+        },
+    )
+    .await;
+    let done = done_counts(&mut c, &name).await;
+    let lost = acked.iter().filter(|id| !done.contains_key(*id)).count();
+    let duplicates: u64 = done.values().map(|n| n.saturating_sub(1)).sum();
+    eprintln!(
+        "redis restart: acknowledged {} enqueues ({producer_errors} refused during the outage and retried), \
+         completed {} distinct, lost {lost}, duplicate runs {duplicates}",
+        acked.len(),
+        done.len()
+    );
+    assert_eq!(lost, 0);
+    wait_for("the queue to drain", Duration::from_secs(30), || {
+        let q = q.clone();
+        async move { q.depth().await.map(|d| d.backlog() == 0).unwrap_or(false) }
+    })
+    .await;
+    assert_eq!(q.depth().await.expect("depth").dead, 0);
+    drop(workers);
+    drop(redis);
+}
+
+/// 3. 10,000 tasks, three worker processes, one of them SIGKILLed at random
+/// every few hundred ms and replaced: every task completes, none is lost;
+/// duplicate runs (work done by a killed worker before its ack) are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tasks_with_random_worker_kills() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let name = agentscale_tests::unique_name("chaos");
+    let q = connect_queue(&url, &name).await;
+    const N: usize = 10_000;
+    let mut rng = rand::rng();
+    let tasks: Vec<Task> = (0..N).map(|_| work(rng.random_range(0..4), 0)).collect();
+    let ids: HashSet<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+    for chunk in tasks.chunks(1000) {
+        for r in q.enqueue_batch(chunk.to_vec()).await {
+            r.expect("enqueue");
+        }
+    }
+    assert_eq!(q.depth().await.expect("depth").ready, N as u64);
+
+    let mut workers: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(&url, &name, 32)).collect();
+    let mut c = conn(&url).await;
+    let mut kills = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let done: u64 = c.hlen(format!("{name}:done")).await.expect("hlen");
+        if done as usize >= N {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out with {done} of {N} done after {kills} kills"
+        );
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..450))).await;
+        // Stop killing near the end so the last reclaims can finish.
+        if (done as usize) < N * 9 / 10 {
+            let victim = rng.random_range(0..workers.len());
+            workers.swap_remove(victim).kill9();
+            kills += 1;
+            workers.push(WorkerProc::spawn(&url, &name, 32));
+        }
+    }
+    wait_for("the queue to drain", Duration::from_secs(60), || {
+        let q = q.clone();
+        async move { q.depth().await.expect("depth").backlog() == 0 }
+    })
+    .await;
+    drop(workers);
+    let done = done_counts(&mut c, &name).await;
+    let completed = done.keys().filter(|id| ids.contains(*id)).count();
+    let extra = done.keys().filter(|id| !ids.contains(*id)).count();
+    let lost = ids.iter().filter(|id| !done.contains_key(*id)).count();
+    let duplicates: u64 = done.values().map(|n| n.saturating_sub(1)).sum();
+    eprintln!(
+        "random kills: {kills} worker processes killed; completed {completed} distinct of {N}, lost {lost}, \
+         duplicate runs {duplicates}"
+    );
+    assert_eq!(extra, 0);
+    assert_eq!(lost, 0);
+    assert_eq!(completed, N);
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0));
+    drop(redis);
+}
