@@ -281,7 +281,7 @@ async fn redis_restart_loses_no_acknowledged_enqueue() {
     };
 
     // Crash Redis once some tasks are done and the producer is mid-run.
-    let mut c = conn(&url).await;
+    let c = conn(&url).await;
     wait_for(
         "some completions before the crash",
         Duration::from_secs(60),

@@ -91,7 +91,14 @@ async fn run() -> Result<(), Error> {
         .with_reclaim_interval(Duration::from_millis((lease_ms / 4).max(20)));
     let queue = RedisQueue::connect(config).await?;
     let client = redis::Client::open(url.as_str()).map_err(|e| Error::backend("redis url", e))?;
-    let conn = redis::aio::ConnectionManager::new(client)
+    // Timeouts and a capped reconnect delay matter: redis-rs' defaults back
+    // off up to 60 s between reconnect attempts (all requests wait for it).
+    let cm_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(3)
+        .set_max_delay(200);
+    let conn = redis::aio::ConnectionManager::new_with_config(client, cm_config)
         .await
         .map_err(|e| Error::backend("connect", e))?;
     let recorder = Recorder {
