@@ -73,7 +73,7 @@ impl Drop for HealthTask {
 ///
 /// * **Health:** every `health_interval` each replica's `ServerReady` is
 ///   checked; after `unhealthy_after` failed checks it is ejected (removed from
-///   the router), after one passing check it is re-admitted. In-band failures
+///   the router; never the last one), after one passing check it is re-admitted. In-band failures
 ///   also eject through the router (`eject_after`).
 /// * **Retries:** only when safe — the connection to the replica could not be
 ///   established, so the request never left this process. A call that reached
@@ -152,14 +152,15 @@ impl TritonPoolBuilder {
     }
 
     /// How often `ServerReady` is checked (default 1 s) and its timeout
-    /// (default 500 ms).
+    /// (default 1 s).
     pub fn health_check(mut self, interval: Duration, timeout: Duration) -> Self {
         self.health_interval = interval;
         self.health_timeout = timeout;
         self
     }
 
-    /// Failed health checks in a row before a replica is ejected (default 1).
+    /// Failed health checks in a row before a replica is ejected (default 2).
+    /// The last replica in the router is never ejected (fail open).
     pub fn unhealthy_after(mut self, checks: u32) -> Self {
         self.unhealthy_after = checks;
         self
@@ -233,7 +234,7 @@ impl TritonPoolBuilder {
         let weak = Arc::downgrade(&inner);
         let interval = self.health_interval;
         let task = handle.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -272,10 +273,16 @@ impl Inner {
                 }
             } else {
                 let n = r.failed_checks.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= self.unhealthy_after
-                    && r.in_router.load(Ordering::Relaxed)
-                    && self.router.remove_endpoint(&r.id).is_ok()
-                {
+                if n >= self.unhealthy_after && r.in_router.load(Ordering::Relaxed) {
+                    // Fail open: the last replica stays (an empty router would
+                    // refuse every call, a flaky health check must not).
+                    if self.router.len() <= 1 {
+                        tracing::warn!(replica = %r.id, "triton replica not ready, but it is the last one; kept");
+                        continue;
+                    }
+                    if self.router.remove_endpoint(&r.id).is_err() {
+                        continue;
+                    }
                     r.in_router.store(false, Ordering::Relaxed);
                     self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(replica = %r.id, failed_checks = n, "triton replica not ready; ejected");
@@ -302,8 +309,8 @@ impl TritonPool {
             replicas: Vec::new(),
             policy: None,
             health_interval: Duration::from_secs(1),
-            health_timeout: Duration::from_millis(500),
-            unhealthy_after: 1,
+            health_timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
             max_attempts: 3,
             eject_after: (3, Duration::from_secs(5)),
         }

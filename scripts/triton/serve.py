@@ -101,7 +101,9 @@ def main():
     # sending header `triton-grpc-protocol-triton-access-token: <token>`; the
     # tests use this fixed token (the server listens on loopback only).
     p.add_argument("--access-token", default="agentscale-test-token")
+    p.add_argument("--models", default="", help="comma-separated subset to serve (default: all)")
     args = p.parse_args()
+    only = set(filter(None, args.models.split(",")))
     logging.basicConfig(level=logging.WARNING)
     cfg = TritonConfig(
         grpc_address="127.0.0.1",
@@ -110,7 +112,14 @@ def main():
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
-    with Triton(config=cfg, security_config=TritonSecurityConfig(access_token=args.access_token)) as t:
+    with Triton(config=cfg, security_config=TritonSecurityConfig(access_token=args.access_token)) as triton:
+
+        class Subset:
+            def bind(self, model_name, **kw):
+                if not only or model_name in only:
+                    triton.bind(model_name=model_name, **kw)
+
+        t = Subset()
         for name, dt in DTYPES.items():
             t.bind(
                 model_name=f"identity_{name}",
@@ -164,7 +173,7 @@ def main():
             outputs=[Tensor(name="OUTPUT0", dtype=np.float32, shape=(-1,))],
             config=NOBATCH,
         )
-        t.serve()
+        triton.serve()
 
 
 if __name__ == "__main__":

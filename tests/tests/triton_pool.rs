@@ -57,6 +57,8 @@ async fn start_replica(python: &str) -> Replica {
             &h.to_string(),
             "--metrics-port",
             &m.to_string(),
+            "--models",
+            "identity_fp32",
         ])
         .process_group(0)
         .stdout(log.try_clone().unwrap())
@@ -104,7 +106,7 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
     let pool = TritonPool::builder()
         .endpoint(&url, 1)
         .endpoint(&b.url, 1)
-        .health_check(Duration::from_millis(200), Duration::from_millis(500))
+        .health_check(Duration::from_millis(200), Duration::from_secs(2))
         .build()
         .unwrap();
 
@@ -191,7 +193,8 @@ async fn dead_endpoint_is_ejected_then_readmitted_and_connect_failures_retry() {
     let pool = TritonPool::builder()
         .endpoint(&url, 1)
         .endpoint(&dead, 3)
-        .health_check(Duration::from_secs(3600), Duration::from_millis(500))
+        .health_check(Duration::from_secs(3600), Duration::from_secs(10))
+        .unhealthy_after(1)
         .max_attempts(3)
         .build()
         .unwrap();
