@@ -16,35 +16,44 @@ fn os_seeded() -> SmallRng {
 }
 
 /// Index of the healthy endpoint minimising `key`, ties broken uniformly at
-/// random (reservoir sampling over the tied endpoints, so no allocation).
+/// random: one pass tracks the minimum and how many endpoints share it; only
+/// when several do, a second pass finds the randomly chosen one. No
+/// allocation, at most one RNG draw.
 #[inline]
-fn argmin_random_tie<K: Ord + Copy>(
+fn argmin_random_tie(
     rng: &mut SmallRng,
     endpoints: &[EndpointLoad],
-    key: impl Fn(&EndpointLoad) -> K,
+    key: impl Fn(&EndpointLoad) -> u64,
 ) -> Option<usize> {
-    let mut best: Option<(usize, K)> = None;
-    let mut ties = 0u32;
+    let mut min = u64::MAX;
+    let mut first = usize::MAX;
+    let mut count = 0u32;
     for (i, e) in endpoints.iter().enumerate() {
         if !e.healthy {
             continue;
         }
         let k = key(e);
-        match best {
-            Some((_, bk)) if k > bk => {}
-            Some((_, bk)) if k == bk => {
-                ties += 1;
-                if rng.random_range(0..ties) == 0 {
-                    best = Some((i, k));
-                }
-            }
-            _ => {
-                best = Some((i, k));
-                ties = 1;
-            }
+        if k < min {
+            min = k;
+            first = i;
+            count = 1;
+        } else if k == min {
+            count += 1;
         }
     }
-    best.map(|(i, _)| i)
+    match count {
+        0 => None,
+        1 => Some(first),
+        _ => {
+            let chosen = rng.random_range(0..count) as usize;
+            endpoints[first..]
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.healthy && key(e) == min)
+                .nth(chosen)
+                .map(|(i, _)| first + i)
+        }
+    }
 }
 
 /// The `k`-th healthy endpoint (0-based), scanning once.
@@ -188,7 +197,7 @@ impl Policy for LeastConnections {
         "least_connections"
     }
     fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
-        argmin_random_tie(&mut self.rng, endpoints, |e| e.in_flight)
+        argmin_random_tie(&mut self.rng, endpoints, |e| u64::from(e.in_flight))
     }
 }
 
@@ -260,21 +269,18 @@ impl Policy for WeightedRoundRobin {
             self.current.resize(endpoints.len(), 0);
         }
         let mut total: i64 = 0;
-        let mut best: Option<usize> = None;
+        let mut best = usize::MAX;
         let mut best_score = i64::MIN;
-        for (i, e) in endpoints.iter().enumerate() {
-            if !e.healthy {
-                continue;
-            }
-            let w = weight_of(e) as i64;
+        for (i, (e, c)) in endpoints.iter().zip(self.current.iter_mut()).enumerate() {
+            let w = if e.healthy { i64::from(e.weight.max(1)) } else { 0 };
             total += w;
-            let c = &mut self.current[i];
             *c += w;
-            if *c > best_score {
+            if e.healthy && *c > best_score {
                 best_score = *c;
-                best = Some(i);
+                best = i;
             }
         }
+        let best = (best != usize::MAX).then_some(best);
         let best = best?;
         self.current[best] -= total;
         Some(best)

@@ -783,6 +783,37 @@ mod tests {
         assert!((49..=51).contains(&n), "{n}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_tasks_share_one_router() {
+        let r = Router::builder()
+            .endpoint("a", 'a', 3)
+            .endpoint("b", 'b', 1)
+            .endpoint("c", 'c', 1)
+            .build()
+            .unwrap();
+        assert_eq!(r.policy_name(), "p2c_peak_ewma");
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    for i in 0..300 {
+                        let g = r.pick().unwrap();
+                        tokio::task::yield_now().await;
+                        match (i + t) % 3 {
+                            0 => g.success_elapsed(),
+                            1 => g.success(Duration::from_millis(2)),
+                            _ => drop(g),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(r.endpoints().iter().all(|e| e.in_flight == 0 && !e.ejected));
+    }
+
     #[test]
     fn router_is_send_sync_and_concurrent() {
         fn assert_send_sync<X: Send + Sync>() {}

@@ -1,0 +1,126 @@
+//! `Policy::pick` cost over 100 endpoints with varied loads, for every policy.
+//!
+//! `cargo run --release --example bench_policy [-- --endpoints 100 --picks 2000000]`
+//!
+//! Ends with one `RESULT policy_pick_ns_<policy> ours=<ns> baseline=target:200
+//! ratio=<ours/200>` line per policy (the target from issue 2).
+#![allow(clippy::print_stdout)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use agentscale_core::balance::{
+    EndpointLoad, LeastConnections, PeakEwmaP2c, Policy, PowerOfTwoChoices, RandomPick, RoundRobin, Router,
+    ShortestQueue, WeightedRoundRobin,
+};
+use clap::Parser;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Endpoints per snapshot.
+    #[arg(long, default_value_t = 100)]
+    endpoints: usize,
+    /// Picks measured per policy.
+    #[arg(long, default_value_t = 2_000_000)]
+    picks: usize,
+    /// Fraction of endpoints marked unhealthy (ejected).
+    #[arg(long, default_value_t = 0.05)]
+    unhealthy: f64,
+}
+
+const TARGET_NS: f64 = 200.0;
+
+fn snapshots(n: usize, unhealthy: f64, seed: u64) -> Vec<Vec<EndpointLoad>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // Several distinct snapshots so branch predictors cannot learn one.
+    (0..16)
+        .map(|_| {
+            (0..n)
+                .map(|_| EndpointLoad {
+                    in_flight: rng.random_range(0..32),
+                    queue_depth: rng.random_range(0..64),
+                    ewma_latency: Duration::from_micros(rng.random_range(500..200_000)),
+                    weight: if rng.random_bool(0.25) { 3 } else { 1 },
+                    healthy: !rng.random_bool(unhealthy),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn measure(policy: &mut dyn Policy, snaps: &[Vec<EndpointLoad>], picks: usize) -> f64 {
+    // Warm-up (and WeightedRoundRobin's one-time state allocation).
+    for i in 0..picks / 10 {
+        black_box(policy.pick(black_box(&snaps[i % snaps.len()])));
+    }
+    let start = Instant::now();
+    let mut sum = 0usize;
+    for i in 0..picks {
+        sum = sum.wrapping_add(policy.pick(black_box(&snaps[i & 15])).unwrap_or(0));
+    }
+    let ns = start.elapsed().as_nanos() as f64 / picks as f64;
+    black_box(sum);
+    ns
+}
+
+fn main() {
+    let args = Args::parse();
+    let snaps = snapshots(args.endpoints, args.unhealthy, 7);
+    let mut policies: Vec<Box<dyn Policy>> = vec![
+        Box::new(ShortestQueue::with_seed(1)),
+        Box::new(RoundRobin::new()),
+        Box::new(LeastConnections::with_seed(1)),
+        Box::new(WeightedRoundRobin::new()),
+        Box::new(RandomPick::with_seed(1)),
+        Box::new(PowerOfTwoChoices::with_seed(1)),
+        Box::new(PeakEwmaP2c::with_seed(1)),
+    ];
+    println!(
+        "Policy::pick over {} endpoints ({:.0}% unhealthy, varied in-flight/queue/latency/weights), {} picks each",
+        args.endpoints,
+        args.unhealthy * 100.0,
+        args.picks
+    );
+    println!("{:<22} {:>10} {:>10}", "policy", "ns/pick", "target");
+    let mut results = Vec::new();
+    for p in policies.iter_mut() {
+        let ns = measure(p.as_mut(), &snaps, args.picks);
+        println!("{:<22} {:>10.1} {:>10.0}", p.name(), ns, TARGET_NS);
+        results.push((p.name(), ns));
+    }
+    // The live router around the default policy: snapshot + pick + guard.
+    let mut b = Router::builder().policy(PeakEwmaP2c::with_seed(1));
+    for i in 0..args.endpoints {
+        b = b.endpoint(format!("e{i}"), i, 1 + (i % 3) as u32);
+    }
+    match b.build() {
+        Ok(router) => {
+            for i in 0..args.endpoints {
+                let _ = router.report_queue_depth(&format!("e{i}"), (i % 7) as u32);
+            }
+            let n = args.picks / 4;
+            let start = Instant::now();
+            for i in 0..n {
+                if let Ok(g) = router.pick() {
+                    if i % 2 == 0 {
+                        g.success(Duration::from_micros(100 + (i % 50) as u64));
+                    }
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n as f64;
+            println!(
+                "{:<22} {:>10.1} {:>10}  (Router::pick + guard, informational)",
+                "router_default", ns, "-"
+            );
+        }
+        Err(e) => println!("router build failed: {e}"),
+    }
+    for (name, ns) in results {
+        println!(
+            "RESULT policy_pick_ns_{name} ours={ns:.1} baseline=target:{TARGET_NS:.0} ratio={:.3}",
+            ns / TARGET_NS
+        );
+    }
+}
