@@ -33,6 +33,12 @@
 //! * **Backpressure.** The worker leases only as many tasks as it has free
 //!   slots; a slot is freed only after the task's ack or nack completed. The
 //!   queue's backlog therefore stays in the queue, where the autoscaler sees it.
+//! * **Execution model.** A worker runs a few driver tasks
+//!   ([`WorkerBuilder::shards`], default one per CPU). Each leases for the
+//!   shared slots and polls its handlers' futures itself, with no task spawn
+//!   and no cross-thread wake-up per task, which keeps the runtime's overhead
+//!   per task small. Handlers should be async (agent work waits on models and
+//!   tools); move heavy CPU work to `tokio::task::spawn_blocking`.
 //! * **Ack after completion.** A task is acked only after its handler returned
 //!   `Ok`. Acks are batched ([`TaskQueue::ack_batch`]). An ack refused with
 //!   [`Error::LeaseLost`] is counted and logged: the task runs again elsewhere
@@ -75,7 +81,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::future::OptionFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -113,6 +124,18 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// A context outside any worker, for unit-testing a handler directly
+    /// (the worker builds its own for every attempt).
+    pub fn detached(attempt: u32, max_attempts: u32, timeout: Duration) -> Self {
+        TaskContext {
+            attempt,
+            max_attempts,
+            started: Instant::now(),
+            timeout,
+            flags: Arc::default(),
+        }
+    }
+
     /// The attempt number of this delivery (1 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
@@ -172,6 +195,7 @@ pub struct WorkerBuilder<H> {
     rng_seed: Option<u64>,
     metrics: Option<Metrics>,
     name: Option<String>,
+    shards: Option<usize>,
 }
 
 impl<H> fmt::Debug for WorkerBuilder<H> {
@@ -255,6 +279,16 @@ impl<H: Handler> WorkerBuilder<H> {
         self
     }
 
+    /// Driver tasks of this worker (default: the number of CPUs, at most the
+    /// concurrency). Each driver leases for the shared slots and polls its
+    /// handlers' futures on one thread, so handlers that burn CPU spread over
+    /// at most this many cores; spawn blocking work with
+    /// `tokio::task::spawn_blocking`.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
     /// A name for this worker in logs (default: the queue name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -290,6 +324,13 @@ impl<H: Handler> WorkerBuilder<H> {
                 return invalid("worker heartbeat_interval must be greater than zero".into());
             }
         }
+        let shards = match self.shards {
+            Some(0) => return invalid("worker shards must be at least 1".into()),
+            Some(n) => n.min(self.concurrency),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(self.concurrency),
+        };
         if let Err(m) = self.backoff.validate() {
             return invalid(m);
         }
@@ -310,7 +351,6 @@ impl<H: Handler> WorkerBuilder<H> {
             None
         };
         let seed = self.rng_seed.unwrap_or_else(rand::random);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let name = self.name.unwrap_or_else(|| self.queue.name().to_owned());
         Ok(Worker {
             shared: Arc::new(Shared {
@@ -324,11 +364,10 @@ impl<H: Handler> WorkerBuilder<H> {
                 heartbeat,
                 flags: Arc::new(RunFlags::default()),
                 slots: Semaphore::new(self.concurrency),
-                acks: ack_tx,
                 name,
             }),
-            ack_rx,
             concurrency: self.concurrency,
+            shards,
             grace_period: self.grace_period,
             poll_wait: self.poll_wait,
             ack_batch: self.ack_batch,
@@ -356,8 +395,6 @@ struct Shared<H> {
     /// Free handler slots. A permit is taken before leasing and given back
     /// only after the task's ack or nack completed.
     slots: Semaphore,
-    /// Completed leases on their way to the acker.
-    acks: mpsc::UnboundedSender<Lease>,
     name: String,
 }
 
@@ -366,8 +403,8 @@ struct Shared<H> {
 /// [module docs](self) for the guarantees.
 pub struct Worker<H> {
     shared: Arc<Shared<H>>,
-    ack_rx: mpsc::UnboundedReceiver<Lease>,
     concurrency: usize,
+    shards: usize,
     grace_period: Duration,
     poll_wait: Duration,
     ack_batch: usize,
@@ -411,6 +448,7 @@ impl<H: Handler> Worker<H> {
             rng_seed: None,
             metrics: None,
             name: None,
+            shards: None,
         }
     }
 
@@ -430,21 +468,25 @@ impl<H: Handler> Worker<H> {
     {
         let Worker {
             shared,
-            ack_rx,
             concurrency,
+            shards,
             grace_period,
             poll_wait,
             ack_batch,
             depth_poll_interval,
         } = self;
-        let acker = tokio::spawn(run_acker(shared.clone(), ack_rx, ack_batch));
         let sampler = shared.metrics.clone().map(|m| {
             m.worker_started(concurrency);
             tokio::spawn(run_depth_sampler(shared.queue.clone(), m, depth_poll_interval))
         });
         tracing::info!(worker = %shared.name, queue = shared.queue.name(), concurrency = concurrency, "worker started");
 
-        lease_loop(&shared, shutdown, poll_wait).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let drivers: Vec<_> = (0..shards)
+            .map(|_| tokio::spawn(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch)))
+            .collect();
+        shutdown.await;
+        let _ = stop_tx.send(true);
 
         // Drain: stop leasing (done), wait for in-flight tasks within the grace
         // period, then cancel and release the rest.
@@ -472,12 +514,11 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
-        // Every slot is back, so every ack went through the acker already and
-        // it is idle: stop it.
-        acker.abort();
-        if let Err(e) = acker.await {
-            if !e.is_cancelled() {
-                tracing::error!(worker = %shared.name, error = %e, "acker task failed");
+        // Every slot is back: every task was acked or nacked, and the drivers
+        // have nothing left to do.
+        for d in drivers {
+            if let Err(e) = d.await {
+                tracing::error!(worker = %shared.name, error = %e, "worker driver task failed");
             }
         }
         if let Some(s) = sampler {
@@ -493,78 +534,148 @@ impl<H: Handler> Worker<H> {
     }
 }
 
-async fn lease_loop<H: Handler, F>(shared: &Arc<Shared<H>>, shutdown: F, poll_wait: Duration)
-where
-    F: std::future::Future<Output = ()> + Send,
-{
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut error_delay = Duration::from_millis(50);
-    loop {
-        // Wait for a free slot (or the shutdown signal).
-        let first = tokio::select! {
-            biased;
-            _ = &mut shutdown => return,
-            p = shared.slots.acquire() => p,
-        };
-        let Ok(first) = first else { return };
-        first.forget();
-        let mut want = 1usize;
-        let extra = shared.slots.available_permits();
-        if extra > 0 {
-            if let Ok(p) = shared.slots.try_acquire_many(extra as u32) {
-                p.forget();
-                want += extra;
-            }
-        }
+type LeaseCall = Pin<Box<dyn Future<Output = (usize, Result<Vec<Lease>>)> + Send>>;
+type AckCall = Pin<Box<dyn Future<Output = (Vec<Lease>, Vec<Result<()>>)> + Send>>;
 
-        // A lease call in progress is not cancelled (that could strand
-        // deliveries until their lease expires); shutdown waits for it.
-        let mut stop = false;
-        let leased = {
-            let call = shared.queue.lease(want, poll_wait);
-            let mut call = std::pin::pin!(call);
-            tokio::select! {
-                biased;
-                r = &mut call => r,
-                _ = &mut shutdown => { stop = true; call.await }
+/// One driver: leases for free slots, polls its tasks' futures and acks their
+/// completions in batches. Handlers of one driver share a thread (no spawn and
+/// no cross-thread wake-up per task); a worker runs several drivers to use
+/// several cores. Lease and ack calls run concurrently with the handlers.
+async fn run_shard<H: Handler>(
+    shared: Arc<Shared<H>>,
+    mut stop: watch::Receiver<bool>,
+    poll_wait: Duration,
+    ack_batch: usize,
+) {
+    let shared = &*shared;
+    let mut running = FuturesUnordered::new();
+    let mut lease_call: Option<LeaseCall> = None;
+    let mut ack_call: Option<AckCall> = None;
+    let mut to_ack: Vec<Lease> = Vec::with_capacity(ack_batch);
+    let mut spare: Vec<Lease> = Vec::with_capacity(ack_batch);
+    let mut pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut error_delay = Duration::from_millis(50);
+    let mut held = 0usize;
+    let mut stopping = *stop.borrow();
+    loop {
+        if ack_call.is_none() && !to_ack.is_empty() {
+            let batch = std::mem::replace(&mut to_ack, std::mem::take(&mut spare));
+            let queue = shared.queue.clone();
+            ack_call = Some(Box::pin(async move {
+                let results = queue.ack_batch(&batch).await;
+                (batch, results)
+            }));
+        }
+        if !stopping && lease_call.is_none() && pause.is_none() {
+            let free = shared.slots.available_permits();
+            if free > 0 {
+                if let Ok(p) = shared.slots.try_acquire_many(free as u32) {
+                    p.forget();
+                    held += free;
+                }
             }
-        };
-        match leased {
-            Ok(leases) => {
-                error_delay = Duration::from_millis(50);
-                let got = leases.len();
-                if got < want {
-                    shared.slots.add_permits(want - got);
-                }
-                if got > 0 {
-                    shared.stats.add(&shared.stats.leased, got as u64);
-                    shared.stats.add(&shared.stats.in_flight, got as u64);
-                    if let Some(m) = &shared.metrics {
-                        m.add_busy(got as i64);
-                    }
-                    for lease in leases {
-                        tokio::spawn(process(shared.clone(), lease));
-                    }
-                }
-            }
-            Err(e) => {
-                shared.slots.add_permits(want);
-                shared.stats.add(&shared.stats.queue_errors, 1);
-                tracing::warn!(worker = %shared.name, error = %e, retry_in = ?error_delay, "lease failed");
-                if !stop {
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(error_delay) => {}
-                    }
-                }
-                error_delay = (error_delay * 2).min(Duration::from_secs(5));
+            if held > 0 {
+                let (want, queue) = (held, shared.queue.clone());
+                held = 0;
+                // A lease call in progress is never cancelled (that could strand
+                // deliveries until their lease expires); shutdown waits for it.
+                lease_call = Some(Box::pin(
+                    async move { (want, queue.lease(want, poll_wait).await) },
+                ));
             }
         }
-        if stop {
+        if stopping && lease_call.is_none() && ack_call.is_none() && running.is_empty() && to_ack.is_empty() {
+            if held > 0 {
+                shared.slots.add_permits(held);
+            }
             return;
         }
+        let waiting_for_slot = !stopping && lease_call.is_none() && pause.is_none();
+        tokio::select! {
+            biased;
+            Some(done) = running.next(), if !running.is_empty() => {
+                to_ack.extend(done);
+                // Collect every completion that is ready, so acks go in batches.
+                while to_ack.len() < ack_batch {
+                    match running.next().now_or_never() {
+                        Some(Some(done)) => to_ack.extend(done),
+                        _ => break,
+                    }
+                }
+            }
+            Some((mut batch, results)) = OptionFuture::from(ack_call.as_mut()), if ack_call.is_some() => {
+                ack_call = None;
+                settle_acks(shared, &batch, &results);
+                batch.clear();
+                spare = batch;
+            }
+            Some((want, leased)) = OptionFuture::from(lease_call.as_mut()), if lease_call.is_some() => {
+                lease_call = None;
+                match leased {
+                    Ok(leases) => {
+                        error_delay = Duration::from_millis(50);
+                        let got = leases.len();
+                        if got < want {
+                            shared.slots.add_permits(want - got);
+                        }
+                        if got > 0 {
+                            shared.stats.add(&shared.stats.leased, got as u64);
+                            shared.stats.add(&shared.stats.in_flight, got as u64);
+                            if let Some(m) = &shared.metrics {
+                                m.add_busy(got as i64);
+                            }
+                            for lease in leases {
+                                running.push(process(shared, lease));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        shared.slots.add_permits(want);
+                        shared.stats.add(&shared.stats.queue_errors, 1);
+                        tracing::warn!(worker = %shared.name, error = %e, retry_in = ?error_delay, "lease failed");
+                        pause = Some(Box::pin(tokio::time::sleep(error_delay)));
+                        error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            Some(()) = OptionFuture::from(pause.as_mut()), if pause.is_some() => pause = None,
+            p = shared.slots.acquire(), if waiting_for_slot => {
+                if let Ok(p) = p {
+                    p.forget();
+                    held += 1;
+                }
+            }
+            _ = stop.changed(), if !stopping => stopping = true,
+        }
     }
+}
+
+/// Counts the results of one `ack_batch` call and frees the batch's slots.
+fn settle_acks<H>(shared: &Shared<H>, batch: &[Lease], results: &[Result<()>]) {
+    let mut ok = 0u64;
+    for (i, lease) in batch.iter().enumerate() {
+        match results.get(i) {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => record_ack_error(shared, lease, e),
+            None => record_ack_error(
+                shared,
+                lease,
+                &Error::Backend {
+                    message: "ack_batch returned too few results".into(),
+                    source: None,
+                },
+            ),
+        }
+    }
+    let n = batch.len();
+    shared.stats.add(&shared.stats.completed, ok);
+    shared.stats.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+    if let Some(m) = &shared.metrics {
+        m.record_outcomes(Outcome::Completed, ok);
+        m.add_busy(-(n as i64));
+    }
+    shared.slots.add_permits(n);
+    shared.stats.notify();
 }
 
 /// Frees the slot of a task whose nack (or abandonment) is done.
@@ -587,8 +698,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Runs one lease to its end: ack (via the acker), nack, or abandonment.
-async fn process<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
+/// Runs one lease to its end: returns it when it must be acked; nacks or
+/// abandons it otherwise.
+async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {
     let task = lease.task();
     let span = tracing::info_span!(
         "agentscale.task",
@@ -602,7 +714,7 @@ async fn process<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
     process_in_span(shared, lease).instrument(span).await
 }
 
-async fn process_in_span<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
+async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {
     let task = lease.task();
     let attempt = lease.attempt();
     if attempt > task.max_attempts {
@@ -610,7 +722,7 @@ async fn process_in_span<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
             "delivered {attempt} times, more than max_attempts {} (leases lost or workers crashed)",
             task.max_attempts
         );
-        return settle(&shared, &lease, Nack::DeadLetter(reason)).await;
+        return Box::pin(settle(shared, &lease, Nack::DeadLetter(reason))).await;
     }
     if let Some(deadline) = task.deadline_ms {
         let now = now_ms();
@@ -619,7 +731,7 @@ async fn process_in_span<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
                 "deadline passed {} ms before attempt {attempt} could start",
                 now - deadline
             );
-            return settle(&shared, &lease, Nack::DeadLetter(reason)).await;
+            return Box::pin(settle(shared, &lease, Nack::DeadLetter(reason))).await;
         }
     }
 
@@ -631,25 +743,23 @@ async fn process_in_span<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
         timeout: shared.task_timeout,
         flags: shared.flags.clone(),
     };
-    let outcome = run_attempt(&shared, &lease, &cx).await;
+    let outcome = run_attempt(shared, &lease, &cx).await;
     if let Some(m) = &shared.metrics {
         m.observe_duration(started.elapsed());
     }
     let error = match outcome {
         Attempt::Done => {
-            return match shared.acks.send(lease) {
-                Ok(()) => {}
-                Err(mpsc::error::SendError(lease)) => ack_inline(&shared, lease).await,
-            };
+            return Some(lease);
         }
         Attempt::Aborted => {
             tracing::info!("cancelled at shutdown; releasing the task uncharged");
-            return settle(&shared, &lease, Nack::Release).await;
+            return Box::pin(settle(shared, &lease, Nack::Release)).await;
         }
         Attempt::LeaseLost(e) => {
             tracing::warn!(error = %e, "heartbeat refused: lease lost; abandoning this attempt");
-            count_lease_lost(&shared);
-            return release_slot(&shared);
+            count_lease_lost(shared);
+            release_slot(shared);
+            return None;
         }
         Attempt::Failed(e) => e,
         Attempt::Panicked(msg) => {
@@ -682,7 +792,8 @@ async fn process_in_span<H: Handler>(shared: Arc<Shared<H>>, lease: Lease) {
         tracing::debug!(error = %error, retry_in = ?delay, "attempt failed; retrying later");
         Nack::Retry(delay)
     };
-    settle(&shared, &lease, nack).await
+    // Boxed: the failure path is cold, and this keeps the per-task future small.
+    Box::pin(settle(shared, &lease, nack)).await
 }
 
 /// Runs the handler with the timeout, panic catching, heartbeats and the
@@ -739,20 +850,6 @@ fn count_lease_lost<H>(shared: &Shared<H>) {
     }
 }
 
-/// Acks one lease directly (the acker is gone: only during shutdown races).
-async fn ack_inline<H>(shared: &Shared<H>, lease: Lease) {
-    match shared.queue.ack(&lease).await {
-        Ok(()) => {
-            shared.stats.add(&shared.stats.completed, 1);
-            if let Some(m) = &shared.metrics {
-                m.record_outcome(Outcome::Completed);
-            }
-        }
-        Err(e) => record_ack_error(shared, &lease, &e),
-    }
-    release_slot(shared);
-}
-
 fn record_ack_error<H>(shared: &Shared<H>, lease: &Lease, e: &Error) {
     if e.kind() == ErrorKind::LeaseLost {
         count_lease_lost(shared);
@@ -764,7 +861,7 @@ fn record_ack_error<H>(shared: &Shared<H>, lease: &Lease, e: &Error) {
 }
 
 /// Nacks one lease, counts the outcome, frees the slot.
-async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) {
+async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) -> Option<Lease> {
     let (counter, outcome) = match &nack {
         Nack::Retry(_) => (&shared.stats.retried, Outcome::Retried),
         Nack::Release => (&shared.stats.released, Outcome::Released),
@@ -790,42 +887,7 @@ async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) {
         }
     }
     release_slot(shared);
-}
-
-/// Drains completed leases in batches into `ack_batch`, then frees their slots.
-async fn run_acker<H>(shared: Arc<Shared<H>>, mut rx: mpsc::UnboundedReceiver<Lease>, max: usize) {
-    let mut batch: Vec<Lease> = Vec::with_capacity(max);
-    loop {
-        if rx.recv_many(&mut batch, max).await == 0 {
-            return;
-        }
-        let results = shared.queue.ack_batch(&batch).await;
-        let mut ok = 0u64;
-        for (i, lease) in batch.iter().enumerate() {
-            match results.get(i) {
-                Some(Ok(())) => ok += 1,
-                Some(Err(e)) => record_ack_error(&shared, lease, e),
-                None => record_ack_error(
-                    &shared,
-                    lease,
-                    &Error::Backend {
-                        message: "ack_batch returned too few results".into(),
-                        source: None,
-                    },
-                ),
-            }
-        }
-        let n = batch.len();
-        shared.stats.add(&shared.stats.completed, ok);
-        shared.stats.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
-        if let Some(m) = &shared.metrics {
-            m.record_outcomes(Outcome::Completed, ok);
-            m.add_busy(-(n as i64));
-        }
-        batch.clear();
-        shared.slots.add_permits(n);
-        shared.stats.notify();
-    }
+    None
 }
 
 /// Polls the queue depth into the metrics every `interval`.
