@@ -589,6 +589,12 @@ impl Shared {
     fn on_assign(&self, tpl: &TopicPartitionList) {
         let mut st = self.state.lock();
         for e in tpl.elements_for_topic(&self.config.topic) {
+            if st.parts.contains_key(&e.partition()) {
+                // Assigned again without a revoke in between (seen with
+                // tansu's coordinator): keep the tracking state, since the
+                // fetched-but-unfinished records will not be fetched again.
+                continue;
+            }
             let generation = self.next_token();
             tracing::debug!(topic = %self.config.topic, partition = e.partition(), generation, "partition assigned");
             st.parts.insert(e.partition(), Part::new(generation));
@@ -607,13 +613,9 @@ impl Shared {
         }
         let lost = consumer.assignment_lost();
         let mut st = self.state.lock();
+        // Stop dispatching: buffered records stay in the slots (unfinished),
+        // so the commit below stops at the first of them.
         st.ready.retain(|r| !revoked.contains(&r.partition));
-        for p in &revoked {
-            if let Some(part) = st.parts.get_mut(p) {
-                part.slots.retain(|_, s| !matches!(s, Slot::Buffered));
-                part.buffered = 0;
-            }
-        }
         if !lost {
             let deadline = Instant::now() + self.config.revoke_drain;
             loop {
@@ -795,6 +797,23 @@ type GroupConsumer = BaseConsumer<GroupContext>;
 
 // ---------------------------------------------------------------------------
 
+/// Leaves the consumer group now. librdkafka keeps heartbeating from its own
+/// threads, so a consumer that merely stops polling stays a member (holding
+/// its partitions) until `max.poll.interval.ms`; unsubscribing and polling
+/// until the revoke is served makes it leave at once.
+fn leave_group<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
+            // One more poll lets the LeaveGroup go out.
+            let _ = consumer.poll(Duration::from_millis(50));
+            break;
+        }
+    }
+}
+
 /// A [`TaskQueue`] on a Kafka topic and consumer group. See the [module docs](self).
 pub struct KafkaQueue {
     shared: Arc<Shared>,
@@ -960,6 +979,8 @@ impl KafkaQueue {
                 (ms(config.session_timeout) / 3).max(1).to_string(),
             )
             .set("max.poll.interval.ms", max_poll.to_string())
+            // Find recreated or new partitions within seconds, not 5 minutes.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("queued.max.messages.kbytes", "16384")
             .create_with_context(GroupContext {
                 shared: shared.clone(),
@@ -1048,6 +1069,23 @@ impl KafkaQueue {
     /// Partitions of the main topic this queue owns right now.
     pub fn assigned_partitions(&self) -> Vec<i32> {
         let mut v: Vec<i32> = self.shared.state.lock().parts.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Partitions of the main topic the Kafka client says are assigned (for
+    /// diagnostics; compare with [`assigned_partitions`](Self::assigned_partitions)).
+    pub fn client_assignment(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements_for_topic(&self.shared.config.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
         v.sort_unstable();
         v
     }
@@ -1269,6 +1307,7 @@ struct Poller {
 impl Poller {
     fn run(self) {
         let mut last_reap = Instant::now();
+        let mut last_resync = Instant::now();
         let mut last_topic_check = Instant::now();
         while !self.shared.closed.load(Ordering::SeqCst) {
             match self.consumer.poll(Duration::from_millis(50)) {
@@ -1300,6 +1339,10 @@ impl Poller {
                 last_reap = Instant::now();
                 self.reap();
             }
+            if last_resync.elapsed() >= Duration::from_secs(1) {
+                last_resync = Instant::now();
+                self.resync_pause();
+            }
         }
         // Closing: drain briefly and commit what finished.
         let deadline = Instant::now() + self.shared.config.revoke_drain;
@@ -1326,7 +1369,7 @@ impl Poller {
                 tracing::warn!(error = %e, "kafka commit on close failed");
             }
         }
-        self.consumer.unsubscribe();
+        leave_group(&*self.consumer);
     }
 
     fn on_message(&self, msg: &BorrowedMessage<'_>) {
@@ -1402,6 +1445,23 @@ impl Poller {
                 };
                 tracing::warn!(topic = %shared.config.topic, partition = p, offset = off, %reason, "dead-lettering record");
                 self.settle_async(out, p, off, fence);
+            }
+        }
+    }
+
+    /// Resumes every owned partition whose buffer is not full. A partition
+    /// can be left paused in librdkafka when it was reassigned or reset
+    /// while paused; this keeps the client's pause state in line with ours.
+    fn resync_pause(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, part) in self.shared.state.lock().parts.iter() {
+            if !part.paused {
+                tpl.add_partition(&self.shared.config.topic, *p);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::debug!(error = %e, "resume failed");
             }
         }
     }
@@ -1579,7 +1639,7 @@ impl Relayer {
             }
         }
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
-        self.consumer.unsubscribe();
+        leave_group(&*self.consumer);
     }
 
     fn on_message(&self, msg: &BorrowedMessage<'_>) {
@@ -1680,12 +1740,11 @@ fn watermarks(c: &BaseConsumer, topic: &str, partition: i32, timeout: Duration) 
             Duration::from_millis(20)
         };
         match c.poll(wait) {
-            Some(Ok(m)) => {
-                if m.topic() == topic && m.partition() == partition && m.offset() >= hi - 1 {
-                    top = top.max(m.offset() + 1);
-                    seen = true;
-                }
+            Some(Ok(m)) if m.topic() == topic && m.partition() == partition && m.offset() >= hi - 1 => {
+                top = top.max(m.offset() + 1);
+                seen = true;
             }
+            Some(Ok(_)) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "kafka watermark read error"),
             None if seen => break,
             None if Instant::now() >= deadline => break,
@@ -2180,5 +2239,21 @@ mod tests {
         part.slots.insert(12, Slot::Done);
         assert_eq!(part.advance(), Some(14));
         assert!(part.slots.is_empty());
+    }
+
+    #[test]
+    fn buffered_records_block_the_commit() {
+        let mut part = Part::new(1);
+        part.stored = 0;
+        part.next = 3;
+        part.slots.insert(0, Slot::Done);
+        part.slots.insert(1, Slot::Buffered);
+        part.slots.insert(2, Slot::Done);
+        assert_eq!(part.advance(), Some(1));
+        assert_eq!(
+            part.position(),
+            1,
+            "a buffered (never leased) record was committed past"
+        );
     }
 }

@@ -51,7 +51,7 @@ kafka_up() {
     stop_pidfile "$pidfile" tansu
     port=$(kafka_free_port 19092)
     log "starting tansu on 127.0.0.1:$port"
-    nohup "$(kafka_bin)" broker \
+    setsid nohup "$(kafka_bin)" broker \
       --listener-url "tcp://127.0.0.1:$port" \
       --advertised-listener-url "tcp://127.0.0.1:$port" \
       --storage-engine memory://tansu/ \

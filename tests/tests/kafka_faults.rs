@@ -26,9 +26,16 @@ use std::time::{Duration, Instant};
 
 use agentscale_core::worker::{Handler, TaskContext, Worker};
 use agentscale_core::{Error, Task, TaskQueue};
-use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
+use agentscale_queue::kafka::{AssignmentStrategy, KafkaQueue, KafkaQueueConfig};
 use async_trait::async_trait;
 use std::sync::Mutex;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
 
 fn config(brokers: &str, topic: &str, partitions: i32) -> KafkaQueueConfig {
     KafkaQueueConfig::builder(brokers, topic)
@@ -37,6 +44,10 @@ fn config(brokers: &str, topic: &str, partitions: i32) -> KafkaQueueConfig {
         .idempotence(false)
         .revoke_drain(Duration::from_millis(300))
         .session_timeout(Duration::from_secs(6))
+        // tansu 0.6's coordinator does not finish cooperative (incremental)
+        // rebalances when members come and go (partitions end up owned twice
+        // or by nobody), so the fault tests use the eager protocol.
+        .assignment(AssignmentStrategy::Range)
         .build()
         .expect("config")
 }
@@ -106,8 +117,13 @@ async fn kill(m: Member) {
 
 async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let give_up = Instant::now() + within;
+    let mut next_note = Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(Instant::now() < give_up, "timed out waiting for {what}");
+        if Instant::now() >= next_note {
+            eprintln!("still waiting for {what}");
+            next_note += Duration::from_secs(10);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -153,6 +169,7 @@ async fn enqueue_until_stored(q: &KafkaQueue, n: usize, tag: &str, within: Durat
 /// not finish is processed by another member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_member_tasks_go_to_another_member() {
+    init_tracing();
     let Some(brokers) = agentscale_tests::service_env("AGENTSCALE_KAFKA_BROKERS") else {
         return;
     };
@@ -237,6 +254,7 @@ fn free_port() -> u16 {
 /// The broker restarts mid-run: the same producer and worker carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_clients_recover() {
+    init_tracing();
     let Some(bin) = agentscale_tests::service_env("AGENTSCALE_TANSU_BIN") else {
         return;
     };
@@ -285,6 +303,7 @@ async fn broker_restart_clients_recover() {
 /// distinct, lost 0; duplicates counted and printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks_with_kills() {
+    init_tracing();
     let Some(brokers) = agentscale_tests::service_env("AGENTSCALE_KAFKA_BROKERS") else {
         return;
     };
@@ -301,9 +320,11 @@ async fn ten_thousand_tasks_with_kills() {
     ];
     let mut kills = 0;
     for checkpoint in [1_500, 3_500, 5_500, 7_500] {
-        wait_for("progress", Duration::from_secs(120), || {
-            ledger.distinct() >= checkpoint
-        })
+        wait_for(
+            &format!("{checkpoint} completions"),
+            Duration::from_secs(120),
+            || ledger.distinct() >= checkpoint,
+        )
         .await;
         kill(members.remove(0)).await;
         kills += 1;
