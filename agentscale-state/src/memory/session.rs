@@ -272,6 +272,10 @@ impl SessionStore for InMemorySessionStore {
         let now = Instant::now();
         let mut map = self.sessions.lock();
         self.note_write(&mut map, now);
+        if map.get(key).is_some_and(|old| old.live(now) && old.tombstone) {
+            // Already deleted: the tombstone keeps its original expiry.
+            return Ok(false);
+        }
         let tombstone = Entry {
             version: 0,
             data: None,
