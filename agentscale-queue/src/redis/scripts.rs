@@ -123,30 +123,65 @@ return 1
 pub(crate) const ACK_BATCH: &str = r#"
 local group, consumer = ARGV[1], ARGV[2]
 local out = {}
-local ids = {{}, {}, {}}
+local per = {{}, {}, {}}
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+local function less(ams, aseq, bms, bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
 for i = 3, #ARGV, 3 do
   local p = tonumber(ARGV[i]) + 1
-  local id = ARGV[i + 1]
-  local ok = 0
-  local pend = redis.pcall('XPENDING', KEYS[p], group, id, id, 1)
-  if type(pend) == 'table' and pend.err == nil then
-    local e = pend[1]
-    if e and e[2] == consumer and e[4] == tonumber(ARGV[i + 2]) then
-      ok = 1
-      local l = ids[p]
-      l[#l + 1] = id
-    end
-  end
-  out[#out + 1] = ok
+  local idx = #out + 1
+  out[idx] = 0
+  local l = per[p]
+  l[#l + 1] = {ARGV[i + 1], tonumber(ARGV[i + 2]), idx}
 end
 for p = 1, 3 do
-  local l = ids[p]
-  local i = 1
-  while i <= #l do
-    local j = math.min(i + 999, #l)
-    redis.call('XACK', KEYS[p], group, unpack(l, i, j))
-    redis.call('XDEL', KEYS[p], unpack(l, i, j))
-    i = j + 1
+  local l = per[p]
+  if #l > 0 then
+    -- One XPENDING over the batch's id range, filtered to this consumer,
+    -- instead of one lookup per id.
+    local lo, hi, lo_ms, lo_seq, hi_ms, hi_seq = nil, nil, 0, 0, 0, 0
+    for _, t in ipairs(l) do
+      local ms, seq = parse(t[1])
+      if ms then
+        if lo == nil or less(ms, seq, lo_ms, lo_seq) then lo, lo_ms, lo_seq = t[1], ms, seq end
+        if hi == nil or less(hi_ms, hi_seq, ms, seq) then hi, hi_ms, hi_seq = t[1], ms, seq end
+      end
+    end
+    local pending = {}
+    local complete = true
+    if lo then
+      local limit = #l + 1000
+      local r = redis.pcall('XPENDING', KEYS[p], group, lo, hi, limit, consumer)
+      if type(r) == 'table' and r.err == nil then
+        for _, e in ipairs(r) do pending[e[1]] = e[4] end
+        complete = #r < limit
+      end
+    end
+    local ids = {}
+    for _, t in ipairs(l) do
+      local d = pending[t[1]]
+      if d == nil and not complete then
+        local one = redis.pcall('XPENDING', KEYS[p], group, t[1], t[1], 1)
+        if type(one) == 'table' and one.err == nil and one[1] and one[1][2] == consumer then d = one[1][4] end
+      end
+      if d ~= nil and d == t[2] then
+        out[t[3]] = 1
+        ids[#ids + 1] = t[1]
+        pending[t[1]] = -1
+      end
+    end
+    local i = 1
+    while i <= #ids do
+      local j = math.min(i + 999, #ids)
+      redis.call('XACK', KEYS[p], group, unpack(ids, i, j))
+      redis.call('XDEL', KEYS[p], unpack(ids, i, j))
+      i = j + 1
+    end
   end
 end
 return out
