@@ -145,35 +145,29 @@ async fn single_flight_across_replicas() {
     cleanup(url, prefix).await;
 }
 
-/// A replica that dies while computing blocks others only until its lock
-/// lease runs out; then another replica computes.
+/// A replica that died while computing (its lock key left behind, no more
+/// renewals) blocks others only until the lease runs out; then another
+/// replica computes.
 #[tokio::test(flavor = "multi_thread")]
 async fn crashed_computer_lease_expires() {
     let Some(url) = redis_url() else { return };
     let prefix = unique_name("st");
     let mut cfg = tool_config(&url, &prefix, &ToolCacheParams::default());
-    cfg.tool_lock_lease = Duration::from_millis(600);
-    let a = Arc::new(RedisToolCache::connect(cfg.clone()).await.expect("replica a"));
+    cfg.tool_lock_lease = Duration::from_secs(30);
     let b = RedisToolCache::connect(cfg).await.expect("replica b");
-    let key = ToolKey::new(unique_name("tenant"), "slow", "v1", &serde_json::json!({})).expect("key");
-    let started = Arc::new(tokio::sync::Notify::new());
-    let (a2, k2, s2) = (a.clone(), key.clone(), started.clone());
-    let crashing = tokio::spawn(async move {
-        a2.get_or_compute(
-            &k2,
-            Duration::from_secs(600),
-            Box::pin(async move {
-                s2.notify_one();
-                futures::future::pending::<()>().await;
-                Ok(Bytes::from_static(b"never"))
-            }),
-        )
+    let tenant = unique_name("tenant");
+    let key = ToolKey::new(tenant.as_str(), "slow", "v1", &serde_json::json!({})).expect("key");
+    // What a crashed replica leaves behind: its lock, with a short remaining lease.
+    let lock = format!("{prefix}:{{{tenant}:tool:slow:v1:{}}}:lock", key.args_digest());
+    let mut conn = raw(&url).await;
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("dead-replica")
+        .arg("PX")
+        .arg(700)
+        .query_async(&mut conn)
         .await
-    });
-    started.notified().await;
-    // "Crash" replica a: its computation and lease renewals stop for good.
-    crashing.abort();
-    assert!(crashing.await.expect_err("aborted").is_cancelled());
+        .expect("set");
     let computed = AtomicUsize::new(0);
     let v = b
         .get_or_compute(
@@ -187,6 +181,55 @@ async fn crashed_computer_lease_expires() {
         .await
         .expect("b computes after the lease expires");
     assert_eq!(&v[..], b"recovered");
+    assert_eq!(computed.load(Ordering::SeqCst), 1);
+    let exists: bool = conn.exists(&lock).await.expect("exists");
+    assert!(!exists, "b released its own lock");
+    cleanup(url, prefix).await;
+}
+
+/// A caller cancelled while computing (task timeout, shutdown) releases the
+/// lock at once: another replica computes without waiting for the (here one
+/// hour) lease, well within its wait timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_computer_releases_the_lock() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_name("st");
+    let mut cfg = tool_config(&url, &prefix, &ToolCacheParams::default());
+    cfg.tool_lock_lease = Duration::from_secs(3600);
+    cfg.tool_wait_timeout = Duration::from_secs(20);
+    let a = Arc::new(RedisToolCache::connect(cfg.clone()).await.expect("replica a"));
+    let b = RedisToolCache::connect(cfg).await.expect("replica b");
+    let key = ToolKey::new(unique_name("tenant"), "slow", "v1", &serde_json::json!({})).expect("key");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (a2, k2, s2) = (a.clone(), key.clone(), started.clone());
+    let cancelled = tokio::spawn(async move {
+        a2.get_or_compute(
+            &k2,
+            Duration::from_secs(600),
+            Box::pin(async move {
+                s2.notify_one();
+                futures::future::pending::<()>().await;
+                Ok(Bytes::from_static(b"never"))
+            }),
+        )
+        .await
+    });
+    started.notified().await;
+    cancelled.abort();
+    assert!(cancelled.await.expect_err("aborted").is_cancelled());
+    let computed = AtomicUsize::new(0);
+    let v = b
+        .get_or_compute(
+            &key,
+            Duration::from_secs(600),
+            Box::pin(async {
+                computed.fetch_add(1, Ordering::SeqCst);
+                Ok(Bytes::from_static(b"taken over"))
+            }),
+        )
+        .await
+        .expect("b computes once a's lock is released");
+    assert_eq!(&v[..], b"taken over");
     assert_eq!(computed.load(Ordering::SeqCst), 1);
     cleanup(url, prefix).await;
 }

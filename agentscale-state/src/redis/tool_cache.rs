@@ -51,8 +51,9 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 ///   callers on other replicas poll (2 ms doubling to 50 ms) until the value
 ///   appears. Within one process, concurrent callers of a key share one such
 ///   attempt (moka's coalescing). So one computation runs per key
-///   fleet-wide. The computing replica renews its lease while computing; if it
-///   crashes, the lease runs out and a waiting replica takes over.
+///   fleet-wide. The computing replica renews its lease while computing; if
+///   the computing caller is cancelled the lock is released at once, and if
+///   its process crashes the lease runs out and a waiting replica takes over.
 /// * Values live for the TTL given with them; non-retryable failures for the
 ///   negative TTL (replayed with kind and message); retryable failures are not
 ///   cached. Level 1 keeps an entry for `min(tool_local_ttl, remaining TTL)`,
@@ -248,7 +249,16 @@ impl RedisToolCache {
                     return Ok(self.local_entry(outcome, remaining));
                 }
                 Probe::Locked => {
+                    // If this caller is cancelled (task timeout, shutdown) while
+                    // computing, the guard releases the lock in the background
+                    // so other replicas need not wait for the lease to run out.
+                    let mut guard = ReleaseOnDrop {
+                        conn: self.conn.clone(),
+                        script: self.store_and_unlock.clone(),
+                        keys: Some((value_key.clone(), lock_key.clone(), token.clone())),
+                    };
                     let result = self.compute_holding_lock(&lock_key, &token, compute, ttl).await;
+                    guard.keys = None;
                     return match result {
                         Ok(c) => {
                             self.store_and_unlock(&value_key, &lock_key, &token, Some((&c, millis(c.ttl))))
@@ -274,6 +284,39 @@ impl RedisToolCache {
                 }
             }
         }
+    }
+}
+
+/// Releases a computation lock whose holder was dropped before finishing.
+struct ReleaseOnDrop {
+    conn: ConnectionManager,
+    script: Script,
+    /// (value key, lock key, token); `None` once the holder finished normally.
+    keys: Option<(String, String, String)>,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some((value_key, lock_key, token)) = self.keys.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (mut conn, script) = (self.conn.clone(), self.script.clone());
+        runtime.spawn(async move {
+            let r: redis::RedisResult<i64> = script
+                .key(&value_key)
+                .key(&lock_key)
+                .arg(&token)
+                .arg("")
+                .arg(1)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(lock_key, error = %e, "could not release the lock of a cancelled tool computation");
+            }
+        });
     }
 }
 
