@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 use super::{EndpointLoad, Policy};
 
@@ -16,18 +16,17 @@ fn os_seeded() -> SmallRng {
 }
 
 /// Index of the healthy endpoint minimising `key`, ties broken uniformly at
-/// random: one pass tracks the minimum and how many endpoints share it; only
-/// when several do, a second pass finds the randomly chosen one. No
-/// allocation, at most one RNG draw.
+/// random by reservoir sampling over the tied endpoints (one pass, no
+/// allocation; one cheap RNG draw per tie).
 #[inline]
 fn argmin_random_tie(
     rng: &mut SmallRng,
     endpoints: &[EndpointLoad],
     key: impl Fn(&EndpointLoad) -> u64,
 ) -> Option<usize> {
+    let mut best = usize::MAX;
     let mut min = u64::MAX;
-    let mut first = usize::MAX;
-    let mut count = 0u32;
+    let mut ties = 0u64;
     for (i, e) in endpoints.iter().enumerate() {
         if !e.healthy {
             continue;
@@ -35,25 +34,17 @@ fn argmin_random_tie(
         let k = key(e);
         if k < min {
             min = k;
-            first = i;
-            count = 1;
+            best = i;
+            ties = 1;
         } else if k == min {
-            count += 1;
+            ties += 1;
+            // Replace with probability 1/ties (multiply-shift: uniform in 0..ties).
+            if ((u128::from(rng.next_u64()) * u128::from(ties)) >> 64) == 0 {
+                best = i;
+            }
         }
     }
-    match count {
-        0 => None,
-        1 => Some(first),
-        _ => {
-            let chosen = rng.random_range(0..count) as usize;
-            endpoints[first..]
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.healthy && key(e) == min)
-                .nth(chosen)
-                .map(|(i, _)| first + i)
-        }
-    }
+    (best != usize::MAX).then_some(best)
 }
 
 /// The `k`-th healthy endpoint (0-based), scanning once.
@@ -272,13 +263,13 @@ impl Policy for WeightedRoundRobin {
         let mut best = usize::MAX;
         let mut best_score = i64::MIN;
         for (i, (e, c)) in endpoints.iter().zip(self.current.iter_mut()).enumerate() {
-            let w = if e.healthy { i64::from(e.weight.max(1)) } else { 0 };
+            let healthy = e.healthy;
+            let w = i64::from(e.weight.max(1)) * i64::from(healthy);
             total += w;
             *c += w;
-            if e.healthy && *c > best_score {
-                best_score = *c;
-                best = i;
-            }
+            let better = healthy & (*c > best_score);
+            best_score = if better { *c } else { best_score };
+            best = if better { i } else { best };
         }
         let best = (best != usize::MAX).then_some(best);
         let best = best?;
