@@ -63,11 +63,15 @@ pub(crate) async fn connect(config: &RedisStateConfig) -> Result<ConnectionManag
     let shown = redact_url(config.url.expose());
     let client = redis::Client::open(config.url.expose())
         .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
+    // One quick reconnect attempt smooths over a dropped connection; during a
+    // real outage calls then fail fast with `Unavailable` (the caller's retry
+    // policy decides what next) instead of blocking for seconds. The next call
+    // after a failure starts a fresh reconnect, so recovery is automatic.
     let mc = ConnectionManagerConfig::new()
         .set_connection_timeout(config.connect_timeout)
         .set_response_timeout(config.command_timeout)
-        .set_number_of_retries(3)
-        .set_max_delay(2_000);
+        .set_number_of_retries(1)
+        .set_max_delay(500);
     ConnectionManager::new_with_config(client, mc)
         .await
         .map_err(|e| redis_error(&format!("connect to {shown}"), e))
