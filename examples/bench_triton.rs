@@ -126,8 +126,28 @@ async fn run_python(python: &str, url: &str, conc: usize, secs: f64) -> Point {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The client runs on a single-threaded runtime by default (one core does
+    // all the client work; cross-thread wake-ups cost more CPU than they save
+    // on this 2-core machine). BENCH_THREADS=N uses a multi-thread runtime.
+    let threads: usize = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    println!("client runtime: {} thread(s)", threads.max(1));
+    rt.block_on(run());
+}
+
+async fn run() {
     let url = std::env::var("AGENTSCALE_TRITON_URL")
         .expect("AGENTSCALE_TRITON_URL (eval \"$(scripts/dev-services up)\")");
     let python = std::env::var("AGENTSCALE_TRITON_PYTHON").expect("AGENTSCALE_TRITON_PYTHON");

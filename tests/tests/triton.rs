@@ -1,6 +1,7 @@
 //! agentscale-infer against a real Triton Inference Server (pytriton, CPU)
 //! started by `scripts/dev-services up` (AGENTSCALE_TRITON_URL), serving the
 //! models of scripts/triton/serve.py.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! TritonPool against real Triton replicas: a second pytriton server is
 //! started by the test and killed mid-load; requests move to the healthy one.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
