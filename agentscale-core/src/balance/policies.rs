@@ -259,17 +259,22 @@ impl Policy for WeightedRoundRobin {
         if self.current.len() < endpoints.len() {
             self.current.resize(endpoints.len(), 0);
         }
+        let current = &mut self.current[..endpoints.len()];
         let mut total: i64 = 0;
         let mut best = usize::MAX;
         let mut best_score = i64::MIN;
-        for (i, (e, c)) in endpoints.iter().zip(self.current.iter_mut()).enumerate() {
-            let healthy = e.healthy;
-            let w = i64::from(e.weight.max(1)) * i64::from(healthy);
+        for (i, e) in endpoints.iter().enumerate() {
+            if !e.healthy {
+                continue;
+            }
+            let w = i64::from(e.weight.max(1));
             total += w;
-            *c += w;
-            let better = healthy & (*c > best_score);
-            best_score = if better { *c } else { best_score };
-            best = if better { i } else { best };
+            let c = current[i] + w;
+            current[i] = c;
+            if c > best_score {
+                best_score = c;
+                best = i;
+            }
         }
         let best = (best != usize::MAX).then_some(best);
         let best = best?;
