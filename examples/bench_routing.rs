@@ -268,6 +268,9 @@ where
     S: Service<f64, Error = tower::BoxError> + 'static,
     S::Future: 'static,
 {
+    // Deliberately yields the response future: readiness is awaited now, the
+    // response later, concurrently with other requests.
+    #[allow(clippy::async_yields_async)]
     fn issue(&mut self, u: f64) -> Pin<Box<dyn Future<Output = BoxFut> + '_>> {
         Box::pin(async move {
             match self.ready().await {
