@@ -283,3 +283,32 @@ async fn invalid_config_refused() {
         .expect_err("nothing listens on port 1");
     assert!(!err.to_string().contains("sekrit"), "{err}");
 }
+
+/// The KEDA manifest shipped with the example names exactly the keys and
+/// consumer group the queue uses (queue `agents`, default prefix and group),
+/// so the native `redis-streams` scaler reads the right lag.
+#[test]
+fn keda_manifest_matches_key_layout() {
+    let manifest = include_str!("../../examples/k8s/redis-keda-scaledobject.yaml");
+    let defaults = RedisQueueConfig::new("redis://h", "agents");
+    let keys = agentscale_queue::redis::RedisQueueKeys::new(&defaults.key_prefix, &defaults.queue);
+    for stream in &keys.streams {
+        assert!(
+            manifest.contains(&format!("stream: \"{stream}\"")),
+            "manifest lacks a trigger on {stream}"
+        );
+    }
+    let group_lines = manifest
+        .lines()
+        .filter(|l| l.trim() == format!("consumerGroup: {}", defaults.consumer_group))
+        .count();
+    assert_eq!(
+        group_lines, 3,
+        "one trigger per priority stream, all on the default group"
+    );
+    assert!(manifest.contains("lagCount:"), "scales on group lag");
+    assert!(
+        manifest.contains("name: AGENTSCALE_QUEUE\n              value: agents"),
+        "the Deployment runs queue `agents`"
+    );
+}
