@@ -343,14 +343,14 @@ async fn a_handler_past_the_task_timeout_fails_the_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_task_longer_than_its_lease() {
-    // The lease lives 150 ms; the task runs 600 ms. Without heartbeats it
+    // The lease lives 400 ms; the task runs 1.2 s. Without heartbeats it
     // would be redelivered (the worker keeps polling) and its ack refused.
-    let lease_timeout = Duration::from_millis(150);
+    let lease_timeout = Duration::from_millis(400);
     let q = queue(lease_timeout);
     let ids = enqueue_n(&q, 1, 5).await;
     let probe = Probe::new(move |_: &Task, _| {
         Box::pin(async move {
-            tokio::time::sleep(lease_timeout * 4).await;
+            tokio::time::sleep(lease_timeout * 3).await;
             Ok(())
         }) as BoxFut
     });
@@ -414,9 +414,11 @@ async fn shutdown_drains_in_flight_tasks_within_the_grace_period() {
             Ok(())
         }) as BoxFut
     });
+    let metrics = Metrics::new();
     let worker = Worker::builder(q.clone(), probe.clone())
         .concurrency(4)
         .grace_period(Duration::from_secs(60))
+        .metrics(metrics.clone())
         .build()
         .expect("build");
     let stop = Arc::new(Notify::new());
@@ -424,6 +426,10 @@ async fn shutdown_drains_in_flight_tasks_within_the_grace_period() {
     let run = tokio::spawn(worker.run_until(async move { s.notified().await }));
     probe.wait_started(4).await;
     stop.notify_one();
+    // Let the in-flight tasks finish only once the worker is draining.
+    while !metrics.is_draining() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     gate.add_permits(100);
     let report = run.await.expect("join").expect("run");
     // The four in flight finished and were acked; nothing else was leased.

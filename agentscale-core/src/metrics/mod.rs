@@ -385,6 +385,11 @@ impl Metrics {
         self.inner.running_workers.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// True once a worker using these metrics began draining (shutdown).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
     /// Whether `/readyz` answers 200: a worker runs, none is draining, and the
     /// last queue-depth poll succeeded.
     pub fn is_ready(&self) -> bool {

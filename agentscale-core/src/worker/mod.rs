@@ -34,7 +34,8 @@
 //!   slots; a slot is freed only after the task's ack or nack completed. The
 //!   queue's backlog therefore stays in the queue, where the autoscaler sees it.
 //! * **Execution model.** A worker runs a few driver tasks
-//!   ([`WorkerBuilder::shards`], default one per CPU). Each leases for the
+//!   ([`WorkerBuilder::shards`], default 1; raise it for handlers that do
+//!   real CPU work between awaits). Each leases for the
 //!   shared slots and polls its handlers' futures itself, with no task spawn
 //!   and no cross-thread wake-up per task, which keeps the runtime's overhead
 //!   per task small. Handlers should be async (agent work waits on models and
@@ -279,8 +280,7 @@ impl<H: Handler> WorkerBuilder<H> {
         self
     }
 
-    /// Driver tasks of this worker (default: the number of CPUs, at most the
-    /// concurrency). Each driver leases for the shared slots and polls its
+    /// Driver tasks of this worker (default 1; at most the concurrency). Each driver leases for the shared slots and polls its
     /// handlers' futures on one thread, so handlers that burn CPU spread over
     /// at most this many cores; spawn blocking work with
     /// `tokio::task::spawn_blocking`.
@@ -327,9 +327,7 @@ impl<H: Handler> WorkerBuilder<H> {
         let shards = match self.shards {
             Some(0) => return invalid("worker shards must be at least 1".into()),
             Some(n) => n.min(self.concurrency),
-            None => std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(self.concurrency),
+            None => 1,
         };
         if let Err(m) = self.backoff.validate() {
             return invalid(m);
@@ -558,6 +556,11 @@ async fn run_shard<H: Handler>(
     let mut held = 0usize;
     let mut stopping = *stop.borrow();
     loop {
+        // Checked before any new lease: completions can free slots in the
+        // same wake-up that carries the stop signal.
+        if !stopping && *stop.borrow() {
+            stopping = true;
+        }
         if ack_call.is_none() && !to_ack.is_empty() {
             let batch = std::mem::replace(&mut to_ack, std::mem::take(&mut spare));
             let queue = shared.queue.clone();
@@ -804,10 +807,17 @@ async fn run_attempt<H: Handler>(shared: &Shared<H>, lease: &Lease, cx: &TaskCon
     if shared.flags.aborted.load(Ordering::Acquire) {
         return Attempt::Aborted;
     }
-    let run = tokio::time::timeout(
-        shared.task_timeout,
-        AssertUnwindSafe(shared.handler.handle(lease.task(), cx)).catch_unwind(),
-    );
+    let mut handler =
+        std::pin::pin!(AssertUnwindSafe(shared.handler.handle(lease.task(), cx)).catch_unwind());
+    // Fast path: a handler that finishes on its first poll needs no timer.
+    if let std::task::Poll::Ready(r) = futures::poll!(handler.as_mut()) {
+        return match r {
+            Ok(Ok(())) => Attempt::Done,
+            Ok(Err(e)) => Attempt::Failed(e),
+            Err(panic) => Attempt::Panicked(panic_message(&*panic)),
+        };
+    }
+    let run = tokio::time::timeout(shared.task_timeout, handler);
     let heartbeat = async {
         match shared.heartbeat {
             Some(hb) => heartbeat_until_lost(&*shared.queue, lease, hb).await,
