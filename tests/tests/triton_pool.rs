@@ -24,24 +24,42 @@ struct Replica {
     _child: tokio::process::Child,
 }
 
+/// This process's process group id (field 5 of /proc/self/stat).
+fn own_pgid() -> u32 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// SIGKILLs every process of group `pgid` by its own (positive) pid: the
+/// procps-ng 4.0 `kill` binary misreads negative pids, so never pass one.
+fn kill_group(pgid: u32) {
+    assert_ne!(pgid, own_pgid(), "refusing to kill the test's own process group");
+    let out = std::process::Command::new("pgrep")
+        .arg("-g")
+        .arg(pgid.to_string())
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let pid: u32 = pid.parse().unwrap();
+        assert!(pid > 1);
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
 impl Replica {
     fn kill(&self) {
         // serve.py leads its own process group: kill it with tritonserver.
-        let ok = std::process::Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.pgid))
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        kill_group(self.pgid);
     }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.pgid))
-            .status();
+        kill_group(self.pgid);
     }
 }
 
