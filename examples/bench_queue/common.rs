@@ -1,0 +1,138 @@
+//! Code every backend of the queue benchmark reuses: no-op tasks and handler,
+//! running a [`Worker`] until a known number of tasks is acked, the raw
+//! `tokio::sync::mpsc` baseline, and the output format.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentscale_core::worker::{Handler, TaskContext, Worker, WorkerReport};
+use agentscale_core::{Error, Result, Task, TaskQueue};
+use bytes::Bytes;
+
+/// A handler that does nothing: the benchmark measures the runtime and queue.
+#[derive(Debug, Clone, Copy)]
+pub struct NoopHandler;
+
+#[async_trait::async_trait]
+impl Handler for NoopHandler {
+    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<(), Error> {
+        std::hint::black_box(task.payload.len());
+        Ok(())
+    }
+}
+
+/// `n` no-op tasks, created the way a producer creates them.
+pub fn noop_tasks(n: usize) -> Vec<Task> {
+    (0..n)
+        .map(|_| Task::new("noop", Bytes::from_static(b"{}")))
+        .collect()
+}
+
+/// Enqueues `tasks` in batches of `batch` (one `enqueue_batch` call each);
+/// fails on the first refused task.
+pub async fn enqueue_all(queue: &dyn TaskQueue, tasks: Vec<Task>, batch: usize) -> Result<()> {
+    let mut tasks = tasks.into_iter().peekable();
+    while tasks.peek().is_some() {
+        let chunk: Vec<Task> = tasks.by_ref().take(batch).collect();
+        for r in queue.enqueue_batch(chunk).await {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a [`Worker`] with `concurrency` slots and the no-op handler over
+/// `queue` until `n_tasks` tasks were acked, then shuts it down. Returns the
+/// time from the worker's start until the last ack, and its report.
+pub async fn run_worker_until_drained(
+    queue: Arc<dyn TaskQueue>,
+    n_tasks: u64,
+    concurrency: usize,
+) -> Result<(Duration, WorkerReport)> {
+    let mut builder = Worker::builder(queue, NoopHandler)
+        .concurrency(concurrency)
+        .poll_wait(Duration::from_millis(100))
+        .grace_period(Duration::from_secs(30));
+    if let Some(n) = std::env::var("BENCH_SHARDS").ok().and_then(|v| v.parse().ok()) {
+        builder = builder.shards(n);
+    }
+    let worker = builder.build()?;
+    let stats = worker.stats();
+    let started = Instant::now();
+    // One waiter only: the shutdown condition. Once it holds nothing is in
+    // flight, so the drain that follows is immediate.
+    let report = worker
+        .run_until(async move {
+            stats.wait_until(|r| r.completed >= n_tasks).await;
+        })
+        .await?;
+    Ok((started.elapsed(), report))
+}
+
+/// End to end: a producer enqueues `tasks` (batches of `batch`) while the
+/// worker runs; returns the time until every task was acked.
+pub async fn produce_and_drain(
+    queue: Arc<dyn TaskQueue>,
+    tasks: Vec<Task>,
+    batch: usize,
+    concurrency: usize,
+) -> Result<(Duration, WorkerReport)> {
+    let n = tasks.len() as u64;
+    let started = Instant::now();
+    let producer_queue = queue.clone();
+    let producer = tokio::spawn(async move { enqueue_all(&*producer_queue, tasks, batch).await });
+    let (_, report) = run_worker_until_drained(queue, n, concurrency).await?;
+    let elapsed = started.elapsed();
+    producer
+        .await
+        .map_err(|e| Error::backend("producer task failed", e))??;
+    Ok((elapsed, report))
+}
+
+/// The baseline: the same tasks through a bounded `tokio::sync::mpsc`
+/// channel to one consumer that runs the same handler. Returns the time until
+/// the consumer handled the last task.
+pub async fn mpsc_baseline(tasks: Vec<Task>, capacity: usize) -> Result<Duration> {
+    let n = tasks.len();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Task>(capacity);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for t in tasks {
+            if tx.send(t).await.is_err() {
+                break;
+            }
+        }
+    });
+    let handler = NoopHandler;
+    let cx = TaskContext::detached(1, 5, Duration::from_secs(600));
+    let mut handled = 0usize;
+    while let Some(task) = rx.recv().await {
+        handler.handle(&task, &cx).await?;
+        handled += 1;
+    }
+    let elapsed = started.elapsed();
+    producer
+        .await
+        .map_err(|e| Error::backend("producer task failed", e))?;
+    if handled != n {
+        return Err(Error::Handler(format!("baseline handled {handled} of {n} tasks")));
+    }
+    Ok(elapsed)
+}
+
+/// Tasks per second.
+pub fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// The median of some measurements.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Prints one `RESULT` line (the last lines of the benchmark's output).
+pub fn result_line(name: &str, ours: f64, baseline_name: &str, baseline: f64) {
+    let ratio = if baseline > 0.0 { ours / baseline } else { 0.0 };
+    println!("RESULT {name} ours={ours:.0} baseline={baseline_name}:{baseline:.0} ratio={ratio:.3}");
+}
