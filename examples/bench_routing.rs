@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use agentscale_core::balance::sim::{self, Report, Scenario, ServiceModel};
 use agentscale_core::balance::{
-    LeastConnections, PeakEwmaP2c, Policy, PowerOfTwoChoices, RandomPick, RoundRobin, Router, ShortestQueue,
-    WeightedRoundRobin,
+    LeastConnections, LeastLoadedOfD, PeakEwmaP2c, Policy, PowerOfTwoChoices, RandomPick, RoundRobin, Router,
+    ShortestQueue, WeightedRoundRobin,
 };
 use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -54,7 +54,16 @@ fn policies(seed: u64) -> Vec<Box<dyn Policy>> {
         Box::new(LeastConnections::with_seed(seed)),
         Box::new(PowerOfTwoChoices::with_seed(seed)),
         Box::new(PeakEwmaP2c::with_seed(seed)),
+        Box::new(LeastLoadedOfD::with_seed(seed)),
     ]
+}
+
+/// The number of choices of `LeastLoadedOfD`, swept (the default is 4).
+const D_SWEEP: [usize; 6] = [2, 3, 4, 5, 6, 16];
+
+/// p99 (ms) of `LeastLoadedOfD` with `d` choices on `sc`.
+fn p99_with_d(sc: &Scenario, d: usize, seed: u64) -> f64 {
+    ms(sim::run(sc, &mut LeastLoadedOfD::with_seed(seed).with_d(d)).p99)
 }
 
 fn table(sc: &Scenario, seed: u64) -> Vec<Report> {
@@ -108,7 +117,7 @@ impl Balancer {
         match self {
             Balancer::TowerPeakEwma => "tower_p2c_peak_ewma",
             Balancer::TowerPending => "tower_p2c_pending_requests",
-            Balancer::OursDefault => "router_p2c_peak_ewma (default)",
+            Balancer::OursDefault => "router_least_loaded_of_d (default)",
             Balancer::OursLeastConnections => "router_least_connections",
         }
     }
@@ -183,7 +192,7 @@ fn tokio_harness(
             Balancer::OursDefault | Balancer::OursLeastConnections => {
                 let mut b = Router::builder().decay(DECAY);
                 b = if kind == Balancer::OursDefault {
-                    b.policy(PeakEwmaP2c::with_seed(seed).default_latency(DEFAULT_RTT))
+                    b.policy(LeastLoadedOfD::with_seed(seed).default_latency(DEFAULT_RTT))
                 } else {
                     b.policy(LeastConnections::with_seed(seed))
                 };
@@ -356,13 +365,33 @@ fn main() {
     let tower_b = get(Balancer::TowerPeakEwma);
     println!(
         "\n(simulator, for reference: default p99 {:.1} ms on the tower scenario)",
-        ms(p99_of(&b_sim, "p2c_peak_ewma").p99)
+        ms(p99_of(&b_sim, "least_loaded_of_d").p99)
     );
 
-    let ours_a = ms(p99_of(&a95, "p2c_peak_ewma").p99);
+    let ours_a = ms(p99_of(&a95, "least_loaded_of_d").p99);
     let rr_a = ms(p99_of(&a95, "round_robin").p99);
-    let ours_c = ms(p99_of(&c, "p2c_peak_ewma").p99);
+    let ours_c = ms(p99_of(&c, "least_loaded_of_d").p99);
     let rr_c = ms(p99_of(&c, "round_robin").p99);
+    println!("\n### `LeastLoadedOfD` p99 (ms) by number of choices d (default 4; d = 16 is least connections here)\n");
+    println!(
+        "| d | agent_mix_95 | slow_replica | tower (sim) | heterogeneous | stale_1000ms | stale_10000ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let sweep = [
+        Scenario::agent_mix(0.95, seed),
+        Scenario::slow_replica(seed),
+        Scenario::tower(seed),
+        Scenario::heterogeneous(seed),
+        Scenario::stale(Duration::from_secs(1), seed),
+        Scenario::stale(Duration::from_secs(10), seed),
+    ];
+    for d in D_SWEEP {
+        let cells: Vec<String> = sweep
+            .iter()
+            .map(|sc| format!("{:.1}", p99_with_d(sc, d, seed)))
+            .collect();
+        println!("| {d} | {} |", cells.join(" | "));
+    }
     println!("\nwall time {:.1} s", wall.elapsed().as_secs_f64());
     println!("RESULT routing_p99_ms_tower_scenario ours={ours_b:.1} baseline=tower_p2c_peak_ewma:{tower_b:.1} ratio={:.3}", ours_b / tower_b);
     println!(

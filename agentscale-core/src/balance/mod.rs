@@ -16,7 +16,7 @@ pub mod sim;
 
 pub use ewma::PeakEwma;
 pub use policies::{
-    LeastConnections, PeakEwmaP2c, PowerOfTwoChoices, RandomPick, RoundRobin, ShortestQueue,
+    LeastConnections, LeastLoadedOfD, PeakEwmaP2c, PowerOfTwoChoices, RandomPick, RoundRobin, ShortestQueue,
     WeightedRoundRobin,
 };
 pub use router::{EndpointStatus, PickGuard, Router, RouterBuilder, MAX_WEIGHT};

@@ -451,6 +451,152 @@ impl Policy for PeakEwmaP2c {
     }
 }
 
+/// Power of d choices on weight-scaled in-flight load, peak-EWMA as tie-break.
+///
+/// `d` distinct healthy endpoints are drawn at random; the one with the fewest
+/// requests in flight per unit of weight (`(in_flight + 1) / weight`) wins,
+/// ties going to the lower `ewma_latency` (an endpoint without an estimate is
+/// costed at `default_latency`), then to the first drawn (itself random).
+///
+/// * Looking at `d > 2` endpoints gets close to least connections when the
+///   load information is fresh (the tail of a heavy-tailed agent mix is set by
+///   how often a short task lands behind a long one; with 4 of 16 replicas
+///   sampled that almost never happens when an idle slot exists).
+/// * Drawing a random subset bounds herding when the information is stale:
+///   the policy sends to the least loaded of `d` random replicas, not to the
+///   one replica that looked emptiest at the last refresh.
+/// * A slow replica piles up in-flight requests and loses every comparison;
+///   among equally loaded replicas the faster one (lower peak EWMA) wins.
+///
+/// The default `d` is [`Self::DEFAULT_D`]; `with_d` sets it (1 is random,
+/// `d` ≥ the number of healthy endpoints is least connections). O(d²) per
+/// pick (d is small; at most [`Self::MAX_D`]) when all endpoints are healthy,
+/// no allocation.
+#[derive(Debug)]
+pub struct LeastLoadedOfD {
+    rng: SmallRng,
+    d: usize,
+    default_latency_ns: u64,
+}
+
+impl LeastLoadedOfD {
+    /// The default number of choices.
+    pub const DEFAULT_D: usize = 4;
+    /// The largest `d` accepted (larger values are clamped).
+    pub const MAX_D: usize = 16;
+    /// The latency assumed for an endpoint with no estimate yet (tie-break only).
+    pub const DEFAULT_LATENCY: Duration = Duration::from_millis(30);
+
+    /// A policy with an OS-seeded RNG.
+    pub fn new() -> Self {
+        Self::from_rng(os_seeded())
+    }
+    /// A policy drawing from `rng`.
+    pub fn from_rng(rng: SmallRng) -> Self {
+        LeastLoadedOfD {
+            rng,
+            d: Self::DEFAULT_D,
+            default_latency_ns: Self::DEFAULT_LATENCY.as_nanos() as u64,
+        }
+    }
+    /// A deterministic policy seeded with `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        Self::from_rng(SmallRng::seed_from_u64(seed))
+    }
+    /// Sets the number of choices, clamped to `1..=MAX_D`.
+    pub fn with_d(mut self, d: usize) -> Self {
+        self.d = d.clamp(1, Self::MAX_D);
+        self
+    }
+    /// The number of choices.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+    /// Sets the latency assumed for endpoints with no estimate yet (default
+    /// [`Self::DEFAULT_LATENCY`]).
+    pub fn default_latency(mut self, latency: Duration) -> Self {
+        self.default_latency_ns = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self
+    }
+
+    #[inline]
+    fn latency_ns(&self, e: &EndpointLoad) -> u64 {
+        let l = e.ewma_latency.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if l == 0 {
+            self.default_latency_ns
+        } else {
+            l
+        }
+    }
+
+    /// True if `c` is strictly better than `b`.
+    #[inline]
+    fn better(&self, c: &EndpointLoad, b: &EndpointLoad) -> bool {
+        // (in_flight + 1) / weight, compared without division.
+        let lc = (u64::from(c.in_flight) + 1) * weight_of(b);
+        let lb = (u64::from(b.in_flight) + 1) * weight_of(c);
+        if lc != lb {
+            return lc < lb;
+        }
+        // Tie: lower latency per unit of weight.
+        u128::from(self.latency_ns(c)) * u128::from(weight_of(b))
+            < u128::from(self.latency_ns(b)) * u128::from(weight_of(c))
+    }
+}
+
+impl Default for LeastLoadedOfD {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for LeastLoadedOfD {
+    fn name(&self) -> &'static str {
+        "least_loaded_of_d"
+    }
+    fn pick(&mut self, endpoints: &[EndpointLoad]) -> Option<usize> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let d = self.d.min(n);
+        let mut drawn = [usize::MAX; Self::MAX_D];
+        let mut k = 0usize;
+        let mut best = usize::MAX;
+        if d < n {
+            // Rejection sampling of distinct healthy endpoints; bounded tries,
+            // then the exact fallback below.
+            let mut tries = 0;
+            while k < d && tries < 4 * d {
+                tries += 1;
+                let i = self.rng.random_range(0..n);
+                if !endpoints[i].healthy || drawn[..k].contains(&i) {
+                    continue;
+                }
+                drawn[k] = i;
+                k += 1;
+                if best == usize::MAX || self.better(&endpoints[i], &endpoints[best]) {
+                    best = i;
+                }
+            }
+            if k == d || k >= 2 {
+                return Some(best);
+            }
+        }
+        // Few healthy endpoints (or d ≥ n): scan all, starting at a random
+        // offset so ties do not always go to the same endpoint.
+        let start = self.rng.random_range(0..n);
+        best = usize::MAX;
+        for off in 0..n {
+            let i = (start + off) % n;
+            if endpoints[i].healthy && (best == usize::MAX || self.better(&endpoints[i], &endpoints[best])) {
+                best = i;
+            }
+        }
+        (best != usize::MAX).then_some(best)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -473,6 +619,8 @@ mod tests {
             Box::new(RandomPick::with_seed(seed)),
             Box::new(PowerOfTwoChoices::with_seed(seed)),
             Box::new(PeakEwmaP2c::with_seed(seed)),
+            Box::new(LeastLoadedOfD::with_seed(seed)),
+            Box::new(LeastLoadedOfD::with_seed(seed).with_d(2)),
         ]
     }
 
@@ -664,5 +812,65 @@ mod tests {
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn least_loaded_of_d_never_picks_the_d_minus_1_most_loaded() {
+        // Distinct loads 0..10; with 4 distinct candidates the winner is
+        // never one of the 3 most loaded.
+        let eps: Vec<EndpointLoad> = (0..10).map(|i| ep(i, 0)).collect();
+        let mut p = LeastLoadedOfD::with_seed(11);
+        assert_eq!(p.d(), LeastLoadedOfD::DEFAULT_D);
+        let mut seen = [0u32; 10];
+        for _ in 0..5_000 {
+            let i = p.pick(&eps).unwrap();
+            assert!(i < 7, "picked {i}");
+            seen[i] += 1;
+        }
+        // Not a full scan: endpoints other than the minimum win too.
+        assert!(seen[0] > 0 && seen[1] > 0 && seen[2] > 0, "{seen:?}");
+        // d ≥ n is an exact minimum.
+        let mut all = LeastLoadedOfD::with_seed(2).with_d(64);
+        assert_eq!(all.d(), LeastLoadedOfD::MAX_D);
+        let few: Vec<EndpointLoad> = [5, 3, 9, 4].iter().map(|&f| ep(f, 0)).collect();
+        for _ in 0..200 {
+            assert_eq!(all.pick(&few), Some(1));
+        }
+    }
+
+    #[test]
+    fn least_loaded_of_d_is_weight_scaled_and_breaks_ties_on_latency() {
+        let mk = |in_flight, weight, ms| EndpointLoad {
+            in_flight,
+            weight,
+            ewma_latency: Duration::from_millis(ms),
+            ..EndpointLoad::default()
+        };
+        let mut p = LeastLoadedOfD::with_seed(3).with_d(2);
+        // (5+1)/3 = 2 < (1+1)/1 = 2? equal → latency decides: 10 ms < 50 ms.
+        let eps = [mk(5, 3, 10), mk(1, 1, 50)];
+        for _ in 0..100 {
+            assert_eq!(p.pick(&eps), Some(0));
+        }
+        // Weight makes a busier endpoint cheaper: (4+1)/3 < (2+1)/1.
+        let eps = [mk(2, 1, 1), mk(4, 3, 1_000)];
+        for _ in 0..100 {
+            assert_eq!(p.pick(&eps), Some(1));
+        }
+        // Same load and latency per weight: both get picked.
+        let eps = [mk(0, 1, 10), mk(0, 1, 10)];
+        let mut seen = [0; 2];
+        for _ in 0..200 {
+            seen[p.pick(&eps).unwrap()] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        // An endpoint without an estimate is costed at the default latency.
+        let eps = [mk(0, 1, 0), mk(0, 1, 5)];
+        let mut q = LeastLoadedOfD::with_seed(4)
+            .with_d(2)
+            .default_latency(Duration::from_millis(1));
+        for _ in 0..100 {
+            assert_eq!(q.pick(&eps), Some(0));
+        }
     }
 }

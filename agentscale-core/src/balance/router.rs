@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
-use super::{EndpointLoad, PeakEwma, PeakEwmaP2c, Policy};
+use super::{EndpointLoad, LeastLoadedOfD, PeakEwma, Policy};
 use crate::{Error, Result};
 
 /// The largest weight an endpoint may have.
@@ -85,7 +85,8 @@ struct Inner<T> {
 /// * **Ejection:** after `K` consecutive failures an endpoint is ejected for a
 ///   cool-down; then it is re-admitted with slow start: its weight ramps from
 ///   10 % to 100 % over the slow-start period (weight-aware policies —
-///   [`PeakEwmaP2c`], [`PowerOfTwoChoices`](super::PowerOfTwoChoices),
+///   [`LeastLoadedOfD`], [`PeakEwmaP2c`](super::PeakEwmaP2c),
+///   [`PowerOfTwoChoices`](super::PowerOfTwoChoices),
 ///   [`WeightedRoundRobin`](super::WeightedRoundRobin) — honour the ramp).
 ///
 /// `Router` is cheap to clone (an `Arc`), `Send + Sync`, and usable from many
@@ -175,7 +176,7 @@ impl<T> fmt::Debug for RouterBuilder<T> {
 }
 
 impl<T: Send + Sync + 'static> RouterBuilder<T> {
-    /// The policy (default: [`PeakEwmaP2c::default`]).
+    /// The policy (default: [`LeastLoadedOfD::default`]).
     pub fn policy(mut self, policy: impl Policy + 'static) -> Self {
         self.policy = Some(Box::new(policy));
         self
@@ -260,7 +261,7 @@ impl<T: Send + Sync + 'static> RouterBuilder<T> {
             inner: Arc::new(Inner {
                 endpoints: RwLock::new(endpoints),
                 picker: Mutex::new(Picker {
-                    policy: self.policy.unwrap_or_else(|| Box::new(PeakEwmaP2c::default())),
+                    policy: self.policy.unwrap_or_else(|| Box::new(LeastLoadedOfD::default())),
                     snapshot: Vec::with_capacity(n),
                 }),
                 shared,
@@ -329,7 +330,7 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl<T: Send + Sync + 'static> Router<T> {
-    /// A builder with the default policy ([`PeakEwmaP2c`]), ejection after 5
+    /// A builder with the default policy ([`LeastLoadedOfD`]), ejection after 5
     /// consecutive failures for 10 s, 30 s slow start, 10 s EWMA decay and a
     /// 1 s failure penalty.
     pub fn builder() -> RouterBuilder<T> {
@@ -791,7 +792,7 @@ mod tests {
             .endpoint("c", 'c', 1)
             .build()
             .unwrap();
-        assert_eq!(r.policy_name(), "p2c_peak_ewma");
+        assert_eq!(r.policy_name(), "least_loaded_of_d");
         let tasks: Vec<_> = (0..8)
             .map(|t| {
                 let r = r.clone();
