@@ -451,32 +451,44 @@ impl Policy for PeakEwmaP2c {
     }
 }
 
-/// Power of d choices on weight-scaled in-flight load, peak-EWMA as tie-break.
+/// Power of d choices on weight-scaled in-flight load, peak-EWMA as tie-break
+/// — the [`Router`](super::Router)'s default policy.
 ///
 /// `d` distinct healthy endpoints are drawn at random; the one with the fewest
 /// requests in flight per unit of weight (`(in_flight + 1) / weight`) wins,
-/// ties going to the lower `ewma_latency` (an endpoint without an estimate is
-/// costed at `default_latency`), then to the first drawn (itself random).
+/// ties going to the lower `ewma_latency / weight` (an endpoint without an
+/// estimate is costed at `default_latency`), then to the first drawn (itself
+/// random).
 ///
 /// * Looking at `d > 2` endpoints gets close to least connections when the
-///   load information is fresh (the tail of a heavy-tailed agent mix is set by
-///   how often a short task lands behind a long one; with 4 of 16 replicas
-///   sampled that almost never happens when an idle slot exists).
-/// * Drawing a random subset bounds herding when the information is stale:
-///   the policy sends to the least loaded of `d` random replicas, not to the
-///   one replica that looked emptiest at the last refresh.
-/// * A slow replica piles up in-flight requests and loses every comparison;
-///   among equally loaded replicas the faster one (lower peak EWMA) wins.
+///   load information is fresh: with a heavy-tailed agent mix the tail is set
+///   by how often a short task lands behind a long one, and with 4 of 16
+///   replicas sampled that rarely happens while an idle slot exists.
+/// * A slow replica piles up in-flight requests and loses comparisons; among
+///   equally loaded replicas the faster one (lower peak EWMA) wins.
+/// * **Stale snapshots:** the policy remembers, per endpoint, a fingerprint of
+///   the last snapshot it saw (`in_flight`, `queue_depth`, `ewma_latency`) and
+///   how many times it picked the endpoint since; while the snapshot has not
+///   changed, those picks are added to `in_flight`. So a snapshot refreshed
+///   only every few seconds does not make every pick herd onto the replica
+///   that looked emptiest at the last refresh. With live snapshots (the
+///   `Router`'s own in-flight counts) the fingerprint changes after every
+///   pick and the correction is zero. Random subsets additionally bound
+///   herding among independent routers.
 ///
-/// The default `d` is [`Self::DEFAULT_D`]; `with_d` sets it (1 is random,
-/// `d` ≥ the number of healthy endpoints is least connections). O(d²) per
-/// pick (d is small; at most [`Self::MAX_D`]) when all endpoints are healthy,
-/// no allocation.
+/// The default `d` is [`Self::DEFAULT_D`]; `with_d` sets it (`d` ≥ the number
+/// of healthy endpoints is an exact least-loaded scan). O(d²) per pick when
+/// all endpoints are healthy (d is at most [`Self::MAX_D`]); no allocation
+/// except growing the per-endpoint state when the policy first sees more
+/// endpoints than before (as [`WeightedRoundRobin`]).
 #[derive(Debug)]
 pub struct LeastLoadedOfD {
     rng: SmallRng,
     d: usize,
     default_latency_ns: u64,
+    /// Per endpoint (by position): fingerprint of the last snapshot seen and
+    /// the picks made since, which that snapshot does not show yet.
+    pending: Vec<(u64, u32)>,
 }
 
 impl LeastLoadedOfD {
@@ -497,6 +509,7 @@ impl LeastLoadedOfD {
             rng,
             d: Self::DEFAULT_D,
             default_latency_ns: Self::DEFAULT_LATENCY.as_nanos() as u64,
+            pending: Vec::new(),
         }
     }
     /// A deterministic policy seeded with `seed`.
@@ -529,12 +542,25 @@ impl LeastLoadedOfD {
         }
     }
 
-    /// True if `c` is strictly better than `b`.
+    /// In-flight count of endpoint `i` plus this policy's picks of it that
+    /// the snapshot does not show yet (the snapshot has not changed since).
     #[inline]
-    fn better(&self, c: &EndpointLoad, b: &EndpointLoad) -> bool {
+    fn load_of(&mut self, i: usize, e: &EndpointLoad) -> u64 {
+        let fp = (u64::from(e.in_flight) << 32 | u64::from(e.queue_depth))
+            ^ (e.ewma_latency.as_nanos() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &mut self.pending[i];
+        if slot.0 != fp {
+            *slot = (fp, 0);
+        }
+        u64::from(e.in_flight) + u64::from(slot.1)
+    }
+
+    /// True if `c` (load `fc`) is strictly better than `b` (load `fb`).
+    #[inline]
+    fn better(&self, fc: u64, c: &EndpointLoad, fb: u64, b: &EndpointLoad) -> bool {
         // (in_flight + 1) / weight, compared without division.
-        let lc = (u64::from(c.in_flight) + 1) * weight_of(b);
-        let lb = (u64::from(b.in_flight) + 1) * weight_of(c);
+        let lc = (fc + 1) * weight_of(b);
+        let lb = (fb + 1) * weight_of(c);
         if lc != lb {
             return lc < lb;
         }
@@ -559,10 +585,14 @@ impl Policy for LeastLoadedOfD {
         if n == 0 {
             return None;
         }
+        if self.pending.len() < n {
+            self.pending.resize(n, (u64::MAX, 0));
+        }
         let d = self.d.min(n);
         let mut drawn = [usize::MAX; Self::MAX_D];
         let mut k = 0usize;
         let mut best = usize::MAX;
+        let mut best_load = 0u64;
         if d < n {
             // Rejection sampling of distinct healthy endpoints; bounded tries,
             // then the exact fallback below.
@@ -575,11 +605,14 @@ impl Policy for LeastLoadedOfD {
                 }
                 drawn[k] = i;
                 k += 1;
-                if best == usize::MAX || self.better(&endpoints[i], &endpoints[best]) {
+                let f = self.load_of(i, &endpoints[i]);
+                if best == usize::MAX || self.better(f, &endpoints[i], best_load, &endpoints[best]) {
                     best = i;
+                    best_load = f;
                 }
             }
             if k == d || k >= 2 {
+                self.pending[best].1 += 1;
                 return Some(best);
             }
         }
@@ -589,11 +622,18 @@ impl Policy for LeastLoadedOfD {
         best = usize::MAX;
         for off in 0..n {
             let i = (start + off) % n;
-            if endpoints[i].healthy && (best == usize::MAX || self.better(&endpoints[i], &endpoints[best])) {
+            if !endpoints[i].healthy {
+                continue;
+            }
+            let f = self.load_of(i, &endpoints[i]);
+            if best == usize::MAX || self.better(f, &endpoints[i], best_load, &endpoints[best]) {
                 best = i;
+                best_load = f;
             }
         }
-        (best != usize::MAX).then_some(best)
+        let best = (best != usize::MAX).then_some(best)?;
+        self.pending[best].1 += 1;
+        Some(best)
     }
 }
 
@@ -817,24 +857,23 @@ mod tests {
     #[test]
     fn least_loaded_of_d_never_picks_the_d_minus_1_most_loaded() {
         // Distinct loads 0..10; with 4 distinct candidates the winner is
-        // never one of the 3 most loaded.
+        // never one of the 3 most loaded. (A fresh policy per pick: one
+        // policy fed the same snapshot again would count its own picks.)
         let eps: Vec<EndpointLoad> = (0..10).map(|i| ep(i, 0)).collect();
-        let mut p = LeastLoadedOfD::with_seed(11);
-        assert_eq!(p.d(), LeastLoadedOfD::DEFAULT_D);
+        assert_eq!(LeastLoadedOfD::with_seed(0).d(), LeastLoadedOfD::DEFAULT_D);
         let mut seen = [0u32; 10];
-        for _ in 0..5_000 {
-            let i = p.pick(&eps).unwrap();
+        for seed in 0..5_000 {
+            let i = LeastLoadedOfD::with_seed(seed).pick(&eps).unwrap();
             assert!(i < 7, "picked {i}");
             seen[i] += 1;
         }
         // Not a full scan: endpoints other than the minimum win too.
         assert!(seen[0] > 0 && seen[1] > 0 && seen[2] > 0, "{seen:?}");
         // d ≥ n is an exact minimum.
-        let mut all = LeastLoadedOfD::with_seed(2).with_d(64);
-        assert_eq!(all.d(), LeastLoadedOfD::MAX_D);
+        assert_eq!(LeastLoadedOfD::with_seed(0).with_d(64).d(), LeastLoadedOfD::MAX_D);
         let few: Vec<EndpointLoad> = [5, 3, 9, 4].iter().map(|&f| ep(f, 0)).collect();
-        for _ in 0..200 {
-            assert_eq!(all.pick(&few), Some(1));
+        for seed in 0..200 {
+            assert_eq!(LeastLoadedOfD::with_seed(seed).with_d(64).pick(&few), Some(1));
         }
     }
 
@@ -846,31 +885,67 @@ mod tests {
             ewma_latency: Duration::from_millis(ms),
             ..EndpointLoad::default()
         };
-        let mut p = LeastLoadedOfD::with_seed(3).with_d(2);
-        // (5+1)/3 = 2 < (1+1)/1 = 2? equal → latency decides: 10 ms < 50 ms.
+        // A fresh policy per pick (see above).
+        let pick = |eps: &[EndpointLoad], seed: u64| LeastLoadedOfD::with_seed(seed).with_d(2).pick(eps);
+        // (5+1)/3 = (1+1)/1 → latency per weight decides: 10/3 ms < 50 ms.
         let eps = [mk(5, 3, 10), mk(1, 1, 50)];
-        for _ in 0..100 {
-            assert_eq!(p.pick(&eps), Some(0));
+        for seed in 0..100 {
+            assert_eq!(pick(&eps, seed), Some(0));
         }
         // Weight makes a busier endpoint cheaper: (4+1)/3 < (2+1)/1.
         let eps = [mk(2, 1, 1), mk(4, 3, 1_000)];
-        for _ in 0..100 {
-            assert_eq!(p.pick(&eps), Some(1));
+        for seed in 0..100 {
+            assert_eq!(pick(&eps, seed), Some(1));
         }
         // Same load and latency per weight: both get picked.
         let eps = [mk(0, 1, 10), mk(0, 1, 10)];
         let mut seen = [0; 2];
-        for _ in 0..200 {
-            seen[p.pick(&eps).unwrap()] += 1;
+        for seed in 0..200 {
+            seen[pick(&eps, seed).unwrap()] += 1;
         }
         assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
         // An endpoint without an estimate is costed at the default latency.
         let eps = [mk(0, 1, 0), mk(0, 1, 5)];
-        let mut q = LeastLoadedOfD::with_seed(4)
-            .with_d(2)
-            .default_latency(Duration::from_millis(1));
-        for _ in 0..100 {
+        for seed in 0..100 {
+            let mut q = LeastLoadedOfD::with_seed(seed)
+                .with_d(2)
+                .default_latency(Duration::from_millis(1));
             assert_eq!(q.pick(&eps), Some(0));
+        }
+    }
+
+    #[test]
+    fn least_loaded_of_d_spreads_over_a_stale_snapshot() {
+        // The same snapshot over and over (load refreshed rarely): picks
+        // spread evenly instead of herding onto the first minimum.
+        let stale: Vec<EndpointLoad> = [0, 0, 0, 0, 3, 3].iter().map(|&f| ep(f, 0)).collect();
+        let mut p = LeastLoadedOfD::with_seed(8).with_d(6);
+        let mut seen = [0u32; 6];
+        for _ in 0..4 {
+            seen[p.pick(&stale).unwrap()] += 1;
+        }
+        assert_eq!(seen, [1, 1, 1, 1, 0, 0]);
+        for _ in 0..12 {
+            seen[p.pick(&stale).unwrap()] += 1;
+        }
+        // 0,0,0,0,3,3 + 16 picks levels out at 4 + 1 each … within one.
+        assert!(seen[..4].iter().all(|&c| (3..=4).contains(&c)), "{seen:?}");
+        // A fresh snapshot (load changed) resets the correction: endpoint 0
+        // now shows 1 in flight, the others 9 → 0 wins again.
+        let mut fresh = stale.clone();
+        for (i, e) in fresh.iter_mut().enumerate() {
+            e.in_flight = if i == 0 { 1 } else { 9 };
+        }
+        assert_eq!(p.pick(&fresh), Some(0));
+        // A live snapshot that shows each pick resets every time: pure
+        // least-loaded on what it shows.
+        let mut live: Vec<EndpointLoad> = (0..4).map(|i| ep(i, 0)).collect();
+        let mut q = LeastLoadedOfD::with_seed(8).with_d(4);
+        for _ in 0..20 {
+            let i = q.pick(&live).unwrap();
+            let min = live.iter().map(|e| e.in_flight).min().unwrap();
+            assert_eq!(live[i].in_flight, min);
+            live[i].in_flight += 1;
         }
     }
 }
