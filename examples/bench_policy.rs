@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use agentscale_core::balance::{
-    EndpointLoad, LeastConnections, PeakEwmaP2c, Policy, PowerOfTwoChoices, RandomPick, RoundRobin, Router,
-    ShortestQueue, WeightedRoundRobin,
+    EndpointLoad, LeastConnections, LeastLoadedOfD, PeakEwmaP2c, Policy, PowerOfTwoChoices, RandomPick,
+    RoundRobin, Router, ShortestQueue, WeightedRoundRobin,
 };
 use clap::Parser;
 use rand::rngs::SmallRng;
@@ -86,7 +86,15 @@ fn main() {
         Box::new(RandomPick::with_seed(1)),
         Box::new(PowerOfTwoChoices::with_seed(1)),
         Box::new(PeakEwmaP2c::with_seed(1)),
+        Box::new(LeastLoadedOfD::with_seed(1)),
     ];
+    // The default policy's d swept up to sqrt(100) (labelled with its d).
+    let extra: Vec<(&'static str, Box<dyn Policy>)> = vec![(
+        "least_loaded_of_d_d10",
+        Box::new(LeastLoadedOfD::with_seed(1).with_d(10)),
+    )];
+    let mut policies: Vec<(&'static str, Box<dyn Policy>)> =
+        policies.drain(..).map(|p| (p.name(), p)).chain(extra).collect();
     println!(
         "Policy::pick over {} endpoints ({:.0}% unhealthy, varied in-flight/queue/latency/weights), {} picks each, batches of 1000: best batch / median batch",
         args.endpoints,
@@ -98,19 +106,13 @@ fn main() {
         "policy", "best ns", "median ns", "target"
     );
     let mut results = Vec::new();
-    for p in policies.iter_mut() {
+    for (name, p) in policies.iter_mut() {
         let (ns, median) = measure(p.as_mut(), &snaps, args.picks);
-        println!(
-            "{:<22} {:>10.1} {:>12.1} {:>8.0}",
-            p.name(),
-            ns,
-            median,
-            TARGET_NS
-        );
-        results.push((p.name(), ns));
+        println!("{:<22} {:>10.1} {:>12.1} {:>8.0}", name, ns, median, TARGET_NS);
+        results.push((*name, ns));
     }
     // The live router around the default policy: snapshot + pick + guard.
-    let mut b = Router::builder().policy(PeakEwmaP2c::with_seed(1));
+    let mut b = Router::builder().policy(LeastLoadedOfD::with_seed(1));
     for i in 0..args.endpoints {
         b = b.endpoint(format!("e{i}"), i, 1 + (i % 3) as u32);
     }
