@@ -1,4 +1,5 @@
-//! The policies: the seed's five plus power-of-two-choices and peak-EWMA P2C.
+//! The policies: the seed's five plus power-of-two-choices, peak-EWMA P2C and
+//! least-loaded-of-d (the router's default).
 //!
 //! Every `pick` is one pass (or less) over the slice and allocates nothing,
 //! except [`WeightedRoundRobin`], which grows its per-endpoint state vector
@@ -380,7 +381,9 @@ impl Policy for PowerOfTwoChoices {
     }
 }
 
-/// Power of two choices on peak-EWMA cost — the default policy.
+/// Power of two choices on peak-EWMA cost (the default before
+/// [`LeastLoadedOfD`]; still the best choice for endpoints of very different
+/// speeds).
 ///
 /// Two distinct healthy endpoints are drawn at random; the one with the lower
 /// cost `ewma_latency × (in_flight + 1) / weight` wins. The latency estimate
