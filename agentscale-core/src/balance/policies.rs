@@ -615,7 +615,7 @@ impl Policy for LeastLoadedOfD {
                 }
             }
             if k == d || k >= 2 {
-                self.pending[best].1 += 1;
+                self.pending[best].1 = self.pending[best].1.saturating_add(1);
                 return Some(best);
             }
         }
@@ -635,7 +635,7 @@ impl Policy for LeastLoadedOfD {
             }
         }
         let best = (best != usize::MAX).then_some(best)?;
-        self.pending[best].1 += 1;
+        self.pending[best].1 = self.pending[best].1.saturating_add(1);
         Some(best)
     }
 }
