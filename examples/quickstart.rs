@@ -245,7 +245,7 @@ async fn main() {
         .init();
     let args = Args::parse();
     match run(args).await {
-        Ok(lost) if lost == 0 => {}
+        Ok(0) => {}
         Ok(_) => std::process::exit(1),
         Err(e) => {
             eprintln!("error: {e}");
