@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 
 pub mod queue_suite;
+pub mod redis_server;
 pub mod state_suite;
 
 /// The value of a service environment variable (exported by
@@ -20,7 +21,10 @@ pub fn service_env(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+            if std::env::var("CI")
+                .map(|v| v == "true" || v == "1")
+                .unwrap_or(false)
+            {
                 panic!("{var} is not set under CI=true: run `eval \"$(scripts/dev-services up)\"` first");
             }
             eprintln!("skipping: {var} is not set (run `eval \"$(scripts/dev-services up)\"`)");

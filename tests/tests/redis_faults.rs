@@ -19,84 +19,12 @@ use std::time::Duration;
 
 use agentscale_core::{ErrorKind, Task, TaskId, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+use agentscale_tests::redis_server::TestRedis;
 use rand::Rng;
 use redis::AsyncCommands;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_redis_fault_worker");
 const LEASE_MS: u64 = 1000;
-
-/// A redis-server owned by one test.
-struct TestRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl TestRedis {
-    fn start() -> TestRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = TestRedis {
-            port,
-            dir,
-            child: None,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/services/redis.sh installs it)");
-        self.child = Some(child);
-        // Wait until it answers PING (it loads the AOF first after a restart).
-        let client = redis::Client::open(self.url()).expect("url");
-        for _ in 0..200 {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server on port {} did not come up", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, then start again on the same port and AOF directory.
-    fn crash_and_restart(&mut self, down_for: Duration) {
-        self.kill();
-        std::thread::sleep(down_for);
-        self.spawn();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A worker process; killed with SIGKILL on drop.
 struct WorkerProc(Child);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use agentscale_core::{ErrorKind, SessionKey, SessionStore, ToolCache, ToolKey};
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
+use agentscale_tests::redis_server::TestRedis;
 use agentscale_tests::state_suite::{Fixture, SessionParams, ToolCacheParams};
 use agentscale_tests::{service_env, unique_name};
 use bytes::Bytes;
@@ -354,71 +355,6 @@ async fn connection_refused_is_unavailable() {
         .await
         .expect_err("invalid config");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
-}
-
-/// A redis-server owned by one test (AOF on, `appendfsync always`), on a free
-/// port, stopped by PID.
-struct TestRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl TestRedis {
-    fn start() -> TestRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut r = TestRedis {
-            port,
-            dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/services/redis.sh installs it)");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("url");
-        for _ in 0..400 {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server on port {} did not come up", self.port);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Redis killed and restarted: calls fail with a retryable error while it is

@@ -31,11 +31,11 @@ pub struct RedisQueueConfig {
     pub consumer_name: Option<String>,
     /// A lease (pending entry) idle for this long is reclaimed by another
     /// worker (default 30 s). `extend` renews it.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub lease_timeout: Duration,
     /// How often a `lease` call also scans for expired leases with
     /// `XAUTOCLAIM` (default: lease_timeout / 5, at most 5 s).
-    #[serde(with = "duration_serde_opt")]
+    #[serde(with = "agentscale_core::config::duration::option")]
     pub reclaim_interval: Option<Duration>,
     /// Largest encoded envelope accepted at enqueue (default 1 MiB).
     pub max_envelope_bytes: usize,
@@ -43,13 +43,13 @@ pub struct RedisQueueConfig {
     /// reads never share a connection with other traffic.
     pub block_connections: u32,
     /// How long an idempotency key is remembered (default 24 h).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub idempotency_ttl: Duration,
     /// Timeout of one non-blocking command (default 10 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub command_timeout: Duration,
     /// Timeout for establishing a connection (default 5 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub connect_timeout: Duration,
     /// Due delayed tasks moved to the ready streams per `lease` call (default 1000).
     pub promote_batch: usize,
@@ -243,70 +243,6 @@ pub(crate) fn default_consumer_name() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// Parses `"250ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of milliseconds.
-pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_millis(ms))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationRepr {
-    Ms(u64),
-    Text(String),
-}
-
-mod duration_serde {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-        match DurationRepr::deserialize(d)? {
-            DurationRepr::Ms(ms) => Ok(Duration::from_millis(ms)),
-            DurationRepr::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-mod duration_serde_opt {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Option<Duration>, D::Error> {
-        match Option::<DurationRepr>::deserialize(d)? {
-            None => Ok(None),
-            Some(DurationRepr::Ms(ms)) => Ok(Some(Duration::from_millis(ms))),
-            Some(DurationRepr::Text(t)) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +282,7 @@ mod tests {
         assert_eq!(c.lease_timeout, Duration::from_secs(2));
         assert_eq!(c.reclaim_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(3600));
-        assert!(parse_duration("3x").is_err());
+        assert!(agentscale_core::config::parse_duration("3x").is_err());
         assert!(default_consumer_name().contains(&std::process::id().to_string()));
     }
 }

@@ -25,37 +25,37 @@ pub struct RedisStateConfig {
     pub key_prefix: String,
     /// Sessions: TTL set on all of a session's keys by every write, and the
     /// lifetime of a delete's tombstone (default 24 h).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub ttl: Duration,
     /// Sessions: most history entries kept (default 1000).
     pub history_cap: usize,
     /// Sessions: whether `get` and `history` also restart the TTL (default false).
     pub refresh_on_read: bool,
     /// Timeout of one command (default 5 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub command_timeout: Duration,
     /// Timeout for establishing a connection (default 5 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub connect_timeout: Duration,
     /// Tool cache: TTL of the in-process first level (default 1 s). An
     /// `invalidate` on another replica is seen here after at most this long.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub tool_local_ttl: Duration,
     /// Tool cache: bytes held by the in-process first level (default 64 MiB).
     pub tool_local_capacity_bytes: u64,
     /// Tool cache: how long a non-retryable failure stays cached (default 30 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub tool_negative_ttl: Duration,
     /// Tool cache: largest value accepted (default 1 MiB).
     pub tool_max_value_bytes: usize,
     /// Tool cache: lease of the fleet-wide computation lock (default 30 s).
     /// The computing replica renews it while it computes; if it dies, another
     /// replica takes over after at most this long.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub tool_lock_lease: Duration,
     /// Tool cache: longest a caller waits for another replica's computation
     /// before giving up with a timeout (default 120 s).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "agentscale_core::config::duration")]
     pub tool_wait_timeout: Duration,
 }
 
@@ -176,46 +176,6 @@ impl RedisStateConfig {
 /// Whole milliseconds, at least 1 (Redis `PX` takes milliseconds).
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// Parses `"250ms"`, `"30s"`, `"2m"`, `"1h"`, `"1d"` or a bare number of milliseconds.
-pub(crate) fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        "d" => n.saturating_mul(86_400_000),
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
-    };
-    Ok(Duration::from_millis(ms))
-}
-
-mod duration_serde {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Ms(u64),
-        Text(String),
-    }
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-        match Repr::deserialize(d)? {
-            Repr::Ms(ms) => Ok(Duration::from_millis(ms)),
-            Repr::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 #[cfg(test)]
