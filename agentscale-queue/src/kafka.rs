@@ -583,6 +583,10 @@ struct Shared {
     ready_notify: Notify,
     fences: AtomicU64,
     closed: AtomicBool,
+    /// Set when this queue had to create its (previously existing) main
+    /// topic: the broker lost its log, so offsets held for the old one are
+    /// meaningless (see [`Poller::restart_log`]).
+    log_reset: AtomicBool,
 }
 
 impl Shared {
@@ -960,6 +964,7 @@ impl KafkaQueue {
             ready_notify: Notify::new(),
             fences: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            log_reset: AtomicBool::new(false),
         });
         if config.create_topics {
             ensure_topics(&config).await?;
@@ -1057,8 +1062,15 @@ impl KafkaQueue {
 
     /// Creates the main, retry, dead-letter and replay topics if missing (admin
     /// API) and waits until the broker lists them.
+    ///
+    /// If the main topic had to be created again (a broker that lost its
+    /// log), this consumer restarts every partition from the beginning of
+    /// the new log instead of resuming at offsets of the old one.
     pub async fn ensure_topics(&self) -> Result<()> {
-        ensure_topics(&self.shared.config).await
+        if ensure_topics(&self.shared.config).await? && self.shared.config.consume {
+            self.shared.log_reset.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// The configuration.
@@ -1229,7 +1241,8 @@ impl Drop for KafkaQueue {
     }
 }
 
-async fn ensure_topics(config: &KafkaQueueConfig) -> Result<()> {
+/// Returns whether the main topic was created by this call.
+async fn ensure_topics(config: &KafkaQueueConfig) -> Result<bool> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()
@@ -1252,9 +1265,11 @@ async fn ensure_topics(config: &KafkaQueueConfig) -> Result<()> {
         .create_topics(topics.iter(), &opts)
         .await
         .map_err(|e| Error::unavailable(format!("kafka create topics at {}", config.brokers), e))?;
+    let mut created = false;
     for r in results {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(name) => created |= name == config.topic,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(Error::Backend {
                     message: format!("kafka create topic {name}: {code}"),
@@ -1279,7 +1294,7 @@ async fn ensure_topics(config: &KafkaQueueConfig) -> Result<()> {
                     Err(_) => false,
                 });
             if ok {
-                return Ok(());
+                return Ok(created);
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable {
@@ -1326,10 +1341,12 @@ impl Poller {
                         && last_topic_check.elapsed() > Duration::from_secs(2)
                     {
                         last_topic_check = Instant::now();
-                        let config = self.shared.config.clone();
+                        let shared = self.shared.clone();
                         self.runtime.spawn(async move {
-                            if let Err(e) = ensure_topics(&config).await {
-                                tracing::warn!(error = %e, "recreating kafka topics failed");
+                            match ensure_topics(&shared.config).await {
+                                Ok(true) => shared.log_reset.store(true, Ordering::SeqCst),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(error = %e, "recreating kafka topics failed"),
                             }
                         });
                     }
@@ -1342,6 +1359,9 @@ impl Poller {
             if last_resync.elapsed() >= Duration::from_secs(1) {
                 last_resync = Instant::now();
                 self.resync_pause();
+            }
+            if self.shared.log_reset.swap(false, Ordering::SeqCst) {
+                self.restart_log();
             }
         }
         // Closing: drain briefly and commit what finished.
@@ -1447,6 +1467,60 @@ impl Poller {
                 self.settle_async(out, p, off, fence);
             }
         }
+    }
+
+    /// The main topic was created again (the broker lost its log): forget
+    /// the tracking of the old log, commit offset 0 for every partition (so
+    /// the next assignment, whoever gets it, starts at the new log's
+    /// beginning instead of at old offsets past its end) and seek owned
+    /// partitions to the beginning.
+    fn restart_log(&self) {
+        let topic = &self.shared.config.topic;
+        tracing::warn!(%topic, "kafka topic was recreated: restarting from the beginning of the new log");
+        let owned: Vec<i32> = {
+            let mut st = self.shared.state.lock();
+            let st = &mut *st;
+            let mut owned = Vec::new();
+            for (p, part) in st.parts.iter_mut() {
+                let leased = part
+                    .slots
+                    .values()
+                    .filter(|s| matches!(s, Slot::Leased { .. }))
+                    .count() as u64;
+                st.in_flight = st.in_flight.saturating_sub(leased);
+                *part = Part::new(self.shared.next_token());
+                owned.push(*p);
+            }
+            st.ready.clear();
+            owned
+        };
+        // Overwrite the stored positions too, or the next auto-commit would
+        // write the old log's offsets back.
+        let mut stored = TopicPartitionList::new();
+        for p in &owned {
+            let _ = stored.add_partition_offset(topic, *p, Offset::Offset(0));
+        }
+        if stored.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&stored) {
+                tracing::debug!(error = %e, "store offsets after topic recreation failed");
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.shared.config.partitions {
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(0));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(%topic, error = %e, "commit after topic recreation failed");
+        }
+        for p in owned {
+            if let Err(e) = self
+                .consumer
+                .seek(topic, p, Offset::Beginning, Duration::from_secs(1))
+            {
+                tracing::debug!(partition = p, error = %e, "seek after topic recreation failed");
+            }
+        }
+        self.shared.settled.notify_all();
     }
 
     /// Resumes every owned partition whose buffer is not full. A partition
