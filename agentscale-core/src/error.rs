@@ -214,10 +214,7 @@ impl Error {
     }
 
     /// A [`Error::Backend`] with a source.
-    pub fn backend(
-        message: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn backend(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             message: message.into(),
             source: Some(source.into()),
@@ -225,10 +222,7 @@ impl Error {
     }
 
     /// An [`Error::Unavailable`] with a source.
-    pub fn unavailable(
-        message: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             message: message.into(),
             source: Some(source.into()),
@@ -364,7 +358,15 @@ mod tests {
         assert!(Error::Conflict("c".into()).is_retryable());
         assert!(!Error::InvalidInput("i".into()).is_retryable());
         assert!(!Error::LeaseLost("l".into()).is_retryable());
-        assert!(Error::Rpc { code: RpcCode::Unavailable, message: String::new() }.is_retryable());
-        assert!(!Error::Rpc { code: RpcCode::InvalidArgument, message: String::new() }.is_retryable());
+        assert!(Error::Rpc {
+            code: RpcCode::Unavailable,
+            message: String::new()
+        }
+        .is_retryable());
+        assert!(!Error::Rpc {
+            code: RpcCode::InvalidArgument,
+            message: String::new()
+        }
+        .is_retryable());
     }
 }

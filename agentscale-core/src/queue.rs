@@ -44,7 +44,12 @@ impl Lease {
     /// (a stream entry id, a partition/offset); `fence` is the token that a
     /// redelivery changes.
     pub fn new(task: Task, attempt: u32, receipt: impl Into<String>, fence: u64) -> Self {
-        Lease { task, attempt, receipt: receipt.into(), fence }
+        Lease {
+            task,
+            attempt,
+            receipt: receipt.into(),
+            fence,
+        }
     }
 
     /// The task.
@@ -227,13 +232,19 @@ pub trait TaskQueue: Send + Sync + Debug {
     /// Lists up to `max` dead letters, oldest first.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
         let _ = max;
-        Err(Error::Unsupported(format!("queue {} cannot list dead letters", self.name())))
+        Err(Error::Unsupported(format!(
+            "queue {} cannot list dead letters",
+            self.name()
+        )))
     }
 
     /// Moves one dead letter back to the ready queue with its attempts reset.
     async fn replay_dead_letter(&self, id: &str) -> Result<()> {
         let _ = id;
-        Err(Error::Unsupported(format!("queue {} cannot replay dead letters", self.name())))
+        Err(Error::Unsupported(format!(
+            "queue {} cannot replay dead letters",
+            self.name()
+        )))
     }
 }
 

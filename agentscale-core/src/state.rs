@@ -27,10 +27,18 @@ pub fn validate_ident(what: &str, s: &str) -> Result<()> {
         return Err(Error::InvalidInput(format!("{what} is empty")));
     }
     if s.len() > MAX_IDENT_LEN {
-        return Err(Error::InvalidInput(format!("{what} is {} bytes; at most {MAX_IDENT_LEN}", s.len())));
+        return Err(Error::InvalidInput(format!(
+            "{what} is {} bytes; at most {MAX_IDENT_LEN}",
+            s.len()
+        )));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-        return Err(Error::InvalidInput(format!("{what} {s:?} contains {c:?}; allowed are A-Z a-z 0-9 _ - .")));
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{what} {s:?} contains {c:?}; allowed are A-Z a-z 0-9 _ - ."
+        )));
     }
     Ok(())
 }
@@ -247,7 +255,12 @@ impl ToolKey {
         let mut canonical = String::new();
         canonical_json(args, &mut canonical);
         let digest = hex::encode(Sha256::digest(canonical.as_bytes()));
-        Ok(ToolKey { tenant, tool, version, digest })
+        Ok(ToolKey {
+            tenant,
+            tool,
+            version,
+            digest,
+        })
     }
 
     /// The tenant.
@@ -336,13 +349,24 @@ pub trait ToolCache: Send + Sync + Debug {
     /// Stores a value for `ttl`.
     async fn put(&self, key: &ToolKey, value: Bytes, ttl: Duration) -> Result<()>;
     /// See the trait docs.
-    async fn get_or_compute<'a>(&'a self, key: &'a ToolKey, ttl: Duration, compute: ComputeFuture<'a>) -> Result<Bytes>;
+    async fn get_or_compute<'a>(
+        &'a self,
+        key: &'a ToolKey,
+        ttl: Duration,
+        compute: ComputeFuture<'a>,
+    ) -> Result<Bytes>;
     /// Drops a cached value or failure.
     async fn invalidate(&self, key: &ToolKey) -> Result<()>;
 }
 
 #[allow(dead_code)]
-fn _object_safe(_: Box<dyn SessionStore>, _: Box<dyn MemoryStore>, _: Box<dyn Embedder>, _: Box<dyn ToolCache>) {}
+fn _object_safe(
+    _: Box<dyn SessionStore>,
+    _: Box<dyn MemoryStore>,
+    _: Box<dyn Embedder>,
+    _: Box<dyn ToolCache>,
+) {
+}
 
 #[cfg(test)]
 mod tests {
@@ -359,9 +383,27 @@ mod tests {
 
     #[test]
     fn tool_keys_are_canonical() {
-        let a = ToolKey::new("t", "search", "v1", &serde_json::json!({"a":1,"b":[1,{"y":2,"x":1}]})).expect("key");
-        let b = ToolKey::new("t", "search", "v1", &serde_json::json!({"b":[1,{"x":1,"y":2}],"a":1})).expect("key");
-        let c = ToolKey::new("t", "search", "v2", &serde_json::json!({"a":1,"b":[1,{"y":2,"x":1}]})).expect("key");
+        let a = ToolKey::new(
+            "t",
+            "search",
+            "v1",
+            &serde_json::json!({"a":1,"b":[1,{"y":2,"x":1}]}),
+        )
+        .expect("key");
+        let b = ToolKey::new(
+            "t",
+            "search",
+            "v1",
+            &serde_json::json!({"b":[1,{"x":1,"y":2}],"a":1}),
+        )
+        .expect("key");
+        let c = ToolKey::new(
+            "t",
+            "search",
+            "v2",
+            &serde_json::json!({"a":1,"b":[1,{"y":2,"x":1}]}),
+        )
+        .expect("key");
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a.joined(), c.joined());

@@ -47,5 +47,9 @@ pub mod memory;
 pub use memory::{MemoryQueue, MemoryQueueBuilder};
 
 // Feature-gated backends (added by their own modules):
-#[cfg(feature = "redis")] #[cfg_attr(docsrs, doc(cfg(feature = "redis")))] pub mod redis;
-#[cfg(feature = "kafka")] #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))] pub mod kafka;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
