@@ -192,7 +192,10 @@ impl Task {
     /// [`Error::InvalidInput`] (the worker dead-letters it without retrying).
     pub fn payload_json<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.payload).map_err(|e| {
-            Error::InvalidInput(format!("payload of task {} ({}) is not valid: {e}", self.id, self.kind))
+            Error::InvalidInput(format!(
+                "payload of task {} ({}) is not valid: {e}",
+                self.id, self.kind
+            ))
         })
     }
 
@@ -266,11 +269,17 @@ impl Task {
             return Err(Error::InvalidInput("task kind is empty".into()));
         }
         if self.max_attempts == 0 {
-            return Err(Error::InvalidInput(format!("task {}: max_attempts must be at least 1", self.id)));
+            return Err(Error::InvalidInput(format!(
+                "task {}: max_attempts must be at least 1",
+                self.id
+            )));
         }
         if let Some(tp) = &self.traceparent {
             if !is_valid_traceparent(tp) {
-                return Err(Error::InvalidInput(format!("task {}: malformed traceparent {tp:?}", self.id)));
+                return Err(Error::InvalidInput(format!(
+                    "task {}: malformed traceparent {tp:?}",
+                    self.id
+                )));
             }
         }
         Ok(())
@@ -291,7 +300,11 @@ impl Task {
         let bytes = self.encode()?;
         if bytes.len() > limit {
             return Err(Error::InvalidInput(
-                CodecError::TooLarge { size: bytes.len(), limit }.to_string(),
+                CodecError::TooLarge {
+                    size: bytes.len(),
+                    limit,
+                }
+                .to_string(),
             ));
         }
         Ok(bytes)
@@ -300,16 +313,23 @@ impl Task {
     /// Decodes an envelope. Never panics; any defect is a [`CodecError`].
     pub fn decode(bytes: &[u8]) -> std::result::Result<Task, CodecError> {
         if bytes.len() < 3 {
-            return Err(CodecError::Malformed(format!("{} bytes is too short for an envelope", bytes.len())));
+            return Err(CodecError::Malformed(format!(
+                "{} bytes is too short for an envelope",
+                bytes.len()
+            )));
         }
         if bytes[..2] != ENVELOPE_MAGIC {
             return Err(CodecError::BadMagic);
         }
         let version = bytes[2];
         if version != ENVELOPE_VERSION {
-            return Err(CodecError::UnknownVersion { found: version, supported: ENVELOPE_VERSION });
+            return Err(CodecError::UnknownVersion {
+                found: version,
+                supported: ENVELOPE_VERSION,
+            });
         }
-        let wire: Wire = rmp_serde::from_slice(&bytes[3..]).map_err(|e| CodecError::Malformed(e.to_string()))?;
+        let wire: Wire =
+            rmp_serde::from_slice(&bytes[3..]).map_err(|e| CodecError::Malformed(e.to_string()))?;
         Ok(wire.into())
     }
 }
@@ -392,7 +412,11 @@ pub fn is_valid_traceparent(s: &str) -> bool {
     if parts.len() < 4 {
         return false;
     }
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     hex(parts[0], 2)
         && parts[0] != "ff"
         && hex(parts[1], 32)
@@ -426,11 +450,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_without_panicking() {
-        assert_eq!(Task::decode(b""), Err(CodecError::Malformed("0 bytes is too short for an envelope".into())));
+        assert_eq!(
+            Task::decode(b""),
+            Err(CodecError::Malformed(
+                "0 bytes is too short for an envelope".into()
+            ))
+        );
         assert_eq!(Task::decode(b"{\"id\":1}"), Err(CodecError::BadMagic));
         let mut bytes = sample().encode().expect("encode");
         bytes[2] = 9;
-        assert_eq!(Task::decode(&bytes), Err(CodecError::UnknownVersion { found: 9, supported: 1 }));
+        assert_eq!(
+            Task::decode(&bytes),
+            Err(CodecError::UnknownVersion {
+                found: 9,
+                supported: 1
+            })
+        );
         let good = sample().encode().expect("encode");
         for cut in 3..good.len() {
             assert!(Task::decode(&good[..cut]).is_err(), "truncated at {cut} decoded");
@@ -449,7 +484,9 @@ mod tests {
         assert!(Task::new("", "x").validate().is_err());
         assert!(Task::new("k", "x").with_max_attempts(0).validate().is_err());
         assert!(Task::new("k", "x").with_traceparent("nope").validate().is_err());
-        let err = Task::new("k", vec![0u8; 100]).encode_limited(50).expect_err("too large");
+        let err = Task::new("k", vec![0u8; 100])
+            .encode_limited(50)
+            .expect_err("too large");
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
     }
 
