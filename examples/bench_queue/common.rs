@@ -59,18 +59,31 @@ pub async fn run_worker_until_drained(
     let worker = builder.build()?;
     let stats = worker.stats();
     let started = Instant::now();
-    // One waiter only: the shutdown condition. Once it holds nothing is in
-    // flight, so the drain that follows is immediate.
+    // The shutdown condition is checked every millisecond rather than with
+    // `WorkerStats::wait_until`: a waiter would be woken from another thread
+    // after every ack batch, a cost that only this measurement adds (a
+    // deployed worker has no such waiter). The clock stops when the condition
+    // is seen (the last ack, at most 1 ms late), not when the worker returned:
+    // the shutdown that follows waits for a lease call in progress (up to
+    // `poll_wait`), which the baseline does not do either.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
     let report = worker
         .run_until(async move {
-            stats.wait_until(|r| r.completed >= n_tasks).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while stats.snapshot().completed < n_tasks {
+                tick.tick().await;
+            }
+            let _ = done_tx.send(Instant::now());
         })
         .await?;
-    Ok((started.elapsed(), report))
+    let done = done_rx.await.unwrap_or_else(|_| Instant::now());
+    Ok((done.duration_since(started), report))
 }
 
 /// End to end: a producer enqueues `tasks` (batches of `batch`) while the
-/// worker runs; returns the time until every task was acked.
+/// worker runs; returns the time from the producer's start until every task
+/// was acked.
 pub async fn produce_and_drain(
     queue: Arc<dyn TaskQueue>,
     tasks: Vec<Task>,
@@ -81,8 +94,10 @@ pub async fn produce_and_drain(
     let started = Instant::now();
     let producer_queue = queue.clone();
     let producer = tokio::spawn(async move { enqueue_all(&*producer_queue, tasks, batch).await });
-    let (_, report) = run_worker_until_drained(queue, n, concurrency).await?;
-    let elapsed = started.elapsed();
+    let worker_start = started.elapsed();
+    let (worker_elapsed, report) = run_worker_until_drained(queue, n, concurrency).await?;
+    // From before the producer started until the last ack.
+    let elapsed = worker_start + worker_elapsed;
     producer
         .await
         .map_err(|e| Error::backend("producer task failed", e))??;
