@@ -132,7 +132,7 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
     /// Pointless to run after this time (ms since the epoch): a worker
-    /// dead-letters a task leased after its deadline instead of running it.
+    /// dead-letters a task leased at or after its deadline instead of running it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
     /// Delivery priority.

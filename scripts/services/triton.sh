@@ -54,6 +54,20 @@ triton_up() {
     triton_env
     return 0
   fi
+  local attempt
+  # Start-up occasionally fails under load (a model's backend stub cannot reach
+  # pytriton's handshake socket in time); try a fresh server a few times.
+  for attempt in 1 2 3; do
+    if triton_start_once; then
+      return 0
+    fi
+    log "Triton start attempt $attempt failed"
+  done
+  log "Triton did not start; see $AGENTSCALE_RUN_DIR/triton.log"
+  return 1
+}
+
+triton_start_once() {
   stop_pidfile "$(triton_pidfile)" triton
   local grpc http metrics
   grpc=$(triton_pick_port 18101)
@@ -71,6 +85,7 @@ triton_up() {
     if ! pid_alive "$(triton_pidfile)"; then
       log "Triton exited; see $AGENTSCALE_RUN_DIR/triton.log"
       tail -20 "$AGENTSCALE_RUN_DIR/triton.log" >&2
+      triton_down
       return 1
     fi
     if triton_ready "$grpc"; then
@@ -80,7 +95,8 @@ triton_up() {
     fi
     sleep 1
   done
-  log "Triton not ready after 180 s; see $AGENTSCALE_RUN_DIR/triton.log"
+  log "Triton not ready after 180 s"
+  triton_down
   return 1
 }
 

@@ -107,12 +107,18 @@ async fn run_until_counts<H: Handler>(
     done: impl Fn(&WorkerReport) -> bool + Send + Sync + 'static,
 ) -> WorkerReport {
     let stats = worker.stats();
-    worker
-        .run_until(async move {
+    let probe = worker.stats();
+    // A hang guard, not a speed check: a condition never reached fails the
+    // test with the counters instead of stalling the suite.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        worker.run_until(async move {
             stats.wait_until(done).await;
-        })
-        .await
-        .expect("worker run")
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("condition not reached in 120 s; counters: {:?}", probe.snapshot()))
+    .expect("worker run")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

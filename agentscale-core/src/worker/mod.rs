@@ -729,7 +729,8 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
     }
     if let Some(deadline) = task.deadline_ms {
         let now = now_ms();
-        if now > deadline {
+        // At the deadline is already too late: the task must finish by then.
+        if now >= deadline {
             let reason = format!(
                 "deadline passed {} ms before attempt {attempt} could start",
                 now - deadline
