@@ -3,7 +3,7 @@
 //!
 //! # Running it for a backend
 //!
-//! ```ignore
+//! ```text
 //! // tests/tests/memory_queue.rs
 //! use agentscale_queue::MemoryQueue;
 //! use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
@@ -235,7 +235,7 @@ where
 /// `-> Option<QueueFixture>`, `None` skipping when the service is not
 /// configured) in scope where the macro is invoked.
 ///
-/// ```ignore
+/// ```text
 /// use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
 ///
 /// async fn setup(opts: QueueOptions) -> Option<QueueFixture> {

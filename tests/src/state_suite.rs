@@ -3,7 +3,7 @@
 //!
 //! A backend runs a whole suite with one line and its own `setup`:
 //!
-//! ```ignore
+//! ```text
 //! async fn setup(p: SessionParams) -> Option<Fixture<dyn SessionStore>> { ... }
 //! agentscale_tests::session_store_conformance!(setup);
 //! ```
