@@ -186,27 +186,7 @@ impl SessionStore for InMemorySessionStore {
         let now = Instant::now();
         let mut map = self.sessions.lock();
         self.note_write(&mut map, now);
-        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-            version: 0,
-            data: None,
-            history: VecDeque::new(),
-            tombstone: false,
-            expires_at: now,
-        });
-        if !entry.live(now) {
-            *entry = Entry {
-                version: 0,
-                data: None,
-                history: VecDeque::new(),
-                tombstone: false,
-                expires_at: now,
-            };
-        }
-        if entry.tombstone {
-            return Err(Error::Conflict(format!(
-                "{key:?} was deleted; a deleted session cannot be written"
-            )));
-        }
+        let entry = writable_entry(&mut map, key, now)?;
         if entry.version != expected_version {
             return Err(Error::Conflict(format!(
                 "{key:?} is at version {}, the writer expected {expected_version}",
@@ -223,27 +203,7 @@ impl SessionStore for InMemorySessionStore {
         let now = Instant::now();
         let mut map = self.sessions.lock();
         self.note_write(&mut map, now);
-        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-            version: 0,
-            data: None,
-            history: VecDeque::new(),
-            tombstone: false,
-            expires_at: now,
-        });
-        if !entry.live(now) {
-            *entry = Entry {
-                version: 0,
-                data: None,
-                history: VecDeque::new(),
-                tombstone: false,
-                expires_at: now,
-            };
-        }
-        if entry.tombstone {
-            return Err(Error::Conflict(format!(
-                "{key:?} was deleted; a deleted session cannot be written"
-            )));
-        }
+        let entry = writable_entry(&mut map, key, now)?;
         entry.history.push_back(item);
         while entry.history.len() > self.history_cap {
             entry.history.pop_front();
@@ -289,6 +249,32 @@ impl SessionStore for InMemorySessionStore {
         };
         Ok(existed)
     }
+}
+
+/// The live entry of `key` for a write: created (or reset, once expired) at
+/// version 0; a tombstone refuses the write with [`Error::Conflict`].
+fn writable_entry<'m>(
+    map: &'m mut HashMap<SessionKey, Entry>,
+    key: &SessionKey,
+    now: Instant,
+) -> Result<&'m mut Entry> {
+    let fresh = || Entry {
+        version: 0,
+        data: None,
+        history: VecDeque::new(),
+        tombstone: false,
+        expires_at: now,
+    };
+    let entry = map.entry(key.clone()).or_insert_with(fresh);
+    if !entry.live(now) {
+        *entry = fresh();
+    }
+    if entry.tombstone {
+        return Err(Error::Conflict(format!(
+            "{key:?} was deleted; a deleted session cannot be written"
+        )));
+    }
+    Ok(entry)
 }
 
 #[cfg(test)]
