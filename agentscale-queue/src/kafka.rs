@@ -309,6 +309,26 @@ impl KafkaQueueConfig {
         }
         c
     }
+
+    /// `client_config` plus what every consumer group member of this queue
+    /// shares: manual offset storage with periodic commits of stored offsets,
+    /// start from the earliest record, assignment strategy, session timeout
+    /// with heartbeats at a third of it.
+    fn group_client_config(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", ms(self.commit_interval).to_string())
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", self.assignment.as_str())
+            .set("session.timeout.ms", ms(self.session_timeout).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (ms(self.session_timeout) / 3).max(1).to_string(),
+            );
+        c
+    }
 }
 
 fn tier_label(d: Duration) -> String {
@@ -971,18 +991,7 @@ impl KafkaQueue {
         }
         let max_poll = ms(config.lease_timeout).max(ms(config.session_timeout) + 1000);
         let consumer: GroupConsumer = config
-            .client_config()
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", ms(config.commit_interval).to_string())
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", config.assignment.as_str())
-            .set("session.timeout.ms", ms(config.session_timeout).to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (ms(config.session_timeout) / 3).max(1).to_string(),
-            )
+            .group_client_config(&config.group_id)
             .set("max.poll.interval.ms", max_poll.to_string())
             // Find recreated or new partitions within seconds, not 5 minutes.
             .set("topic.metadata.refresh.interval.ms", "5000")
@@ -1000,18 +1009,7 @@ impl KafkaQueue {
 
         let held = Arc::new(Mutex::new(HashMap::new()));
         let relay: BaseConsumer<RelayContext> = config
-            .client_config()
-            .set("group.id", config.retry_group_id())
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", ms(config.commit_interval).to_string())
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", config.assignment.as_str())
-            .set("session.timeout.ms", ms(config.session_timeout).to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (ms(config.session_timeout) / 3).max(1).to_string(),
-            )
+            .group_client_config(&config.retry_group_id())
             .create_with_context(RelayContext { held: held.clone() })
             .map_err(|e| Error::InvalidConfig(format!("kafka relay consumer config: {e}")))?;
         let tier_topics: Vec<String> = config
