@@ -1,8 +1,8 @@
 # Kafka-protocol broker: tansu (crates.io `tansu`, a Kafka-compatible broker in
 # Rust). Built once into $AGENTSCALE_CACHE/tansu (about 11-13 minutes on 2
-# cores; `dynostore` is needed for the memory:// storage engine, `postgres`
-# for the persistent engine), then started on a free loopback port with the
-# in-memory storage engine.
+# cores; `dynostore` is needed for the memory:// storage engine, `libsql` for
+# the persistent sqlite:// engine the broker-restart test uses), then started
+# on a free loopback port with the in-memory storage engine.
 #
 # Exports:
 #   AGENTSCALE_KAFKA_BROKERS  bootstrap servers of the running broker
@@ -11,9 +11,11 @@ kafka_bin() { echo "$AGENTSCALE_CACHE/tansu/bin/tansu"; }
 kafka_pidfile() { echo "$AGENTSCALE_RUN_DIR/tansu.pid"; }
 kafka_portfile() { echo "$AGENTSCALE_RUN_DIR/tansu.port"; }
 
+# Bump when the features change, so cached builds are rebuilt.
+kafka_features=dynostore,libsql
 kafka_install() {
-  local bin; bin=$(kafka_bin)
-  [ -x "$bin" ] && return 0
+  local bin stamp; bin=$(kafka_bin); stamp="$AGENTSCALE_CACHE/tansu/features"
+  [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$kafka_features" ] && return 0
   if ! command -v cargo >/dev/null; then
     log "cargo is needed to build tansu"; return 1
   fi
@@ -21,11 +23,12 @@ kafka_install() {
   log "building tansu into $AGENTSCALE_CACHE/tansu (about 13 minutes on 2 cores; log: $AGENTSCALE_CACHE/logs/tansu-build.log)"
   # A private target dir, so a workspace CARGO_TARGET_DIR is not polluted.
   if ! CARGO_TARGET_DIR="$AGENTSCALE_CACHE/tansu/target" cargo install tansu --locked \
-      --features dynostore,postgres --root "$AGENTSCALE_CACHE/tansu" \
+      --features "$kafka_features" --root "$AGENTSCALE_CACHE/tansu" \
       >"$AGENTSCALE_CACHE/logs/tansu-build.log" 2>&1; then
     log "building tansu failed; see $AGENTSCALE_CACHE/logs/tansu-build.log"; return 1
   fi
   rm -rf "$AGENTSCALE_CACHE/tansu/target"
+  echo "$kafka_features" >"$stamp"
 }
 
 kafka_free_port() { # a free port, starting at the preferred one
