@@ -6,7 +6,10 @@
 //! cargo run --release -p agentscale-examples --example bench_triton
 //! ```
 //! Env: AGENTSCALE_TRITON_URL, AGENTSCALE_TRITON_PYTHON (from dev-services),
-//! BENCH_SECS (seconds per point, default 4).
+//! BENCH_SECS (seconds per point, default 4), BENCH_THREADS (client runtime
+//! threads, default 1), BENCH_CONCS (comma-separated concurrencies, default
+//! 1,4,16,64) and BENCH_PYTHON=0 (ours only, for profiling; no RESULT lines;
+//! with BENCH_NOOP=0 also no no-op server run).
 //!
 //! For each concurrency 1/4/16/64: throughput, p50/p99 latency and client
 //! CPU time per inference (user+sys of the client process / inferences, from
@@ -27,24 +30,35 @@ struct Point {
     p50_us: f64,
     p99_us: f64,
     cpu_us_per_infer: f64,
+    /// The user-time part of `cpu_us_per_infer` (ours only).
+    user_us_per_infer: f64,
 }
 
 /// user+sys CPU time of this process, in µs (from /proc/self/stat).
 fn process_cpu_us() -> f64 {
+    let (user, sys) = process_user_sys_us();
+    user + sys
+}
+
+/// (user, sys) CPU time of this process, in µs (from /proc/self/stat).
+fn process_user_sys_us() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let hz = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks * 1e6 / hz
+    let field = |i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // Clock ticks per second, asked once (before any measured window).
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .unwrap_or(100.0)
+    });
+    (field(11) * 1e6 / hz, field(12) * 1e6 / hz)
 }
 
 async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
@@ -56,7 +70,8 @@ async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
     for _ in 0..20 {
         client.infer(&req).await.expect("warm-up inference");
     }
-    let cpu0 = process_cpu_us();
+    process_cpu_us();
+    let (user0, sys0) = process_user_sys_us();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
     let req = Arc::new(req);
@@ -87,13 +102,15 @@ async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
         h.add(t.await.expect("task")).ok();
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = process_cpu_us() - cpu0;
+    let (user1, sys1) = process_user_sys_us();
+    let (user, cpu) = (user1 - user0, (user1 - user0) + (sys1 - sys0));
     let n = h.len() as f64;
     Point {
         infer_per_s: n / elapsed,
         p50_us: h.value_at_quantile(0.5) as f64,
         p99_us: h.value_at_quantile(0.99) as f64,
         cpu_us_per_infer: cpu / n.max(1.0),
+        user_us_per_infer: user / n.max(1.0),
     }
 }
 
@@ -123,6 +140,7 @@ async fn run_python(python: &str, url: &str, conc: usize, secs: f64) -> Point {
         p50_us: f("p50_us"),
         p99_us: f("p99_us"),
         cpu_us_per_infer: f("cpu_us_per_infer"),
+        user_us_per_infer: f("user_us_per_infer"),
     }
 }
 
@@ -158,22 +176,43 @@ async fn run() {
     let mut results = Vec::new();
     println!("Triton identity_fp32 (16 floats), {secs} s per point, server {url}");
     println!(
-        "{:>5} | {:>10} {:>9} {:>9} {:>9} | {:>10} {:>9} {:>9} {:>9}",
-        "conc", "ours inf/s", "p50 µs", "p99 µs", "cpu µs", "py inf/s", "p50 µs", "p99 µs", "cpu µs"
+        "{:>5} | {:>10} {:>9} {:>9} {:>9} {:>8} | {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "conc",
+        "ours inf/s",
+        "p50 µs",
+        "p99 µs",
+        "cpu µs",
+        "user µs",
+        "py inf/s",
+        "p50 µs",
+        "p99 µs",
+        "cpu µs",
+        "user µs"
     );
-    for conc in [1usize, 4, 16, 64] {
+    let concs: Vec<usize> = std::env::var("BENCH_CONCS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 64]);
+    let with_python = std::env::var("BENCH_PYTHON").map_or(true, |v| v != "0");
+    for conc in concs {
         let ours = run_ours(&url, conc, secs).await;
-        let py = run_python(&python, &url, conc, secs).await;
+        let py = if with_python {
+            run_python(&python, &url, conc, secs).await
+        } else {
+            Point::default()
+        };
         println!(
-            "{conc:>5} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} | {:>10.0} {:>9.0} {:>9.0} {:>9.1}",
+            "{conc:>5} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>8.1} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>8.1}",
             ours.infer_per_s,
             ours.p50_us,
             ours.p99_us,
             ours.cpu_us_per_infer,
+            ours.user_us_per_infer,
             py.infer_per_s,
             py.p50_us,
             py.p99_us,
-            py.cpu_us_per_infer
+            py.cpu_us_per_infer,
+            py.user_us_per_infer
         );
         results.push((conc, ours, py));
     }
@@ -181,6 +220,17 @@ async fn run() {
     let server = NoopServer::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("noop server");
+    if !with_python {
+        if std::env::var("BENCH_NOOP").is_ok_and(|v| v == "0") {
+            return;
+        }
+        let ours_noop = run_ours(&server.url(), 16, secs).await;
+        println!(
+            "no-op server, concurrency 16: ours {:.0} inf/s, {:.1} µs CPU/inf incl. the in-process server",
+            ours_noop.infer_per_s, ours_noop.cpu_us_per_infer
+        );
+        return;
+    }
     let noop_conc = 16;
     let ours_noop = run_ours(&server.url(), noop_conc, secs).await;
     let py_noop = run_python(&python, &server.url(), noop_conc, secs).await;

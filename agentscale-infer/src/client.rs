@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale_core::{Error, Result, RpcCode};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::transport::{Channel, ChannelConfig, Tls};
 
 use crate::pb;
 use crate::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -40,6 +42,59 @@ impl std::fmt::Debug for TlsConfig {
             )
             .finish()
     }
+}
+
+/// A rustls connector (ALPN `h2`) trusting `tls.ca_pem`, with the client
+/// identity for mutual TLS if given.
+fn tls_connector(tls: &TlsConfig, host: &str) -> Result<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::InvalidConfig(format!("tls: {what}: {e}"));
+    if tls.ca_pem.is_empty() {
+        return Err(Error::InvalidConfig("tls: ca_pem is required".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let mut found = 0;
+    for cert in CertificateDer::pem_slice_iter(&tls.ca_pem) {
+        let cert = cert.map_err(|e| bad("ca_pem", &e))?;
+        roots.add(cert).map_err(|e| bad("ca_pem", &e))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(Error::InvalidConfig(
+            "tls: ca_pem holds no PEM certificate".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client_identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad("client certificate", &e))?;
+            if chain.is_empty() {
+                return Err(Error::InvalidConfig(
+                    "tls: client certificate holds no PEM certificate".into(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("client key", &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("client identity", &e))?
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = tls.domain.as_deref().unwrap_or(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| bad("server name", &e))?;
+    Ok(Tls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
 }
 
 /// Builds a [`TritonClient`]; see [`TritonClient::builder`].
@@ -135,36 +190,23 @@ impl TritonClientBuilder {
         if self.max_message_size == 0 {
             return Err(Error::InvalidConfig("max_message_size must be positive".into()));
         }
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::InvalidConfig(format!("triton url '{url}': {e}")))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+        let origin: http::Uri = url
+            .parse()
+            .map_err(|e| Error::InvalidConfig(format!("triton url '{url}': {e}")))?;
+        let Some(host) = origin.host().filter(|h| !h.is_empty()) else {
+            return Err(Error::InvalidConfig(format!("triton url '{url}': no host")));
+        };
         if let Some((interval, timeout)) = self.keepalive {
             if interval.is_zero() || timeout.is_zero() {
                 return Err(Error::InvalidConfig(
                     "keepalive interval and timeout must be positive".into(),
                 ));
             }
-            endpoint = endpoint
-                .http2_keep_alive_interval(interval)
-                .keep_alive_timeout(timeout)
-                .keep_alive_while_idle(false);
         }
-        if let Some(tls) = &self.tls {
-            if tls.ca_pem.is_empty() {
-                return Err(Error::InvalidConfig("tls: ca_pem is required".into()));
-            }
-            let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-            if let Some(d) = &tls.domain {
-                cfg = cfg.domain_name(d.clone());
-            }
-            if let Some((cert, key)) = &tls.client_identity {
-                cfg = cfg.identity(Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint
-                .tls_config(cfg)
-                .map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
-        }
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(tls_connector(tls, host)?),
+        };
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, v) in &self.headers {
             let key = AsciiMetadataKey::from_str(k).map_err(|_| {
@@ -174,7 +216,12 @@ impl TritonClientBuilder {
                 .map_err(|_| Error::InvalidConfig(format!("header '{k}': value is not printable ASCII")))?;
             headers.push((key, val));
         }
-        let channel = endpoint.connect_lazy();
+        let channel = Channel::new(ChannelConfig {
+            origin,
+            tls,
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+        });
         let mut grpc = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);

@@ -12,7 +12,8 @@
 //!   TensorRT-LLM ensemble convention.
 //!
 //! Generated protocol types are in [`pb`] (an escape hatch); everything else
-//! uses the hand-written types here.
+//! uses the hand-written types here. [`transport::Channel`] is the HTTP/2
+//! transport the generated client runs on.
 #![forbid(unsafe_code)]
 
 /// Generated protocol types and the tonic client/server for
@@ -31,6 +32,7 @@ mod request;
 mod stream;
 mod tensor;
 pub mod testing;
+pub mod transport;
 
 pub use client::{
     ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata, TlsConfig, TritonClient,

@@ -2,7 +2,8 @@
 """Python baseline for examples/bench_triton.rs: NVIDIA tritonclient (gRPC sync
 at concurrency 1, grpc.aio above) running identity_fp32 with a 16-float input
 for a fixed time. Prints one JSON line: infer_per_s, p50_us, p99_us,
-cpu_us_per_infer (this process's user+sys time / inferences), count.
+cpu_us_per_infer (this process's user+sys time / inferences),
+user_us_per_infer (its user part), count.
 Usage: bench_tritonclient.py <url> <concurrency> <seconds> [model]"""
 import asyncio
 import json
@@ -24,7 +25,11 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 
-def report(lat, elapsed, cpu_s):
+def user():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
+def report(lat, elapsed, cpu_s, user_s):
     lat.sort()
     n = len(lat)
     print(json.dumps({
@@ -33,6 +38,7 @@ def report(lat, elapsed, cpu_s):
         "p50_us": lat[n // 2] * 1e6 if n else 0,
         "p99_us": lat[min(n - 1, int(n * 0.99))] * 1e6 if n else 0,
         "cpu_us_per_infer": cpu_s * 1e6 / n if n else 0,
+        "user_us_per_infer": user_s * 1e6 / n if n else 0,
     }))
 
 
@@ -44,7 +50,7 @@ def sync_run():
     for _ in range(20):
         c.infer(model, [inp])
     lat = []
-    c0, t0 = cpu(), time.perf_counter()
+    c0, u0, t0 = cpu(), user(), time.perf_counter()
     end = t0 + secs
     while True:
         s = time.perf_counter()
@@ -55,7 +61,7 @@ def sync_run():
         r = c.infer(model, [inp])
         r.as_numpy("OUTPUT0")
         lat.append(time.perf_counter() - s)
-    report(lat, time.perf_counter() - t0, cpu() - c0)
+    report(lat, time.perf_counter() - t0, cpu() - c0, user() - u0)
 
 
 async def aio_run():
@@ -71,7 +77,7 @@ async def aio_run():
 
     for _ in range(20):
         await one()
-    c0, t0 = cpu(), time.perf_counter()
+    c0, u0, t0 = cpu(), user(), time.perf_counter()
     end = t0 + secs
 
     async def worker():
@@ -83,7 +89,7 @@ async def aio_run():
             lat.append(time.perf_counter() - s)
 
     await asyncio.gather(*[worker() for _ in range(conc)])
-    report(lat, time.perf_counter() - t0, cpu() - c0)
+    report(lat, time.perf_counter() - t0, cpu() - c0, user() - u0)
     await c.close()
 
 
