@@ -17,6 +17,7 @@ Models (all on CPU, batching disabled so shapes are exactly what clients send):
   slow               INPUT0 FP32 [-1] -> OUTPUT0 after sleeping DELAY_MS (INT32 [1]) ms
 """
 import argparse
+import pathlib
 import logging
 import time
 
@@ -102,6 +103,10 @@ def main():
     # tests use this fixed token (the server listens on loopback only).
     p.add_argument("--access-token", default="agentscale-test-token")
     p.add_argument("--models", default="", help="comma-separated subset to serve (default: all)")
+    # gRPC over TLS (server certificate and key, PEM files): for the client's
+    # TLS test against a real Triton.
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
     args = p.parse_args()
     only = set(filter(None, args.models.split(",")))
     logging.basicConfig(level=logging.WARNING)
@@ -112,6 +117,10 @@ def main():
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
+    if args.tls_cert:
+        cfg.grpc_use_ssl = True
+        cfg.grpc_server_cert = pathlib.Path(args.tls_cert)
+        cfg.grpc_server_key = pathlib.Path(args.tls_key)
     with Triton(config=cfg, security_config=TritonSecurityConfig(access_token=args.access_token)) as triton:
 
         class Subset:

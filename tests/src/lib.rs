@@ -11,6 +11,7 @@ pub mod queue_suite;
 pub mod redis_server;
 pub mod state_suite;
 pub mod tansu_server;
+pub mod triton_replica;
 
 /// The value of a service environment variable (exported by
 /// `scripts/dev-services up`).

@@ -9,103 +9,7 @@ use std::time::Duration;
 use agentscale_core::ErrorKind;
 use agentscale_infer::testing::NoopServer;
 use agentscale_infer::{InferRequest, Tensor, TritonClient, TritonPool};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Replica {
-    pgid: u32,
-    url: String,
-    _child: tokio::process::Child,
-}
-
-/// This process's process group id (field 5 of /proc/self/stat).
-fn own_pgid() -> u32 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
-}
-
-/// SIGKILLs every process of group `pgid` by its own (positive) pid: the
-/// procps-ng 4.0 `kill` binary misreads negative pids, so never pass one.
-fn kill_group(pgid: u32) {
-    assert_ne!(pgid, own_pgid(), "refusing to kill the test's own process group");
-    let out = std::process::Command::new("pgrep")
-        .arg("-g")
-        .arg(pgid.to_string())
-        .output()
-        .unwrap();
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let pid: u32 = pid.parse().unwrap();
-        assert!(pid > 1);
-        let _ = std::process::Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
-    }
-}
-
-impl Replica {
-    fn kill(&self) {
-        // serve.py leads its own process group: kill it with tritonserver.
-        kill_group(self.pgid);
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        kill_group(self.pgid);
-    }
-}
-
-async fn start_replica(python: &str) -> Replica {
-    let (g, h, m) = (free_port(), free_port(), free_port());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/triton/serve.py");
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("triton-replica-{g}.log"))).unwrap();
-    let child = tokio::process::Command::new(python)
-        .arg(script)
-        .args([
-            "--grpc-port",
-            &g.to_string(),
-            "--http-port",
-            &h.to_string(),
-            "--metrics-port",
-            &m.to_string(),
-            "--models",
-            "identity_fp32",
-        ])
-        .process_group(0)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pgid = child.id().unwrap();
-    let url = format!("http://127.0.0.1:{g}");
-    let c = TritonClient::new(&url).unwrap();
-    // Await readiness (start-up takes 10–40 s on this machine).
-    let mut ready = false;
-    for _ in 0..1800 {
-        if c.server_ready().await.unwrap_or(false)
-            && c.model_ready("identity_fp32", "").await.unwrap_or(false)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "second Triton replica did not become ready");
-    Replica {
-        pgid,
-        url,
-        _child: child,
-    }
-}
+use agentscale_tests::triton_replica::{free_port, TritonReplica};
 
 fn request(i: u64) -> InferRequest {
     InferRequest::new("identity_fp32")
@@ -121,10 +25,10 @@ async fn replica_killed_mid_load_traffic_moves_to_the_healthy_one() {
     let Some(python) = agentscale_tests::service_env("AGENTSCALE_TRITON_PYTHON") else {
         return;
     };
-    let b = start_replica(&python).await;
+    let b = TritonReplica::start(&python, "identity_fp32", None).await;
     let pool = TritonPool::builder()
         .endpoint(&url, 1)
-        .endpoint(&b.url, 1)
+        .endpoint(b.url(), 1)
         .health_check(Duration::from_millis(200), Duration::from_secs(2))
         .build()
         .unwrap();
