@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentscale_core::ErrorKind;
 use agentscale_infer::testing::NoopServer;
-use agentscale_infer::{InferRequest, Tensor, TritonClient, TritonPool};
+use agentscale_infer::{InferRequest, Tensor, TritonPool};
 use agentscale_tests::triton_replica::{free_port, TritonReplica};
 
 fn request(i: u64) -> InferRequest {
