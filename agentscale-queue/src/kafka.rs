@@ -17,7 +17,8 @@
 //!   [`KafkaQueueConfigBuilder::prefetch_per_partition`] is paused and resumed
 //!   when workers catch up, so prefetch is bounded and buffered records still
 //!   count as lag ([`depth`](TaskQueue::depth) is computed from committed
-//!   offsets, not from what was fetched).
+//!   offsets, not from what was fetched). A resumed partition waits for
+//!   librdkafka's next Fetch (see [`KafkaQueueConfigBuilder::fetch_wait`]).
 //! * **Rebalancing** is cooperative (`cooperative-sticky`) by default. When a
 //!   partition is revoked the queue stops dispatching its buffered records,
 //!   waits up to [`KafkaQueueConfigBuilder::revoke_drain`] for in-flight tasks
@@ -179,6 +180,9 @@ pub struct KafkaQueueConfig {
     pub delivery_timeout: Duration,
     /// How often stored offsets are committed (`auto.commit.interval.ms`).
     pub commit_interval: Duration,
+    /// Longest time the broker may hold a fetch of the task consumer
+    /// (`fetch.wait.max.ms`); see [`KafkaQueueConfigBuilder::fetch_wait`].
+    pub fetch_wait: Duration,
     /// Create the topics at connect.
     pub create_topics: bool,
     /// Join the consumer group (lease tasks). Off for producer-only queues,
@@ -220,6 +224,7 @@ impl fmt::Debug for KafkaQueueConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("delivery_timeout", &self.delivery_timeout)
             .field("commit_interval", &self.commit_interval)
+            .field("fetch_wait", &self.fetch_wait)
             .field("create_topics", &self.create_topics)
             .field("consume", &self.consume)
             .field("assignment", &self.assignment)
@@ -235,7 +240,8 @@ impl KafkaQueueConfig {
     /// idempotent producer on, keyed by session id, prefetch 256 per
     /// partition, lease timeout 5 min, session timeout 10 s, revoke drain 2 s,
     /// connect timeout 10 s, delivery timeout 30 s, commit every 500 ms,
-    /// topics created at connect, cooperative-sticky assignment.
+    /// fetch wait 100 ms, topics created at connect, cooperative-sticky
+    /// assignment.
     pub fn builder(brokers: impl Into<String>, topic: impl Into<String>) -> KafkaQueueConfigBuilder {
         let topic = topic.into();
         KafkaQueueConfigBuilder {
@@ -259,6 +265,7 @@ impl KafkaQueueConfig {
                 connect_timeout: Duration::from_secs(10),
                 delivery_timeout: Duration::from_secs(30),
                 commit_interval: Duration::from_millis(500),
+                fetch_wait: Duration::from_millis(100),
                 create_topics: true,
                 consume: true,
                 assignment: AssignmentStrategy::CooperativeSticky,
@@ -427,6 +434,21 @@ impl KafkaQueueConfigBuilder {
         self.config.commit_interval = d;
         self
     }
+    /// Longest time the broker may hold a fetch of the task consumer when it
+    /// has nothing to return (`fetch.wait.max.ms`, default 100 ms; librdkafka's
+    /// own default is 500 ms).
+    ///
+    /// librdkafka keeps one fetch per broker in flight, so a partition
+    /// resumed after backpressure (see
+    /// [`prefetch_per_partition`](Self::prefetch_per_partition)) is fetched
+    /// again only when the fetch in flight for the caught-up partitions
+    /// returns: up to this long. Some Kafka-protocol brokers (tansu 0.6) hold
+    /// *every* fetch for at least half of it, even with records ready.
+    /// Higher values mean fewer empty fetches on an idle topic.
+    pub fn fetch_wait(mut self, d: Duration) -> Self {
+        self.config.fetch_wait = d;
+        self
+    }
     /// Create topics at connect (default on).
     pub fn create_topics(mut self, on: bool) -> Self {
         self.config.create_topics = on;
@@ -493,6 +515,9 @@ impl KafkaQueueConfigBuilder {
             if d < Duration::from_millis(1) || d > Duration::from_secs(86_400) {
                 return bad(format!("kafka: {name} must be between 1 ms and 1 day"));
             }
+        }
+        if c.fetch_wait < Duration::from_millis(1) || c.fetch_wait > Duration::from_secs(300) {
+            return bad("kafka: fetch_wait must be between 1 ms and 5 min".into());
         }
         if c.max_envelope_bytes < 64 {
             return bad("kafka: max_envelope_bytes must be at least 64".into());
@@ -691,6 +716,52 @@ impl Shared {
         from_settling: bool,
     ) -> Result<()> {
         let mut st = self.state.lock();
+        let done = self.finish(&mut st, partition, offset, fence, from_settling);
+        if done.is_ok() {
+            self.store_positions(consumer, &mut st, &[partition]);
+        }
+        drop(st);
+        self.settled.notify_all();
+        done
+    }
+
+    /// [`complete`](Self::complete) for the leases of a batch of acks under
+    /// one lock, with one offset store for every partition whose contiguous
+    /// position moved and one wake-up of revoke/close drains.
+    fn complete_leases<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        acks: impl Iterator<Item = Result<(i32, i64, u64)>>,
+    ) -> Vec<Result<()>> {
+        let mut st = self.state.lock();
+        let mut touched: Vec<i32> = Vec::new();
+        let results: Vec<Result<()>> = acks
+            .map(|ack| {
+                let (partition, offset, fence) = ack?;
+                self.finish(&mut st, partition, offset, fence, false)?;
+                if !touched.contains(&partition) {
+                    touched.push(partition);
+                }
+                Ok(())
+            })
+            .collect();
+        if !touched.is_empty() {
+            self.store_positions(consumer, &mut st, &touched);
+        }
+        drop(st);
+        self.settled.notify_all();
+        results
+    }
+
+    /// Marks one slot `Done` (see [`complete`](Self::complete)).
+    fn finish(
+        &self,
+        st: &mut State,
+        partition: i32,
+        offset: i64,
+        fence: u64,
+        from_settling: bool,
+    ) -> Result<()> {
         let lost = || {
             Error::LeaseLost(format!(
                 "{}:{partition}:{offset} is no longer leased by this consumer (settled, taken back or \
@@ -701,33 +772,42 @@ impl Shared {
         let Some(part) = st.parts.get_mut(&partition) else {
             return Err(lost());
         };
-        let was_leased = match part.slots.get_mut(&offset) {
+        match part.slots.get_mut(&offset) {
             Some(slot @ Slot::Leased { .. }) if !from_settling && slot.fence() == fence => {
                 *slot = Slot::Done;
-                true
+                st.in_flight = st.in_flight.saturating_sub(1);
+                Ok(())
             }
             Some(slot @ Slot::Settling { .. }) if from_settling && slot.fence() == fence => {
                 *slot = Slot::Done;
-                false
+                Ok(())
             }
-            _ => return Err(lost()),
-        };
-        let pos = part.advance();
-        if was_leased {
-            st.in_flight = st.in_flight.saturating_sub(1);
+            _ => Err(lost()),
         }
-        if let Some(pos) = pos {
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition_offset(&self.config.topic, partition, Offset::Offset(pos));
+    }
+
+    /// Advances the contiguous position of `partitions` and stores the ones
+    /// that moved (one `store_offsets` call). Called under the state lock,
+    /// so nothing is stored for a partition after its revoke committed.
+    fn store_positions<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        st: &mut State,
+        partitions: &[i32],
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            if let Some(pos) = st.parts.get_mut(p).and_then(Part::advance) {
+                let _ = tpl.add_partition_offset(&self.config.topic, *p, Offset::Offset(pos));
+            }
+        }
+        if tpl.count() > 0 {
             if let Err(e) = consumer.store_offsets(&tpl) {
                 // The partition was unassigned underneath us; the commit on
                 // revoke (or the new owner) takes care of it.
-                tracing::debug!(partition, offset = pos, error = %e, "store offset failed");
+                tracing::debug!(partitions = ?partitions, error = %e, "store offsets failed");
             }
         }
-        drop(st);
-        self.settled.notify_all();
-        Ok(())
     }
 
     /// Moves a leased slot to `Settling` (before a nack produces elsewhere).
@@ -891,16 +971,20 @@ struct Outgoing {
 
 impl Outgoing {
     fn send(&self, producer: &FutureProducer) -> std::result::Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
-        for (k, v) in &self.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_str()),
-            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).payload(&self.payload[..]);
+        // No header list at all for plain tasks (the common case): an empty
+        // one is still allocated and copied by librdkafka per record.
+        if !self.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+            for (k, v) in &self.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                });
+            }
+            record = record.headers(headers);
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-            .payload(&self.payload[..])
-            .headers(headers);
         if let Some(k) = &self.key {
             record = record.key(&k[..]);
         }
@@ -996,6 +1080,7 @@ impl KafkaQueue {
             // Find recreated or new partitions within seconds, not 5 minutes.
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.wait.max.ms", ms(config.fetch_wait).to_string())
             .create_with_context(GroupContext {
                 shared: shared.clone(),
             })
@@ -2055,6 +2140,17 @@ impl TaskQueue for KafkaQueue {
         self.shared.complete(&self.consumer, p, o, lease.fence(), false)
     }
 
+    /// Acks a batch under one lock, storing each moved partition position
+    /// once; one result per lease, in order (same outcomes as [`ack`](Self::ack)).
+    async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
+        self.shared.complete_leases(
+            &self.consumer,
+            leases
+                .iter()
+                .map(|l| self.parse_receipt(l).map(|(p, o)| (p, o, l.fence()))),
+        )
+    }
+
     async fn nack(&self, lease: &Lease, nack: Nack) -> Result<()> {
         let (p, o) = self.parse_receipt(lease)?;
         let c = &self.shared.config;
@@ -2257,6 +2353,10 @@ mod tests {
             .prefetch_per_partition(0)
             .build()
             .is_err());
+        assert!(KafkaQueueConfig::builder("b:1", "t")
+            .fetch_wait(Duration::ZERO)
+            .build()
+            .is_err());
     }
 
     #[test]
@@ -2311,6 +2411,73 @@ mod tests {
         part.slots.insert(12, Slot::Done);
         assert_eq!(part.advance(), Some(14));
         assert!(part.slots.is_empty());
+    }
+
+    #[test]
+    fn batched_acks_store_only_contiguous_offsets() {
+        let config = KafkaQueueConfig::builder("127.0.0.1:1", "t")
+            .build()
+            .expect("config");
+        // Never connects: store_offsets on an unassigned partition just fails (logged).
+        let consumer: BaseConsumer = config.group_client_config("g").create().expect("consumer");
+        let shared = Shared {
+            config,
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            ready_notify: Notify::new(),
+            fences: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            log_reset: AtomicBool::new(false),
+        };
+        {
+            let mut st = shared.state.lock();
+            for p in [0, 1] {
+                let mut part = Part::new(1);
+                part.stored = 10;
+                part.next = 14;
+                for o in 10..14 {
+                    let leased = Slot::Leased {
+                        at: Instant::now(),
+                        task: Box::new(Task::new("k", "x")),
+                        fence: 100 + o as u64,
+                    };
+                    part.slots.insert(o, leased);
+                }
+                st.parts.insert(p, part);
+            }
+            st.in_flight = 8;
+        }
+        let lost = Error::LeaseLost("x".into());
+        // Out of order, one stale fence, one unknown partition, one bad receipt.
+        let results = shared.complete_leases(
+            &consumer,
+            vec![
+                Ok((0, 11, 111)),
+                Ok((0, 13, 113)),
+                Ok((0, 12, 999)),
+                Ok((1, 10, 110)),
+                Ok((7, 10, 110)),
+                Err(lost),
+                Ok((1, 11, 111)),
+            ]
+            .into_iter(),
+        );
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, true, false, true, false, false, true]);
+        assert!(matches!(results[2], Err(Error::LeaseLost(_))));
+        let st = shared.state.lock();
+        assert_eq!(st.in_flight, 4);
+        // Partition 0: 10 is unfinished, so nothing moves past it.
+        assert_eq!(st.parts[&0].stored, 10);
+        assert_eq!(st.parts[&0].position(), 10);
+        // Partition 1: 10 and 11 done, 12 is not.
+        assert_eq!(st.parts[&1].stored, 12);
+        drop(st);
+        // The stale fence did not settle offset 12 of partition 0.
+        assert!(shared.complete_leases(&consumer, [Ok((0, 12, 112))].into_iter())[0].is_ok());
+        assert!(shared.complete_leases(&consumer, [Ok((0, 12, 112))].into_iter())[0].is_err());
+        assert!(shared.complete_leases(&consumer, [Ok((0, 10, 110))].into_iter())[0].is_ok());
+        assert_eq!(shared.state.lock().parts[&0].stored, 14);
     }
 
     #[test]
