@@ -635,6 +635,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: KafkaQueueConfig) -> Shared {
+        Shared {
+            config,
+            state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            ready_notify: Notify::new(),
+            fences: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            log_reset: AtomicBool::new(false),
+        }
+    }
+
     fn on_assign(&self, tpl: &TopicPartitionList) {
         let mut st = self.state.lock();
         for e in tpl.elements_for_topic(&self.config.topic) {
@@ -1061,15 +1073,7 @@ impl KafkaQueue {
             .create()
             .map_err(|e| Error::InvalidConfig(format!("kafka producer config: {e}")))?;
 
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            state: Mutex::new(State::default()),
-            settled: Condvar::new(),
-            ready_notify: Notify::new(),
-            fences: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            log_reset: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(config.clone()));
         if config.create_topics {
             ensure_topics(&config).await?;
         }
@@ -2420,15 +2424,7 @@ mod tests {
             .expect("config");
         // Never connects: store_offsets on an unassigned partition just fails (logged).
         let consumer: BaseConsumer = config.group_client_config("g").create().expect("consumer");
-        let shared = Shared {
-            config,
-            state: Mutex::new(State::default()),
-            settled: Condvar::new(),
-            ready_notify: Notify::new(),
-            fences: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            log_reset: AtomicBool::new(false),
-        };
+        let shared = Shared::new(config);
         {
             let mut st = shared.state.lock();
             for p in [0, 1] {

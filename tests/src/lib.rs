@@ -13,6 +13,33 @@ pub mod state_suite;
 pub mod tansu_server;
 pub mod triton_replica;
 
+/// A server process one test owns (a redis-server with AOF, a tansu broker
+/// with SQLite storage): started on its own port and storage, and killed
+/// and restarted by fault tests.
+pub trait OwnedServer {
+    /// Starts the process (again, on the same port and storage) and waits
+    /// until it serves.
+    fn spawn(&mut self);
+
+    /// Where the running process is kept.
+    fn child_slot(&mut self) -> &mut Option<std::process::Child>;
+
+    /// SIGKILL the process (by PID) and reap it.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child_slot().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, wait `down_for`, then start again on the same port and storage.
+    fn crash_and_restart(&mut self, down_for: std::time::Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+}
+
 /// The value of a service environment variable (exported by
 /// `scripts/dev-services up`).
 ///

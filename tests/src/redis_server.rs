@@ -5,6 +5,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::OwnedServer;
+
 /// A test-owned redis-server process.
 pub struct TestRedis {
     port: u16,
@@ -29,9 +31,16 @@ impl TestRedis {
         r
     }
 
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl OwnedServer for TestRedis {
     /// Starts the process (again) on the same port and AOF directory and waits
     /// until it answers `PING` (after a restart it loads the AOF first).
-    pub fn spawn(&mut self) {
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
@@ -54,24 +63,8 @@ impl TestRedis {
         panic!("redis-server on port {} did not come up", self.port);
     }
 
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, then start again on the same port and AOF directory.
-    pub fn crash_and_restart(&mut self, down_for: Duration) {
-        self.kill();
-        std::thread::sleep(down_for);
-        self.spawn();
-    }
-
-    /// SIGKILL the process (by PID) and reap it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    fn child_slot(&mut self) -> &mut Option<Child> {
+        &mut self.child
     }
 }
 

@@ -7,6 +7,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::OwnedServer;
+
 /// A test-owned tansu broker process.
 pub struct TestTansu {
     bin: String,
@@ -34,9 +36,23 @@ impl TestTansu {
         t
     }
 
+    /// `127.0.0.1:<port>`, for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl OwnedServer for TestTansu {
     /// Starts the process (again) on the same port and database file and
     /// waits until the port accepts connections.
-    pub fn spawn(&mut self) {
+    fn spawn(&mut self) {
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -70,31 +86,8 @@ impl TestTansu {
         }
     }
 
-    /// `127.0.0.1:<port>`, for `bootstrap.servers`.
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, wait `down_for`, then start again on the same port and database.
-    pub fn crash_and_restart(&mut self, down_for: Duration) {
-        self.kill();
-        std::thread::sleep(down_for);
-        self.spawn();
-    }
-
-    /// SIGKILL the process (by PID) and reap it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The broker's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    fn child_slot(&mut self) -> &mut Option<Child> {
+        &mut self.child
     }
 }
 

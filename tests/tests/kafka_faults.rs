@@ -259,6 +259,7 @@ async fn broker_restart_mid_run() {
     let Some(bin) = agentscale_tests::service_env("AGENTSCALE_TANSU_BIN") else {
         return;
     };
+    use agentscale_tests::OwnedServer;
     let mut broker = agentscale_tests::tansu_server::TestTansu::start(&bin);
     let brokers = broker.brokers();
     let topic = agentscale_tests::unique_name("askf-restart");

@@ -20,6 +20,7 @@ use std::time::Duration;
 use agentscale_core::{ErrorKind, Task, TaskId, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale_tests::redis_server::TestRedis;
+use agentscale_tests::OwnedServer;
 use rand::Rng;
 use redis::AsyncCommands;
 

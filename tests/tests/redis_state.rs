@@ -10,6 +10,7 @@ use agentscale_core::{ErrorKind, SessionKey, SessionStore, ToolCache, ToolKey};
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
 use agentscale_tests::redis_server::TestRedis;
 use agentscale_tests::state_suite::{Fixture, SessionParams, ToolCacheParams};
+use agentscale_tests::OwnedServer;
 use agentscale_tests::{service_env, unique_name};
 use bytes::Bytes;
 use redis::AsyncCommands;
