@@ -10,12 +10,11 @@ use agentscale_core::{Error, Result, RpcCode};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
-use crate::transport::{Channel, ChannelConfig, Tls};
-
 use crate::pb;
 use crate::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::request::{InferRequest, InferResponse};
 use crate::stream::{InferStream, ResponseStream};
+use crate::transport::{Channel, ChannelConfig, Tls};
 
 type Grpc = GrpcInferenceServiceClient<Channel>;
 
@@ -302,13 +301,6 @@ pub(crate) fn status_to_call_error(s: tonic::Status, what: &str) -> CallError {
             chain.push_str(": ");
             chain.push_str(&e.to_string());
             cur = e.source();
-        }
-        if chain.contains("Timeout expired") {
-            // tonic enforces the grpc-timeout it sends.
-            return CallError {
-                error: Error::Timeout(format!("{what}: deadline expired")),
-                retry_safe: false,
-            };
         }
         return CallError {
             error: Error::Unavailable {
