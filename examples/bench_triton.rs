@@ -220,44 +220,52 @@ async fn run() {
     let server = NoopServer::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("noop server");
-    if !with_python {
-        if std::env::var("BENCH_NOOP").is_ok_and(|v| v == "0") {
-            return;
-        }
-        let ours_noop = run_ours(&server.url(), 16, secs).await;
-        println!(
-            "no-op server, concurrency 16: ours {:.0} inf/s, {:.1} µs CPU/inf incl. the in-process server",
-            ours_noop.infer_per_s, ours_noop.cpu_us_per_infer
-        );
+    if !with_python && std::env::var("BENCH_NOOP").is_ok_and(|v| v == "0") {
         return;
     }
     let noop_conc = 16;
     let ours_noop = run_ours(&server.url(), noop_conc, secs).await;
+    if !with_python {
+        println!(
+            "no-op server, concurrency {noop_conc}: ours {:.0} inf/s, {:.1} µs CPU/inf incl. the in-process server",
+            ours_noop.infer_per_s, ours_noop.cpu_us_per_infer
+        );
+        return;
+    }
     let py_noop = run_python(&python, &server.url(), noop_conc, secs).await;
     println!(
         "no-op server, concurrency {noop_conc}: ours {:.0} inf/s (p50 {:.0} µs, {:.1} µs CPU/inf incl. the in-process server), python {:.0} inf/s ({:.1} µs CPU/inf)",
         ours_noop.infer_per_s, ours_noop.p50_us, ours_noop.cpu_us_per_infer, py_noop.infer_per_s, py_noop.cpu_us_per_infer
     );
     for (conc, ours, py) in &results {
-        println!(
-            "RESULT triton_client_cpu_us_c{conc} ours={:.1} baseline=python_tritonclient:{:.1} ratio={:.3}",
+        result_line(
+            &format!("triton_client_cpu_us_c{conc}"),
             ours.cpu_us_per_infer,
             py.cpu_us_per_infer,
-            ours.cpu_us_per_infer / py.cpu_us_per_infer.max(1e-9)
+            1,
         );
     }
     for (conc, ours, py) in &results {
-        println!(
-            "RESULT triton_infer_per_s_c{conc} ours={:.0} baseline=python_tritonclient:{:.0} ratio={:.3}",
+        result_line(
+            &format!("triton_infer_per_s_c{conc}"),
             ours.infer_per_s,
             py.infer_per_s,
-            ours.infer_per_s / py.infer_per_s.max(1e-9)
+            0,
         );
     }
-    println!(
-        "RESULT triton_noop_server_infer_per_s ours={:.0} baseline=python_tritonclient:{:.0} ratio={:.3}",
+    result_line(
+        "triton_noop_server_infer_per_s",
         ours_noop.infer_per_s,
         py_noop.infer_per_s,
-        ours_noop.infer_per_s / py_noop.infer_per_s.max(1e-9)
+        0,
+    );
+}
+
+/// `RESULT <name> ours=… baseline=python_tritonclient:… ratio=…` with
+/// `decimals` digits for the two values.
+fn result_line(name: &str, ours: f64, python: f64, decimals: usize) {
+    println!(
+        "RESULT {name} ours={ours:.decimals$} baseline=python_tritonclient:{python:.decimals$} ratio={:.3}",
+        ours / python.max(1e-9)
     );
 }

@@ -603,6 +603,18 @@ impl Part {
             .filter(|s| matches!(s, Slot::Leased { .. } | Slot::Settling { .. }))
             .count()
     }
+
+    /// Forgets all tracking (a new log) under a new generation; returns how
+    /// many leases were outstanding, to take off the in-flight count.
+    fn reset(&mut self, generation: u64) -> u64 {
+        let leased = self
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Leased { .. }))
+            .count() as u64;
+        *self = Part::new(generation);
+        leased
+    }
 }
 
 #[derive(Debug)]
@@ -1494,13 +1506,7 @@ impl Poller {
                 stored = part.stored,
                 "kafka partition reset"
             );
-            let generation = shared.next_token();
-            let leased = part
-                .slots
-                .values()
-                .filter(|s| matches!(s, Slot::Leased { .. }))
-                .count() as u64;
-            *part = Part::new(generation);
+            let leased = part.reset(shared.next_token());
             st.in_flight = st.in_flight.saturating_sub(leased);
             st.ready.retain(|r| r.partition != p);
         }
@@ -1569,13 +1575,8 @@ impl Poller {
             let st = &mut *st;
             let mut owned = Vec::new();
             for (p, part) in st.parts.iter_mut() {
-                let leased = part
-                    .slots
-                    .values()
-                    .filter(|s| matches!(s, Slot::Leased { .. }))
-                    .count() as u64;
+                let leased = part.reset(self.shared.next_token());
                 st.in_flight = st.in_flight.saturating_sub(leased);
-                *part = Part::new(self.shared.next_token());
                 owned.push(*p);
             }
             st.ready.clear();
