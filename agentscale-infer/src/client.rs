@@ -1,7 +1,6 @@
 //! The Triton gRPC client.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +14,38 @@ use crate::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::request::{InferRequest, InferResponse};
 use crate::stream::{InferStream, ResponseStream};
 use crate::transport::{Channel, ChannelConfig, Tls};
+use crate::unary::{UnaryChannel, UnaryConfig};
 
 type Grpc = GrpcInferenceServiceClient<Channel>;
+
+/// A unary method of `GRPCInferenceService`: request, response and name.
+trait UnaryMethod: prost::Message {
+    type Response: prost::Message + Default;
+    const NAME: &'static str;
+}
+
+macro_rules! unary_methods {
+    ($($name:ident: $req:ident => $resp:ident;)*) => {
+        $(impl UnaryMethod for pb::$req {
+            type Response = pb::$resp;
+            const NAME: &'static str = stringify!($name);
+        })*
+    };
+}
+
+unary_methods! {
+    ServerLive: ServerLiveRequest => ServerLiveResponse;
+    ServerReady: ServerReadyRequest => ServerReadyResponse;
+    ModelReady: ModelReadyRequest => ModelReadyResponse;
+    ServerMetadata: ServerMetadataRequest => ServerMetadataResponse;
+    ModelMetadata: ModelMetadataRequest => ModelMetadataResponse;
+    ModelConfig: ModelConfigRequest => ModelConfigResponse;
+    ModelStatistics: ModelStatisticsRequest => ModelStatisticsResponse;
+    RepositoryIndex: RepositoryIndexRequest => RepositoryIndexResponse;
+    RepositoryModelLoad: RepositoryModelLoadRequest => RepositoryModelLoadResponse;
+    RepositoryModelUnload: RepositoryModelUnloadRequest => RepositoryModelUnloadResponse;
+    ModelInfer: ModelInferRequest => ModelInferResponse;
+}
 
 /// TLS settings (PEM). Without a CA, `https://` URLs cannot be verified, so
 /// `ca_pem` is required for TLS.
@@ -215,12 +244,19 @@ impl TritonClientBuilder {
                 .map_err(|_| Error::InvalidConfig(format!("header '{k}': value is not printable ASCII")))?;
             headers.push((key, val));
         }
-        let channel = Channel::new(ChannelConfig {
+        let config = ChannelConfig {
             origin,
             tls,
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,
+        };
+        let unary = UnaryChannel::new(UnaryConfig {
+            channel: config.clone(),
+            headers: self.headers.clone(),
+            gzip: self.gzip,
+            max_message_size: self.max_message_size,
         });
+        let channel = Channel::new(config);
         let mut grpc = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);
@@ -231,6 +267,7 @@ impl TritonClientBuilder {
         }
         Ok(TritonClient {
             grpc,
+            unary,
             headers,
             default_deadline: self.default_deadline,
             url,
@@ -240,7 +277,8 @@ impl TritonClientBuilder {
 
 /// A client for one Triton server (KServe v2 gRPC protocol).
 ///
-/// Cheap to clone (all clones share one HTTP/2 connection); use it from many
+/// Cheap to clone (all clones share one HTTP/2 connection for unary calls,
+/// and one more opened when a stream is first used); use it from many
 /// tasks at once. Errors: a gRPC status becomes [`Error::Rpc`] with the code
 /// and Triton's message (an unknown model is `Rpc { code: NotFound | InvalidArgument | Unavailable, .. }`
 /// depending on the Triton version), an expired deadline [`Error::Timeout`],
@@ -248,7 +286,10 @@ impl TritonClientBuilder {
 /// match its shape or datatype [`Error::InvalidInput`] before anything is sent.
 #[derive(Debug, Clone)]
 pub struct TritonClient {
+    /// Streaming calls and [`TritonClient::raw_grpc`] (h2; connects on first use).
     grpc: Grpc,
+    /// Every unary call.
+    unary: UnaryChannel,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     default_deadline: Option<Duration>,
     url: String,
@@ -370,60 +411,57 @@ impl TritonClient {
         d.or(self.default_deadline)
     }
 
-    async fn unary<Req, Resp, F, Fut>(
+    /// One unary call of `GRPCInferenceService/<method>` on the lean
+    /// transport ([`crate::unary`]), bounded by the call's deadline.
+    async fn unary<Req: UnaryMethod>(
         &self,
-        what: &'static str,
         msg: Req,
         deadline: Option<Duration>,
-        f: F,
-    ) -> std::result::Result<Resp, CallError>
-    where
-        F: FnOnce(Grpc, tonic::Request<Req>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
-    {
+    ) -> std::result::Result<Req::Response, CallError> {
+        let method = Req::NAME;
         let deadline = self.deadline(deadline);
-        let fut = f(self.grpc.clone(), self.request(msg, deadline));
-        let res = match deadline {
-            Some(d) => match tokio::time::timeout(d, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(CallError {
-                        error: Error::Timeout(format!("{what}: deadline of {d:?} expired")),
-                        retry_safe: false,
-                    })
-                }
-            },
-            None => fut.await,
+        let fut = self.unary.call(method, &msg, deadline);
+        let Some(d) = deadline else { return fut.await };
+        let start = tokio::time::Instant::now();
+        let expired = || CallError {
+            error: Error::Timeout(format!("{method}: deadline of {d:?} expired")),
+            retry_safe: false,
         };
-        res.map(tonic::Response::into_inner)
-            .map_err(|s| status_to_call_error(s, what))
+        match tokio::time::timeout(d, fut).await {
+            // The server enforces `grpc-timeout` too, and a server that
+            // answers CANCELLED (tonic does) may beat our own timer.
+            Err(_) => Err(expired()),
+            Ok(Err(e))
+                if start.elapsed() >= d
+                    && matches!(
+                        e.error,
+                        Error::Rpc {
+                            code: RpcCode::Cancelled,
+                            ..
+                        }
+                    ) =>
+            {
+                Err(expired())
+            }
+            Ok(r) => r,
+        }
     }
 
     /// Whether the server is live.
     pub async fn server_live(&self) -> Result<bool> {
-        self.unary(
-            "ServerLive",
-            pb::ServerLiveRequest {},
-            None,
-            |mut c, r| async move { c.server_live(r).await },
-        )
-        .await
-        .map(|r| r.live)
-        .map_err(|e| e.error)
+        self.unary(pb::ServerLiveRequest {}, None)
+            .await
+            .map(|r| r.live)
+            .map_err(|e| e.error)
     }
 
     pub(crate) async fn server_ready_within(
         &self,
         deadline: Option<Duration>,
     ) -> std::result::Result<bool, CallError> {
-        self.unary(
-            "ServerReady",
-            pb::ServerReadyRequest {},
-            deadline,
-            |mut c, r| async move { c.server_ready(r).await },
-        )
-        .await
-        .map(|r| r.ready)
+        self.unary(pb::ServerReadyRequest {}, deadline)
+            .await
+            .map(|r| r.ready)
     }
 
     /// Whether the server is ready.
@@ -437,29 +475,19 @@ impl TritonClient {
             name: model.into(),
             version: version.into(),
         };
-        self.unary("ModelReady", msg, None, |mut c, r| async move {
-            c.model_ready(r).await
-        })
-        .await
-        .map(|r| r.ready)
-        .map_err(|e| e.error)
+        self.unary(msg, None).await.map(|r| r.ready).map_err(|e| e.error)
     }
 
     /// Server name, version and protocol extensions.
     pub async fn server_metadata(&self) -> Result<ServerMetadata> {
-        self.unary(
-            "ServerMetadata",
-            pb::ServerMetadataRequest {},
-            None,
-            |mut c, r| async move { c.server_metadata(r).await },
-        )
-        .await
-        .map(|r| ServerMetadata {
-            name: r.name,
-            version: r.version,
-            extensions: r.extensions,
-        })
-        .map_err(|e| e.error)
+        self.unary(pb::ServerMetadataRequest {}, None)
+            .await
+            .map(|r| ServerMetadata {
+                name: r.name,
+                version: r.version,
+                extensions: r.extensions,
+            })
+            .map_err(|e| e.error)
     }
 
     /// A model's inputs, outputs, versions and platform.
@@ -468,12 +496,7 @@ impl TritonClient {
             name: model.into(),
             version: version.into(),
         };
-        let r = self
-            .unary("ModelMetadata", msg, None, |mut c, r| async move {
-                c.model_metadata(r).await
-            })
-            .await
-            .map_err(|e| e.error)?;
+        let r = self.unary(msg, None).await.map_err(|e| e.error)?;
         let conv = |t: pb::model_metadata_response::TensorMetadata| TensorMetadata {
             name: t.name,
             datatype: t.datatype,
@@ -494,16 +517,14 @@ impl TritonClient {
             name: model.into(),
             version: version.into(),
         };
-        self.unary("ModelConfig", msg, None, |mut c, r| async move {
-            c.model_config(r).await
-        })
-        .await
-        .map_err(|e| e.error)?
-        .config
-        .ok_or_else(|| Error::Backend {
-            message: "ModelConfig: empty response".into(),
-            source: None,
-        })
+        self.unary(msg, None)
+            .await
+            .map_err(|e| e.error)?
+            .config
+            .ok_or_else(|| Error::Backend {
+                message: "ModelConfig: empty response".into(),
+                source: None,
+            })
     }
 
     /// Inference statistics of one model (`model` empty: all models).
@@ -512,12 +533,10 @@ impl TritonClient {
             name: model.into(),
             version: version.into(),
         };
-        self.unary("ModelStatistics", msg, None, |mut c, r| async move {
-            c.model_statistics(r).await
-        })
-        .await
-        .map(|r| r.model_stats)
-        .map_err(|e| e.error)
+        self.unary(msg, None)
+            .await
+            .map(|r| r.model_stats)
+            .map_err(|e| e.error)
     }
 
     /// The models in the repository (`ready_only`: only ready ones).
@@ -526,22 +545,20 @@ impl TritonClient {
             repository_name: String::new(),
             ready: ready_only,
         };
-        self.unary("RepositoryIndex", msg, None, |mut c, r| async move {
-            c.repository_index(r).await
-        })
-        .await
-        .map(|r| {
-            r.models
-                .into_iter()
-                .map(|m| RepositoryModel {
-                    name: m.name,
-                    version: m.version,
-                    state: m.state,
-                    reason: m.reason,
-                })
-                .collect()
-        })
-        .map_err(|e| e.error)
+        self.unary(msg, None)
+            .await
+            .map(|r| {
+                r.models
+                    .into_iter()
+                    .map(|m| RepositoryModel {
+                        name: m.name,
+                        version: m.version,
+                        state: m.state,
+                        reason: m.reason,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.error)
     }
 
     /// Loads (or reloads) a model (needs Triton's explicit model control mode).
@@ -551,12 +568,7 @@ impl TritonClient {
             model_name: model.into(),
             parameters: HashMap::new(),
         };
-        self.unary("RepositoryModelLoad", msg, None, |mut c, r| async move {
-            c.repository_model_load(r).await
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| e.error)
+        self.unary(msg, None).await.map(|_| ()).map_err(|e| e.error)
     }
 
     /// Unloads a model (needs Triton's explicit model control mode).
@@ -566,12 +578,7 @@ impl TritonClient {
             model_name: model.into(),
             parameters: HashMap::new(),
         };
-        self.unary("RepositoryModelUnload", msg, None, |mut c, r| async move {
-            c.repository_model_unload(r).await
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| e.error)
+        self.unary(msg, None).await.map(|_| ()).map_err(|e| e.error)
     }
 
     pub(crate) async fn infer_inner(
@@ -579,11 +586,7 @@ impl TritonClient {
         req: &InferRequest,
     ) -> std::result::Result<InferResponse, CallError> {
         let msg = req.to_pb(false)?;
-        let r = self
-            .unary("ModelInfer", msg, req.deadline, |mut c, r| async move {
-                c.model_infer(r).await
-            })
-            .await?;
+        let r = self.unary(msg, req.deadline).await?;
         Ok(InferResponse::from_pb(r)?)
     }
 

@@ -12,8 +12,10 @@
 //!   TensorRT-LLM ensemble convention.
 //!
 //! Generated protocol types are in [`pb`] (an escape hatch); everything else
-//! uses the hand-written types here. [`transport::Channel`] is the HTTP/2
-//! transport the generated client runs on.
+//! uses the hand-written types here. Unary calls run on a lean HTTP/2
+//! connection of this crate's own; [`transport::Channel`] is the HTTP/2
+//! transport the generated client (streaming calls, [`TritonClient::raw_grpc`])
+//! runs on.
 #![forbid(unsafe_code)]
 
 /// Generated protocol types and the tonic client/server for
@@ -33,6 +35,7 @@ mod stream;
 mod tensor;
 pub mod testing;
 pub mod transport;
+mod unary;
 
 pub use client::{
     ModelMetadata, RepositoryModel, ServerMetadata, TensorMetadata, TlsConfig, TritonClient,

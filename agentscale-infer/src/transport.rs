@@ -31,13 +31,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// hyper's client defaults: a 2 MiB stream window and a 5 MiB connection
 /// window, so large tensors do not wait on WINDOW_UPDATE round trips.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
-const USER_AGENT: &str = concat!("agentscale-infer/", env!("CARGO_PKG_VERSION"));
+pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+pub(crate) const USER_AGENT: &str = concat!("agentscale-infer/", env!("CARGO_PKG_VERSION"));
 
 /// TLS for a [`Channel`]: a rustls connector (ALPN `h2`) and the server name.
 #[derive(Clone)]
@@ -99,7 +99,7 @@ pub(crate) struct TransportError {
     source: BoxError,
 }
 
-fn transport(what: &'static str, source: impl Into<BoxError>) -> BoxError {
+pub(crate) fn transport(what: &'static str, source: impl Into<BoxError>) -> BoxError {
     Box::new(TransportError {
         what,
         source: source.into(),
@@ -263,8 +263,13 @@ fn forget(shared: &Shared, id: u64) {
     }
 }
 
-async fn connect(shared: &Arc<Shared>) -> Result<Conn, BoxError> {
-    let config = &shared.config;
+/// A connected byte stream: plain TCP or TLS over TCP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Opens a TCP connection (TCP_NODELAY) to the configured origin, with the
+/// TLS handshake (ALPN `h2` required) when TLS is configured.
+pub(crate) async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError> {
     let host = config.origin.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = config
@@ -287,7 +292,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Conn, BoxError> {
     tcp.set_nodelay(true)
         .map_err(|e| transport("tcp connect error", e))?;
     match &config.tls {
-        None => handshake(shared, tcp).await,
+        None => Ok(Box::new(tcp)),
         Some(tls) => {
             let stream = tokio::time::timeout(
                 config.connect_timeout,
@@ -302,9 +307,14 @@ async fn connect(shared: &Arc<Shared>) -> Result<Conn, BoxError> {
                     "the server did not agree to HTTP/2 (ALPN h2)",
                 ));
             }
-            handshake(shared, stream).await
+            Ok(Box::new(stream))
         }
     }
+}
+
+async fn connect(shared: &Arc<Shared>) -> Result<Conn, BoxError> {
+    let io = dial(&shared.config).await?;
+    handshake(shared, io).await
 }
 
 async fn handshake<T>(shared: &Arc<Shared>, io: T) -> Result<Conn, BoxError>
