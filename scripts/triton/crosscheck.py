@@ -3,6 +3,7 @@
 prints the outputs as JSON, for tests/tests/triton.rs to compare with ours.
 Usage: crosscheck.py <url>"""
 import json
+import os
 import queue
 import sys
 
@@ -52,4 +53,8 @@ while True:
         break
 c.stop_stream()
 out["llm_stream"] = tokens
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+# Exit without interpreter finalization: grpc's channel close from
+# InferenceServerClient.__del__ at shutdown can deadlock (seen once in CI:
+# the JSON was printed, the process never exited).
+os._exit(0)

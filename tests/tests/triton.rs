@@ -416,12 +416,18 @@ async fn outputs_match_python_tritonclient() {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/triton/crosscheck.py");
-    let out = tokio::process::Command::new(&py)
-        .arg(script)
-        .arg(&url)
-        .output()
-        .await
-        .unwrap();
+    // Bounded: a hung Python client must fail the test, not stall CI.
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(&py)
+            .arg(script)
+            .arg(&url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("crosscheck.py did not finish within 180 s")
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let py: HashMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let c = client(&url);
