@@ -19,7 +19,9 @@ pub struct NoopInferenceService;
 
 type Rs<T> = std::result::Result<Response<T>, Status>;
 
-fn echo(req: pb::ModelInferRequest) -> pb::ModelInferResponse {
+/// The no-op `ModelInfer` answer: every input back as output `OUTPUT<i>`
+/// (same datatype and shape; raw contents shared, not copied).
+pub fn echo(req: pb::ModelInferRequest) -> pb::ModelInferResponse {
     let outputs = req
         .inputs
         .iter()

@@ -18,7 +18,7 @@ use std::time::Duration;
 use agentscale_core::{Error, ErrorKind, RpcCode};
 use agentscale_infer::pb;
 use agentscale_infer::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
-use agentscale_infer::testing::NoopInferenceService;
+use agentscale_infer::testing::{echo, NoopInferenceService};
 use agentscale_infer::{InferRequest, InferResponse, Tensor, TritonClient};
 use futures::StreamExt as _;
 use parking_lot::Mutex;
@@ -139,29 +139,6 @@ impl Svc {
 
     fn clear(&self) {
         self.seen.lock().clear();
-    }
-}
-
-fn echo(req: pb::ModelInferRequest) -> pb::ModelInferResponse {
-    let outputs = req
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| pb::model_infer_response::InferOutputTensor {
-            name: format!("OUTPUT{i}"),
-            datatype: t.datatype.clone(),
-            shape: t.shape.clone(),
-            parameters: Default::default(),
-            contents: None,
-        })
-        .collect();
-    pb::ModelInferResponse {
-        model_name: req.model_name,
-        model_version: "1".into(),
-        id: req.id,
-        parameters: Default::default(),
-        outputs,
-        raw_output_contents: req.raw_input_contents,
     }
 }
 
