@@ -333,19 +333,24 @@ fn is_connect_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// An error and its sources, joined by `": "`.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        chain.push_str(": ");
+        chain.push_str(&e.to_string());
+        cur = e.source();
+    }
+    chain
+}
+
 pub(crate) fn status_to_call_error(s: tonic::Status, what: &str) -> CallError {
     if let Some(src) = std::error::Error::source(&s) {
         let connect = is_connect_failure(src);
-        let mut chain = String::new();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(src);
-        while let Some(e) = cur {
-            chain.push_str(": ");
-            chain.push_str(&e.to_string());
-            cur = e.source();
-        }
         return CallError {
             error: Error::Unavailable {
-                message: format!("{what}: {}{chain}", s.message()),
+                message: format!("{what}: {}: {}", s.message(), error_chain(src)),
                 source: None,
             },
             retry_safe: connect,

@@ -99,7 +99,7 @@ pub(crate) struct TransportError {
     source: BoxError,
 }
 
-pub(crate) fn transport(what: &'static str, source: impl Into<BoxError>) -> BoxError {
+fn transport(what: &'static str, source: impl Into<BoxError>) -> BoxError {
     Box::new(TransportError {
         what,
         source: source.into(),

@@ -36,7 +36,7 @@ use agentscale_core::{Error, RpcCode};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::client::CallError;
+use crate::client::{error_chain, CallError};
 use crate::transport::{dial, ChannelConfig, Io, CONNECTION_WINDOW, STREAM_WINDOW, USER_AGENT};
 
 // Frame types (RFC 9113 §6).
@@ -690,16 +690,9 @@ impl UnaryChannel {
                 return Ok(Arc::clone(c));
             }
         }
-        let io = dial(&self.shared.config.channel).await.map_err(|e| {
-            let mut chain = e.to_string();
-            let mut cur = e.source();
-            while let Some(s) = cur {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                cur = s.source();
-            }
-            chain
-        })?;
+        let io = dial(&self.shared.config.channel)
+            .await
+            .map_err(|e| error_chain(e.as_ref()))?;
         let conn = Arc::new(Conn {
             state: parking_lot::Mutex::new(State::new(self.shared.config.max_message_size)),
         });
