@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use agentscale_core::{SessionKey, SessionStore};
-use agentscale_state::memory::InMemorySessionStore;
+use agentscale_state::local::LocalSessionStore;
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig};
 use bytes::Bytes;
 use clap::Parser;
@@ -137,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // In-memory store for reference (not a headline figure).
-    let mem = InMemorySessionStore::builder().build()?;
+    let mem = LocalSessionStore::builder().build()?;
     let mut mem_put = hist();
     let mut mem_get = hist();
     let mut mv = 0;

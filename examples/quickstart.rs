@@ -19,7 +19,7 @@
 //!
 //! The summary accounts for every task id: `lost` = enqueued minus completed
 //! or dead-lettered, and must be 0 (the process exits non-zero otherwise).
-//! Swap `MemoryQueue` for `RedisQueue` / `KafkaQueue` and the in-memory stores
+//! Swap `LocalQueue` for `RedisQueue` / `KafkaQueue` and the in-memory stores
 //! for the Redis / pgvector ones to run the same service across machines: the
 //! agent code only sees the core traits.
 #![allow(clippy::print_stdout)]
@@ -35,8 +35,8 @@ use agentscale_core::{
     Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore, Task,
     TaskId, TaskQueue, ToolCache, ToolKey,
 };
-use agentscale_queue::MemoryQueue;
-use agentscale_state::memory::{HashEmbedder, InMemoryMemoryStore, InMemorySessionStore, InMemoryToolCache};
+use agentscale_queue::LocalQueue;
+use agentscale_state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
 use bytes::Bytes;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -280,15 +280,15 @@ async fn run(args: Args) -> Result<u64, Error> {
     // --- Embedded backends (swap for Redis / Kafka / pgvector in production).
     // A short lease so the 20-step tasks rely on heartbeats.
     let queue: Arc<dyn TaskQueue> = Arc::new(
-        MemoryQueue::builder("agent-tasks")
+        LocalQueue::builder("agent-tasks")
             .lease_timeout(Duration::from_millis(500))
             .build()?,
     );
     let embedder = Arc::new(HashEmbedder::new(64)?);
     let agent = Arc::new(Agent {
-        sessions: Arc::new(InMemorySessionStore::builder().build()?),
-        tools: Arc::new(InMemoryToolCache::builder().build()?),
-        memory: Arc::new(InMemoryMemoryStore::new(embedder.dimensions(), Metric::Cosine)?),
+        sessions: Arc::new(LocalSessionStore::builder().build()?),
+        tools: Arc::new(LocalToolCache::builder().build()?),
+        memory: Arc::new(LocalMemoryStore::new(embedder.dimensions(), Metric::Cosine)?),
         embedder,
         ledger: Arc::new(Ledger::default()),
         fail_rate: args.fail_rate,

@@ -21,7 +21,7 @@ use agentscale_core::task::Task;
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
 use agentscale_core::{Error, Result};
 use agentscale_infer::{LlmClient, TritonPool};
-use agentscale_queue::MemoryQueue;
+use agentscale_queue::LocalQueue;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +77,7 @@ async fn main() -> Result<()> {
     }
     let pool = pool.build()?;
 
-    let queue = Arc::new(MemoryQueue::new("triton-agent"));
+    let queue = Arc::new(LocalQueue::new("triton-agent"));
     let total = 20u64;
     for i in 0..total {
         let job = Job {

@@ -5,7 +5,7 @@
 //!
 //! | backend | module | feature | use it when |
 //! |---|---|---|---|
-//! | in-memory | [`memory`] ([`MemoryQueue`]) | always on | one process: tests, demos, embedded workers |
+//! | in-process | [`local`] ([`LocalQueue`]) | always on | one process: tests, demos, embedded workers |
 //! | Redis Streams | `redis` | `redis` | several processes, modest volume, delays and priorities |
 //! | Kafka | `kafka` | `kafka` | very high volume, long retention, partitioned ordering |
 //!
@@ -19,10 +19,10 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use agentscale_core::{Nack, Task, TaskQueue};
-//! use agentscale_queue::MemoryQueue;
+//! use agentscale_queue::LocalQueue;
 //!
 //! // Choose the backend at run time; workers only see `dyn TaskQueue`.
-//! let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new("agents"));
+//! let queue: Arc<dyn TaskQueue> = Arc::new(LocalQueue::new("agents"));
 //!
 //! // A producer enqueues work.
 //! let task = Task::json("research", &serde_json::json!({ "question": "why is the sky blue?" }))?;
@@ -42,9 +42,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod memory;
+pub mod local;
 
-pub use memory::{MemoryQueue, MemoryQueueBuilder};
+pub use local::{LocalQueue, LocalQueueBuilder};
 
 // Feature-gated backends (added by their own modules):
 #[cfg(feature = "kafka")]

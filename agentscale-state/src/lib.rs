@@ -10,7 +10,7 @@
 //!
 //! | module | backends | feature |
 //! |---|---|---|
-//! | [`memory`] | in-process session store, exact vector memory, moka tool cache, hash embedder (tests/demos) | always on |
+//! | [`local`] | in-process session store, exact vector memory, moka tool cache, hash embedder (tests/demos) | always on |
 //! | `redis` | Redis session store (Lua CAS), two-level tool cache with fleet-wide single-flight | `redis` |
 //!
 //! ## Guarantees (every backend)
@@ -31,10 +31,10 @@
 //! use std::time::Duration;
 //! use agentscale_core::{Embedder, Filter, MemoryRecord, MemoryStore, Metric, Namespace};
 //! use agentscale_core::{SessionKey, SessionStore, ToolCache, ToolKey};
-//! use agentscale_state::memory::{HashEmbedder, InMemoryMemoryStore, InMemorySessionStore, InMemoryToolCache};
+//! use agentscale_state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
 //!
 //! // Session state with optimistic concurrency.
-//! let sessions: Arc<dyn SessionStore> = Arc::new(InMemorySessionStore::builder().build()?);
+//! let sessions: Arc<dyn SessionStore> = Arc::new(LocalSessionStore::builder().build()?);
 //! let key = SessionKey::new("acme", "chat-42")?;
 //! let v = sessions.put(&key, 0, r#"{"step":1}"#.into()).await?;
 //! let v = sessions.put(&key, v, r#"{"step":2}"#.into()).await?;
@@ -43,7 +43,7 @@
 //!
 //! // Long-term memory (the hash embedder is for demos: not semantic).
 //! let embedder = HashEmbedder::new(64)?;
-//! let memory = InMemoryMemoryStore::new(embedder.dimensions(), Metric::Cosine)?;
+//! let memory = LocalMemoryStore::new(embedder.dimensions(), Metric::Cosine)?;
 //! let ns = Namespace::new("acme", "notes")?;
 //! let texts = vec!["the user likes tea".to_string(), "invoice 17 is overdue".to_string()];
 //! let vectors = embedder.embed(&texts).await?;
@@ -56,7 +56,7 @@
 //! assert_eq!(hits[0].record.id, "n0");
 //!
 //! // A cached tool call: the second call does not compute.
-//! let tools = InMemoryToolCache::builder().build()?;
+//! let tools = LocalToolCache::builder().build()?;
 //! let tool_key = ToolKey::new("acme", "fx-rate", "v1", &serde_json::json!({"from": "EUR", "to": "NOK"}))?;
 //! let rate = tools
 //!     .get_or_compute(&tool_key, Duration::from_secs(300), Box::pin(async { Ok("11.7".into()) }))
@@ -71,7 +71,7 @@
 #![warn(missing_docs)]
 
 mod cached;
-pub mod memory;
+pub mod local;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -10,7 +10,7 @@
 
 mod common;
 mod kafka;
-mod memory;
+mod local;
 mod redis;
 
 use clap::{Parser, ValueEnum};
@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 /// Which queue backend to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// agentscale_queue::MemoryQueue vs a raw tokio mpsc channel.
+    /// agentscale_queue::LocalQueue vs a raw tokio mpsc channel.
     Memory,
     /// agentscale_queue::redis::RedisQueue vs redis-benchmark pipelined XADD.
     Redis,

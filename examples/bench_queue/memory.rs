@@ -1,9 +1,9 @@
-//! `--backend memory`: MemoryQueue + Worker against a raw tokio mpsc channel.
+//! `--backend memory`: LocalQueue + Worker against a raw tokio mpsc channel.
 
 use std::sync::Arc;
 
 use agentscale_core::{Result, TaskQueue};
-use agentscale_queue::MemoryQueue;
+use agentscale_queue::LocalQueue;
 
 use crate::common::{median, mpsc_baseline, noop_tasks, produce_and_drain, rate, result_line};
 use crate::Args;
@@ -16,7 +16,7 @@ pub async fn run(args: &Args) -> Result<()> {
         args.concurrency
     );
     println!(
-        "| round | agentscale MemoryQueue + Worker (tasks/s) | tokio mpsc + same handler (tasks/s) | ratio |"
+        "| round | agentscale LocalQueue + Worker (tasks/s) | tokio mpsc + same handler (tasks/s) | ratio |"
     );
     println!("|---|---|---|---|");
     let (mut ours, mut base) = (Vec::new(), Vec::new());
@@ -41,7 +41,7 @@ pub async fn run(args: &Args) -> Result<()> {
 
 async fn ours_once(args: &Args) -> Result<f64> {
     let n = args.tasks;
-    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(agentscale_name()));
+    let queue: Arc<dyn TaskQueue> = Arc::new(LocalQueue::new(agentscale_name()));
     let tasks = noop_tasks(n);
     let (elapsed, report) =
         produce_and_drain(queue.clone(), tasks, args.enqueue_batch, args.concurrency).await?;

@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! // tests/tests/memory_queue.rs
-//! use agentscale_queue::MemoryQueue;
+//! use agentscale_queue::LocalQueue;
 //! use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
 //!
 //! async fn setup(opts: QueueOptions) -> QueueFixture {
-//!     let queue = MemoryQueue::builder(opts.name)
+//!     let queue = LocalQueue::builder(opts.name)
 //!         .lease_timeout(opts.lease_timeout)
 //!         .max_envelope_bytes(opts.max_envelope_bytes)
 //!         .build()

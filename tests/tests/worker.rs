@@ -9,7 +9,7 @@ use std::time::Duration;
 use agentscale_core::metrics::{Exporter, Metrics};
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
 use agentscale_core::{Error, ErrorKind, Task, TaskId, TaskQueue};
-use agentscale_queue::MemoryQueue;
+use agentscale_queue::LocalQueue;
 use agentscale_tests::unique_name;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,16 +77,16 @@ fn ok() -> BoxFut {
     Box::pin(async { Ok(()) })
 }
 
-fn queue(lease_timeout: Duration) -> Arc<MemoryQueue> {
+fn queue(lease_timeout: Duration) -> Arc<LocalQueue> {
     Arc::new(
-        MemoryQueue::builder(unique_name("worker"))
+        LocalQueue::builder(unique_name("worker"))
             .lease_timeout(lease_timeout)
             .build()
             .expect("queue"),
     )
 }
 
-async fn enqueue_n(q: &MemoryQueue, n: usize, max_attempts: u32) -> Vec<TaskId> {
+async fn enqueue_n(q: &LocalQueue, n: usize, max_attempts: u32) -> Vec<TaskId> {
     let tasks: Vec<Task> = (0..n)
         .map(|i| Task::new("probe", format!("{{\"i\":{i}}}")).with_max_attempts(max_attempts))
         .collect();

@@ -165,7 +165,7 @@ impl RedisStateConfig {
         if self.history_cap == 0 || self.history_cap > i64::MAX as usize {
             return bad("history_cap must be greater than zero".into());
         }
-        crate::memory::validate_tool_cache(
+        crate::local::validate_tool_cache(
             self.tool_negative_ttl,
             self.tool_max_value_bytes,
             self.tool_local_capacity_bytes,

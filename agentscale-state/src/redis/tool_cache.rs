@@ -13,7 +13,7 @@ use redis::{Script, Value};
 use super::config::{millis, RedisStateConfig};
 use super::{connect, redis_error};
 use crate::cached::{check_size, check_ttl, clone_error, Cached, Outcome};
-use crate::memory::{compute_outcome, new_cache};
+use crate::local::{compute_outcome, new_cache};
 
 /// `KEYS`: value, lock. `ARGV`: token, lease ms.
 /// `{1, value, pttl}` on a hit, `{2}` if this caller took the lock, `{3}` if

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use agentscale_core::{ErrorKind, Task, TaskQueue};
-use agentscale_queue::MemoryQueue;
+use agentscale_queue::LocalQueue;
 use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
 
 async fn setup(opts: QueueOptions) -> QueueFixture {
-    let queue = MemoryQueue::builder(opts.name)
+    let queue = LocalQueue::builder(opts.name)
         .lease_timeout(opts.lease_timeout)
         .max_envelope_bytes(opts.max_envelope_bytes)
         .build()
@@ -21,11 +21,11 @@ agentscale_tests::queue_conformance!(setup);
 #[test]
 fn builder_refuses_invalid_config() {
     for r in [
-        MemoryQueue::builder("").build(),
-        MemoryQueue::builder("  ").build(),
-        MemoryQueue::builder("q").lease_timeout(Duration::ZERO).build(),
-        MemoryQueue::builder("q").max_envelope_bytes(0).build(),
-        MemoryQueue::builder("q")
+        LocalQueue::builder("").build(),
+        LocalQueue::builder("  ").build(),
+        LocalQueue::builder("q").lease_timeout(Duration::ZERO).build(),
+        LocalQueue::builder("q").max_envelope_bytes(0).build(),
+        LocalQueue::builder("q")
             .idempotency_window(Duration::ZERO)
             .build(),
     ] {
@@ -35,7 +35,7 @@ fn builder_refuses_invalid_config() {
 
 #[tokio::test]
 async fn capabilities_are_honest() {
-    let q = MemoryQueue::builder("caps")
+    let q = LocalQueue::builder("caps")
         .lease_timeout(Duration::from_secs(7))
         .max_envelope_bytes(4096)
         .build()
@@ -54,7 +54,7 @@ async fn capabilities_are_honest() {
 /// with a growing attempt count, so the worker can dead-letter it.
 #[tokio::test]
 async fn repeated_expiry_keeps_charging_attempts() {
-    let q = MemoryQueue::builder(agentscale_tests::unique_name("poison"))
+    let q = LocalQueue::builder(agentscale_tests::unique_name("poison"))
         .lease_timeout(Duration::from_millis(50))
         .build()
         .expect("build");
@@ -73,7 +73,7 @@ async fn repeated_expiry_keeps_charging_attempts() {
 /// Clones share one queue.
 #[tokio::test]
 async fn clones_share_state() {
-    let a = MemoryQueue::new(agentscale_tests::unique_name("clone"));
+    let a = LocalQueue::new(agentscale_tests::unique_name("clone"));
     let b = a.clone();
     a.enqueue(Task::new("k", "x")).await.expect("enqueue");
     assert_eq!(b.depth().await.expect("depth").ready, 1);

@@ -11,12 +11,12 @@ mod vector;
 
 pub use embedder::HashEmbedder;
 pub use session::{
-    InMemorySessionStore, InMemorySessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL,
+    LocalSessionStore, LocalSessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL,
 };
 #[cfg(feature = "redis")]
 pub(crate) use tool_cache::{compute_outcome, new_cache, validate as validate_tool_cache};
 pub use tool_cache::{
-    InMemoryToolCache, InMemoryToolCacheBuilder, DEFAULT_CAPACITY_BYTES, DEFAULT_MAX_VALUE_BYTES,
+    LocalToolCache, LocalToolCacheBuilder, DEFAULT_CAPACITY_BYTES, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_NEGATIVE_TTL,
 };
-pub use vector::InMemoryMemoryStore;
+pub use vector::LocalMemoryStore;

@@ -34,9 +34,9 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 256 << 20;
 /// # async fn main() -> agentscale_core::Result<()> {
 /// use std::time::Duration;
 /// use agentscale_core::{ToolCache, ToolKey};
-/// use agentscale_state::memory::InMemoryToolCache;
+/// use agentscale_state::local::LocalToolCache;
 ///
-/// let cache = InMemoryToolCache::builder().build()?;
+/// let cache = LocalToolCache::builder().build()?;
 /// let key = ToolKey::new("acme", "weather", "v1", &serde_json::json!({"city": "Oslo"}))?;
 /// let v = cache
 ///     .get_or_compute(&key, Duration::from_secs(60), Box::pin(async { Ok("rain".into()) }))
@@ -46,15 +46,15 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 256 << 20;
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct InMemoryToolCache {
+pub struct LocalToolCache {
     cache: Cache<ToolKey, Cached>,
     negative_ttl: Duration,
     max_value_bytes: usize,
 }
 
-impl std::fmt::Debug for InMemoryToolCache {
+impl std::fmt::Debug for LocalToolCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryToolCache")
+        f.debug_struct("LocalToolCache")
             .field("entries", &self.cache.entry_count())
             .field("negative_ttl", &self.negative_ttl)
             .field("max_value_bytes", &self.max_value_bytes)
@@ -62,17 +62,17 @@ impl std::fmt::Debug for InMemoryToolCache {
     }
 }
 
-/// Builder for [`InMemoryToolCache`].
+/// Builder for [`LocalToolCache`].
 #[derive(Debug, Clone)]
-pub struct InMemoryToolCacheBuilder {
+pub struct LocalToolCacheBuilder {
     negative_ttl: Duration,
     max_value_bytes: usize,
     capacity_bytes: u64,
 }
 
-impl Default for InMemoryToolCacheBuilder {
+impl Default for LocalToolCacheBuilder {
     fn default() -> Self {
-        InMemoryToolCacheBuilder {
+        LocalToolCacheBuilder {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             capacity_bytes: DEFAULT_CAPACITY_BYTES,
@@ -80,7 +80,7 @@ impl Default for InMemoryToolCacheBuilder {
     }
 }
 
-impl InMemoryToolCacheBuilder {
+impl LocalToolCacheBuilder {
     /// How long a non-retryable failure stays cached (default
     /// [`DEFAULT_NEGATIVE_TTL`]). Must be greater than zero.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
@@ -102,9 +102,9 @@ impl InMemoryToolCacheBuilder {
     }
 
     /// Validates and builds.
-    pub fn build(self) -> Result<InMemoryToolCache> {
+    pub fn build(self) -> Result<LocalToolCache> {
         validate(self.negative_ttl, self.max_value_bytes, self.capacity_bytes)?;
-        Ok(InMemoryToolCache {
+        Ok(LocalToolCache {
             cache: new_cache(self.capacity_bytes),
             negative_ttl: self.negative_ttl,
             max_value_bytes: self.max_value_bytes,
@@ -159,10 +159,10 @@ pub(crate) fn new_cache(capacity_bytes: u64) -> Cache<ToolKey, Cached> {
         .build()
 }
 
-impl InMemoryToolCache {
+impl LocalToolCache {
     /// A builder with the defaults.
-    pub fn builder() -> InMemoryToolCacheBuilder {
-        InMemoryToolCacheBuilder::default()
+    pub fn builder() -> LocalToolCacheBuilder {
+        LocalToolCacheBuilder::default()
     }
 
     /// Entries currently held (approximate, as moka counts lazily).
@@ -194,7 +194,7 @@ pub(crate) async fn compute_outcome(
 }
 
 #[async_trait]
-impl ToolCache for InMemoryToolCache {
+impl ToolCache for LocalToolCache {
     async fn get(&self, key: &ToolKey) -> Result<Option<Bytes>> {
         match self.cache.get(key).await {
             Some(c) => c.into_result().map(Some),

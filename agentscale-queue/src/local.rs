@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// Default lease timeout of a [`MemoryQueue`].
+/// Default lease timeout of a [`LocalQueue`].
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time an idempotency key is remembered after its enqueue.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -56,9 +56,9 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> agentscale_core::Result<()> {
 /// use std::time::Duration;
 /// use agentscale_core::{Task, TaskQueue};
-/// use agentscale_queue::MemoryQueue;
+/// use agentscale_queue::LocalQueue;
 ///
-/// let queue = MemoryQueue::builder("agents").lease_timeout(Duration::from_secs(10)).build()?;
+/// let queue = LocalQueue::builder("agents").lease_timeout(Duration::from_secs(10)).build()?;
 /// queue.enqueue(Task::new("summarise", "{}")).await?;
 /// let leases = queue.lease(8, Duration::from_millis(100)).await?;
 /// assert_eq!(leases.len(), 1);
@@ -67,7 +67,7 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct MemoryQueue {
+pub struct LocalQueue {
     shared: Arc<Shared>,
 }
 
@@ -260,16 +260,16 @@ fn lost(lease: &Lease) -> Error {
     ))
 }
 
-/// Builds a [`MemoryQueue`]; see [`MemoryQueue::builder`].
+/// Builds a [`LocalQueue`]; see [`LocalQueue::builder`].
 #[derive(Debug, Clone)]
-pub struct MemoryQueueBuilder {
+pub struct LocalQueueBuilder {
     name: String,
     lease_timeout: Duration,
     max_envelope_bytes: usize,
     idempotency_window: Duration,
 }
 
-impl MemoryQueueBuilder {
+impl LocalQueueBuilder {
     /// How long a lease lives unless extended (default 30 s).
     pub fn lease_timeout(mut self, d: Duration) -> Self {
         self.lease_timeout = d;
@@ -292,7 +292,7 @@ impl MemoryQueueBuilder {
 
     /// Validates and builds. [`Error::InvalidConfig`] on an empty name, a zero
     /// lease timeout, a zero envelope limit or a zero idempotency window.
-    pub fn build(self) -> Result<MemoryQueue> {
+    pub fn build(self) -> Result<LocalQueue> {
         if self.name.trim().is_empty() {
             return Err(Error::InvalidConfig("memory queue: name is empty".into()));
         }
@@ -317,8 +317,8 @@ impl MemoryQueueBuilder {
         Ok(self.into_queue())
     }
 
-    fn into_queue(self) -> MemoryQueue {
-        MemoryQueue {
+    fn into_queue(self) -> LocalQueue {
+        LocalQueue {
             shared: Arc::new(Shared {
                 name: self.name,
                 lease_timeout: self.lease_timeout,
@@ -335,9 +335,9 @@ impl MemoryQueueBuilder {
     }
 }
 
-impl MemoryQueue {
+impl LocalQueue {
     /// A queue with default settings (30 s lease timeout, 1 MiB envelopes).
-    /// An empty name becomes `"default"`; use [`MemoryQueue::builder`] to have
+    /// An empty name becomes `"default"`; use [`LocalQueue::builder`] to have
     /// it refused instead.
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
@@ -346,12 +346,12 @@ impl MemoryQueue {
         } else {
             name
         };
-        MemoryQueue::builder(name).into_queue()
+        LocalQueue::builder(name).into_queue()
     }
 
     /// A builder for a queue named `name`.
-    pub fn builder(name: impl Into<String>) -> MemoryQueueBuilder {
-        MemoryQueueBuilder {
+    pub fn builder(name: impl Into<String>) -> LocalQueueBuilder {
+        LocalQueueBuilder {
             name: name.into(),
             lease_timeout: DEFAULT_LEASE_TIMEOUT,
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
@@ -499,9 +499,9 @@ fn envelope_upper_bound(task: &Task) -> usize {
             .sum::<usize>()
 }
 
-impl fmt::Debug for MemoryQueue {
+impl fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryQueue")
+        f.debug_struct("LocalQueue")
             .field("name", &self.shared.name)
             .field("lease_timeout", &self.shared.lease_timeout)
             .field("max_envelope_bytes", &self.shared.max_envelope_bytes)
@@ -510,7 +510,7 @@ impl fmt::Debug for MemoryQueue {
 }
 
 #[async_trait]
-impl TaskQueue for MemoryQueue {
+impl TaskQueue for LocalQueue {
     fn name(&self) -> &str {
         &self.shared.name
     }
@@ -649,7 +649,7 @@ impl TaskQueue for MemoryQueue {
                 Nack::DeadLetter(reason) => {
                     let attempts = lease.attempt().max(task.attempt.saturating_add(1));
                     tracing::debug!(task_id = %task.id, attempts, %reason, "task dead-lettered");
-                    MemoryQueue::dead_letter(&mut st, task, attempts, reason);
+                    LocalQueue::dead_letter(&mut st, task, attempts, reason);
                     return Ok(());
                 }
             }
@@ -727,14 +727,14 @@ mod tests {
 
     #[test]
     fn builder_validates() {
-        assert!(MemoryQueue::builder("").build().is_err());
-        assert!(MemoryQueue::builder("q")
+        assert!(LocalQueue::builder("").build().is_err());
+        assert!(LocalQueue::builder("q")
             .lease_timeout(Duration::ZERO)
             .build()
             .is_err());
-        assert!(MemoryQueue::builder("q").max_envelope_bytes(0).build().is_err());
-        assert!(MemoryQueue::builder("q").build().is_ok());
-        assert_eq!(MemoryQueue::new("").name(), "default");
+        assert!(LocalQueue::builder("q").max_envelope_bytes(0).build().is_err());
+        assert!(LocalQueue::builder("q").build().is_ok());
+        assert_eq!(LocalQueue::new("").name(), "default");
     }
 
     #[test]
@@ -751,7 +751,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_ack_completes_until_redelivery() {
-        let q = MemoryQueue::builder("late")
+        let q = LocalQueue::builder("late")
             .lease_timeout(Duration::from_millis(20))
             .build()
             .expect("build");
@@ -776,7 +776,7 @@ mod tests {
 
     #[tokio::test]
     async fn huge_durations_do_not_overflow() {
-        let q = MemoryQueue::builder("huge")
+        let q = LocalQueue::builder("huge")
             .lease_timeout(Duration::MAX)
             .idempotency_window(Duration::MAX)
             .build()
@@ -794,7 +794,7 @@ mod tests {
 
     #[tokio::test]
     async fn deadline_heap_is_compacted() {
-        let q = MemoryQueue::new("compact");
+        let q = LocalQueue::new("compact");
         for _ in 0..5 {
             let tasks: Vec<Task> = (0..1000).map(|i| Task::new("k", format!("{i}"))).collect();
             q.enqueue_batch(tasks).await;

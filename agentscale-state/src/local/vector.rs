@@ -21,9 +21,9 @@ use parking_lot::RwLock;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> agentscale_core::Result<()> {
 /// use agentscale_core::{Filter, MemoryRecord, MemoryStore, Metric, Namespace};
-/// use agentscale_state::memory::InMemoryMemoryStore;
+/// use agentscale_state::local::LocalMemoryStore;
 ///
-/// let store = InMemoryMemoryStore::new(2, Metric::Cosine)?;
+/// let store = LocalMemoryStore::new(2, Metric::Cosine)?;
 /// let ns = Namespace::new("acme", "facts")?;
 /// store.upsert(&ns, vec![
 ///     MemoryRecord { id: "x".into(), vector: vec![1.0, 0.0], text: None, metadata: Default::default() },
@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct InMemoryMemoryStore {
+pub struct LocalMemoryStore {
     dimensions: usize,
     metric: Metric,
     namespaces: RwLock<HashMap<Namespace, HashMap<String, Stored>>>,
@@ -51,7 +51,7 @@ struct Stored {
 /// Longest record id accepted.
 const MAX_ID_LEN: usize = 512;
 
-impl InMemoryMemoryStore {
+impl LocalMemoryStore {
     /// A store of `dimensions`-long vectors compared with `metric`. Zero
     /// dimensions is [`Error::InvalidConfig`].
     pub fn new(dimensions: usize, metric: Metric) -> Result<Self> {
@@ -60,7 +60,7 @@ impl InMemoryMemoryStore {
                 "memory store dimensions must be greater than zero".into(),
             ));
         }
-        Ok(InMemoryMemoryStore {
+        Ok(LocalMemoryStore {
             dimensions,
             metric,
             namespaces: RwLock::new(HashMap::new()),
@@ -105,7 +105,7 @@ fn closer(a: &(f32, &Stored), b: &(f32, &Stored)) -> Ordering {
 }
 
 #[async_trait]
-impl MemoryStore for InMemoryMemoryStore {
+impl MemoryStore for LocalMemoryStore {
     fn dimensions(&self) -> usize {
         self.dimensions
     }

@@ -30,9 +30,9 @@ const SWEEP_EVERY: u64 = 4_096;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> agentscale_core::Result<()> {
 /// use agentscale_core::{SessionKey, SessionStore};
-/// use agentscale_state::memory::InMemorySessionStore;
+/// use agentscale_state::local::LocalSessionStore;
 ///
-/// let store = InMemorySessionStore::builder().build()?;
+/// let store = LocalSessionStore::builder().build()?;
 /// let key = SessionKey::new("acme", "chat-1")?;
 /// let v1 = store.put(&key, 0, "{\"step\":1}".into()).await?; // create
 /// assert_eq!(v1, 1);
@@ -41,7 +41,7 @@ const SWEEP_EVERY: u64 = 4_096;
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct InMemorySessionStore {
+pub struct LocalSessionStore {
     sessions: Mutex<HashMap<SessionKey, Entry>>,
     ttl: Duration,
     history_cap: usize,
@@ -64,17 +64,17 @@ impl Entry {
     }
 }
 
-/// Builder for [`InMemorySessionStore`].
+/// Builder for [`LocalSessionStore`].
 #[derive(Debug, Clone)]
-pub struct InMemorySessionStoreBuilder {
+pub struct LocalSessionStoreBuilder {
     ttl: Duration,
     history_cap: usize,
     refresh_on_read: bool,
 }
 
-impl Default for InMemorySessionStoreBuilder {
+impl Default for LocalSessionStoreBuilder {
     fn default() -> Self {
-        InMemorySessionStoreBuilder {
+        LocalSessionStoreBuilder {
             ttl: DEFAULT_SESSION_TTL,
             history_cap: DEFAULT_HISTORY_CAP,
             refresh_on_read: false,
@@ -82,7 +82,7 @@ impl Default for InMemorySessionStoreBuilder {
     }
 }
 
-impl InMemorySessionStoreBuilder {
+impl LocalSessionStoreBuilder {
     /// How long a session (and a tombstone) lives after its last write
     /// (default [`DEFAULT_SESSION_TTL`]). Must be greater than zero.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -105,7 +105,7 @@ impl InMemorySessionStoreBuilder {
 
     /// Validates and builds: a zero TTL or a zero history cap is
     /// [`Error::InvalidConfig`].
-    pub fn build(self) -> Result<InMemorySessionStore> {
+    pub fn build(self) -> Result<LocalSessionStore> {
         if self.ttl.is_zero() {
             return Err(Error::InvalidConfig(
                 "session ttl must be greater than zero".into(),
@@ -116,7 +116,7 @@ impl InMemorySessionStoreBuilder {
                 "session history_cap must be greater than zero".into(),
             ));
         }
-        Ok(InMemorySessionStore {
+        Ok(LocalSessionStore {
             sessions: Mutex::new(HashMap::new()),
             ttl: self.ttl,
             history_cap: self.history_cap,
@@ -126,10 +126,10 @@ impl InMemorySessionStoreBuilder {
     }
 }
 
-impl InMemorySessionStore {
+impl LocalSessionStore {
     /// A builder with the defaults (24 h TTL, 1000 history entries, no refresh on read).
-    pub fn builder() -> InMemorySessionStoreBuilder {
-        InMemorySessionStoreBuilder::default()
+    pub fn builder() -> LocalSessionStoreBuilder {
+        LocalSessionStoreBuilder::default()
     }
 
     /// The TTL applied on every write.
@@ -160,7 +160,7 @@ impl InMemorySessionStore {
 }
 
 #[async_trait]
-impl SessionStore for InMemorySessionStore {
+impl SessionStore for LocalSessionStore {
     async fn get(&self, key: &SessionKey) -> Result<Option<SessionState>> {
         let now = Instant::now();
         let mut map = self.sessions.lock();
@@ -285,18 +285,18 @@ mod tests {
     #[test]
     fn invalid_config_is_refused() {
         assert!(matches!(
-            InMemorySessionStore::builder().ttl(Duration::ZERO).build(),
+            LocalSessionStore::builder().ttl(Duration::ZERO).build(),
             Err(Error::InvalidConfig(_))
         ));
         assert!(matches!(
-            InMemorySessionStore::builder().history_cap(0).build(),
+            LocalSessionStore::builder().history_cap(0).build(),
             Err(Error::InvalidConfig(_))
         ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn refresh_on_read_extends_ttl() {
-        let store = InMemorySessionStore::builder()
+        let store = LocalSessionStore::builder()
             .ttl(Duration::from_secs(10))
             .refresh_on_read(true)
             .build()
@@ -313,7 +313,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_tombstone_allows_recreation() {
-        let store = InMemorySessionStore::builder()
+        let store = LocalSessionStore::builder()
             .ttl(Duration::from_secs(10))
             .build()
             .unwrap();

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use agentscale_core::{MemoryStore, SessionStore, ToolCache};
-use agentscale_state::memory::{InMemoryMemoryStore, InMemorySessionStore, InMemoryToolCache};
+use agentscale_state::local::{LocalMemoryStore, LocalSessionStore, LocalToolCache};
 use agentscale_tests::state_suite::{Fixture, MemoryParams, SessionParams, ToolCacheParams};
 
 async fn sessions(p: SessionParams) -> Option<Fixture<dyn SessionStore>> {
-    let store = InMemorySessionStore::builder()
+    let store = LocalSessionStore::builder()
         .ttl(p.ttl)
         .history_cap(p.history_cap)
         .build()
@@ -17,12 +17,12 @@ async fn sessions(p: SessionParams) -> Option<Fixture<dyn SessionStore>> {
 
 async fn memory(p: MemoryParams) -> Option<Fixture<dyn MemoryStore>> {
     Some(Fixture::new(Arc::new(
-        InMemoryMemoryStore::new(p.dimensions, p.metric).expect("build"),
+        LocalMemoryStore::new(p.dimensions, p.metric).expect("build"),
     )))
 }
 
 async fn tools(p: ToolCacheParams) -> Option<Fixture<dyn ToolCache>> {
-    let cache = InMemoryToolCache::builder()
+    let cache = LocalToolCache::builder()
         .negative_ttl(p.negative_ttl)
         .max_value_bytes(p.max_value_bytes)
         .build()
@@ -38,7 +38,7 @@ agentscale_tests::tool_cache_conformance!(tools);
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelled_computation_is_taken_over() {
     use std::time::Duration;
-    let cache = Arc::new(InMemoryToolCache::builder().build().expect("build"));
+    let cache = Arc::new(LocalToolCache::builder().build().expect("build"));
     let key = agentscale_core::ToolKey::new("t", "tool", "v1", &serde_json::json!({})).expect("key");
     let started = Arc::new(tokio::sync::Notify::new());
     let (c1, k1, s1) = (cache.clone(), key.clone(), started.clone());
@@ -76,7 +76,7 @@ fn invalid_configs_are_refused() {
     let kind = |r: agentscale_core::Result<()>| r.expect_err("refused").kind();
     assert_eq!(
         kind(
-            InMemorySessionStore::builder()
+            LocalSessionStore::builder()
                 .ttl(Duration::ZERO)
                 .build()
                 .map(drop)
@@ -84,16 +84,16 @@ fn invalid_configs_are_refused() {
         ErrorKind::InvalidConfig
     );
     assert_eq!(
-        kind(InMemorySessionStore::builder().history_cap(0).build().map(drop)),
+        kind(LocalSessionStore::builder().history_cap(0).build().map(drop)),
         ErrorKind::InvalidConfig
     );
     assert_eq!(
-        kind(InMemoryMemoryStore::new(0, Metric::Cosine).map(drop)),
+        kind(LocalMemoryStore::new(0, Metric::Cosine).map(drop)),
         ErrorKind::InvalidConfig
     );
     assert_eq!(
         kind(
-            InMemoryToolCache::builder()
+            LocalToolCache::builder()
                 .negative_ttl(Duration::ZERO)
                 .build()
                 .map(drop)
@@ -101,12 +101,12 @@ fn invalid_configs_are_refused() {
         ErrorKind::InvalidConfig
     );
     assert_eq!(
-        kind(InMemoryToolCache::builder().max_value_bytes(0).build().map(drop)),
+        kind(LocalToolCache::builder().max_value_bytes(0).build().map(drop)),
         ErrorKind::InvalidConfig
     );
     assert_eq!(
         kind(
-            InMemoryToolCache::builder()
+            LocalToolCache::builder()
                 .max_value_bytes(1000)
                 .capacity_bytes(10)
                 .build()

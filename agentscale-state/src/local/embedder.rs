@@ -22,7 +22,7 @@ use async_trait::async_trait;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> agentscale_core::Result<()> {
 /// use agentscale_core::Embedder;
-/// use agentscale_state::memory::HashEmbedder;
+/// use agentscale_state::local::HashEmbedder;
 ///
 /// let e = HashEmbedder::new(64)?;
 /// let v = e.embed(&["the cat sat".to_string(), "the cat sat".to_string()]).await?;
