@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::worker::{Handler, TaskContext, Worker};
-use agentscale_core::{Error, Task, TaskQueue};
-use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
-use async_trait::async_trait;
+use agentscale::async_trait;
+use agentscale::queue::kafka::{KafkaQueue, KafkaQueueConfig};
+use agentscale::worker::{Handler, TaskContext, Worker};
+use agentscale::{Error, Task, TaskQueue};
 use clap::Parser;
 
 #[derive(Debug, Parser)]

@@ -29,15 +29,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentscale_core::metrics::{Exporter, Metrics};
-use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
-use agentscale_core::{
+use agentscale::metrics::{Exporter, Metrics};
+use agentscale::queue::LocalQueue;
+use agentscale::state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
+use agentscale::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
+use agentscale::Bytes;
+use agentscale::{
     Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore, Task,
     TaskId, TaskQueue, ToolCache, ToolKey,
 };
-use agentscale_queue::LocalQueue;
-use agentscale_state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
-use bytes::Bytes;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -114,7 +114,7 @@ const CITIES: [&str; 8] = [
     "paris", "tokyo", "lagos", "lima", "oslo", "pune", "quito", "perth",
 ];
 
-#[async_trait::async_trait]
+#[agentscale::async_trait]
 impl Handler for Agent {
     async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
         let job: AgentJob = task.payload_json()?; // malformed → dead-lettered, not retried

@@ -22,10 +22,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::metrics::{Exporter, Metrics};
-use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale_core::{Error, Priority, Task, TaskQueue};
-use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+use agentscale::metrics::{Exporter, Metrics};
+use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
+use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
+use agentscale::{Error, Priority, Task, TaskQueue};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,7 @@ struct Agent {
     work: Duration,
 }
 
-#[async_trait::async_trait]
+#[agentscale::async_trait]
 impl Handler for Agent {
     async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
         // A malformed payload is InvalidInput: dead-lettered at once, no retry.

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::queue::TaskQueue;
-use agentscale_core::task::Task;
-use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale_core::{Error, Result};
-use agentscale_infer::{LlmClient, TritonPool};
-use agentscale_queue::LocalQueue;
-use async_trait::async_trait;
+use agentscale::async_trait;
+use agentscale::infer::{LlmClient, TritonPool};
+use agentscale::queue::LocalQueue;
+use agentscale::queue::TaskQueue;
+use agentscale::task::Task;
+use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
+use agentscale::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]

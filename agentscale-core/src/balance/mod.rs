@@ -12,6 +12,8 @@ use std::time::Duration;
 mod ewma;
 mod policies;
 mod router;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 
 pub use ewma::PeakEwma;

@@ -69,39 +69,29 @@
 //! and dashboards which replicas are working, which are draining, and which
 //! cannot reach their queue.
 
+#[cfg(feature = "exporter")]
 mod exporter;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 
+#[cfg(feature = "exporter")]
+#[cfg_attr(docsrs, doc(cfg(feature = "exporter")))]
 pub use exporter::{Exporter, ExporterHandle};
+/// The `prometheus-client` crate at the version [`Metrics::with_registry`]
+/// takes, so a service registers its own metrics without guessing a version.
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub use prometheus_client;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use parking_lot::Mutex;
 
 use crate::queue::Depth;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueLabels {
-    queue: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
 
 /// The outcome of a task attempt, as counted in `agentscale_tasks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,33 +151,42 @@ impl Outcome {
     }
 }
 
-struct QueueGauges {
-    depth: Family<QueueLabels, Gauge>,
-    ready: Family<QueueLabels, Gauge>,
-    in_flight: Family<QueueLabels, Gauge>,
-    delayed: Family<QueueLabels, Gauge>,
-    dead: Family<QueueLabels, Gauge>,
-    oldest_age: Family<QueueLabels, Gauge<f64, AtomicU64>>,
+/// Upper bounds (seconds) of the `agentscale_task_duration_seconds` buckets:
+/// 0.25 ms doubling 18 times (to about 33 s); a `+Inf` bucket follows.
+const DURATION_BUCKETS: usize = 18;
+
+fn duration_bound(i: usize) -> f64 {
+    0.000_25 * f64::from(1u32 << i)
 }
 
-struct Inner {
-    registry: RwLock<Registry>,
-    queues: QueueGauges,
-    slots_busy: Gauge,
-    slots_total: Gauge,
-    outcomes: [Counter; 7],
-    duration: Histogram,
+/// The values behind every metric family. Plain atomics, so recording costs
+/// the same with or without the `prometheus` feature; the feature only adds
+/// encoding (a `prometheus-client` collector reads these at scrape time).
+#[derive(Debug, Default)]
+struct Values {
+    queues: Mutex<BTreeMap<String, Depth>>,
+    slots_busy: AtomicI64,
+    slots_total: AtomicI64,
+    outcomes: [AtomicU64; 7],
+    /// Cumulative counts are computed at encode time; these are per bucket
+    /// (the last one is `+Inf`).
+    duration_buckets: [AtomicU64; DURATION_BUCKETS + 1],
+    duration_sum_ns: AtomicU64,
+    duration_count: AtomicU64,
     running_workers: AtomicI64,
     draining: AtomicBool,
     depth_ok: AtomicBool,
     depth_polls: AtomicU64,
 }
 
-/// agentscale's Prometheus registry. Cheap to clone (an `Arc`); share one per
-/// process between all workers and the [`Exporter`].
+/// agentscale's metrics: the autoscaling and health surface of a worker
+/// process. Cheap to clone (an `Arc`); share one per process between all
+/// workers and the exporter.
 #[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Inner>,
+    values: Arc<Values>,
+    #[cfg(feature = "prometheus")]
+    registry: Arc<parking_lot::RwLock<prometheus_client::registry::Registry>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -195,7 +194,7 @@ impl fmt::Debug for Metrics {
         f.debug_struct("Metrics")
             .field(
                 "running_workers",
-                &self.inner.running_workers.load(Ordering::Relaxed),
+                &self.values.running_workers.load(Ordering::Relaxed),
             )
             .field("ready", &self.is_ready())
             .finish_non_exhaustive()
@@ -208,198 +207,119 @@ impl Default for Metrics {
     }
 }
 
-fn u64_to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 impl Metrics {
-    /// A registry with all agentscale families registered (and no samples yet).
+    /// All agentscale metric families, with no samples yet.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let queues = QueueGauges {
-            depth: Family::default(),
-            ready: Family::default(),
-            in_flight: Family::default(),
-            delayed: Family::default(),
-            dead: Family::default(),
-            oldest_age: Family::default(),
-        };
-        registry.register(
-            "agentscale_task_queue_depth",
-            "Tasks ready plus in flight (the backlog to scale on)",
-            queues.depth.clone(),
-        );
-        registry.register(
-            "agentscale_task_queue_ready",
-            "Tasks deliverable now",
-            queues.ready.clone(),
-        );
-        registry.register(
-            "agentscale_task_queue_in_flight",
-            "Tasks leased and not yet acked or nacked",
-            queues.in_flight.clone(),
-        );
-        registry.register(
-            "agentscale_task_queue_delayed",
-            "Tasks waiting for a retry delay or not_before",
-            queues.delayed.clone(),
-        );
-        registry.register(
-            "agentscale_task_queue_dead",
-            "Tasks in the dead-letter store",
-            queues.dead.clone(),
-        );
-        registry.register(
-            "agentscale_task_queue_oldest_age_seconds",
-            "Age of the oldest ready task in seconds (0 when unknown or empty)",
-            queues.oldest_age.clone(),
-        );
-        let slots: Family<StateLabels, Gauge> = Family::default();
-        registry.register(
-            "agentscale_worker_slots",
-            "Handler slots of this process by state",
-            slots.clone(),
-        );
-        let slots_busy = slots.get_or_create_owned(&StateLabels { state: "busy" });
-        let slots_total = slots.get_or_create_owned(&StateLabels { state: "total" });
-        let outcomes_family: Family<OutcomeLabels, Counter> = Family::default();
-        registry.register(
-            "agentscale_tasks",
-            "Task attempts by outcome",
-            outcomes_family.clone(),
-        );
-        let outcomes =
-            Outcome::ALL.map(|o| outcomes_family.get_or_create_owned(&OutcomeLabels { outcome: o.as_str() }));
-        let duration = Histogram::new(exponential_buckets(0.000_25, 2.0, 18));
-        registry.register(
-            "agentscale_task_duration_seconds",
-            "Handler run time per attempt",
-            duration.clone(),
-        );
+        let values = Arc::new(Values::default());
         Metrics {
-            inner: Arc::new(Inner {
-                registry: RwLock::new(registry),
-                queues,
-                slots_busy,
-                slots_total,
-                outcomes,
-                duration,
-                running_workers: AtomicI64::new(0),
-                draining: AtomicBool::new(false),
-                depth_ok: AtomicBool::new(false),
-                depth_polls: AtomicU64::new(0),
-            }),
+            #[cfg(feature = "prometheus")]
+            registry: prometheus::registry(values.clone()),
+            values,
         }
-    }
-
-    /// Registers the service's own metrics next to agentscale's (an escape
-    /// hatch exposing the `prometheus-client` registry).
-    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        f(&mut self.inner.registry.write())
-    }
-
-    /// The registry in Prometheus / OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let registry = self.inner.registry.read();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
-            tracing::warn!(error = %e, "encoding metrics failed");
-        }
-        out
     }
 
     /// Sets the queue gauges of `queue` from a depth poll and marks the poll
     /// successful (for `/readyz`).
     pub fn record_depth(&self, queue: &str, depth: &Depth) {
-        let q = &self.inner.queues;
-        let labels = QueueLabels {
-            queue: queue.to_owned(),
-        };
-        q.depth.get_or_create(&labels).set(u64_to_i64(depth.backlog()));
-        q.ready.get_or_create(&labels).set(u64_to_i64(depth.ready));
-        q.in_flight
-            .get_or_create(&labels)
-            .set(u64_to_i64(depth.in_flight));
-        q.delayed.get_or_create(&labels).set(u64_to_i64(depth.delayed));
-        q.dead.get_or_create(&labels).set(u64_to_i64(depth.dead));
-        q.oldest_age
-            .get_or_create(&labels)
-            .set(depth.oldest_ready_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
-        self.inner.depth_ok.store(true, Ordering::Release);
-        self.inner.depth_polls.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut queues = self.values.queues.lock();
+            match queues.get_mut(queue) {
+                Some(d) => *d = *depth,
+                None => {
+                    queues.insert(queue.to_owned(), *depth);
+                }
+            }
+        }
+        self.values.depth_ok.store(true, Ordering::Release);
+        self.values.depth_polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The last depth recorded for `queue`.
+    pub fn depth(&self, queue: &str) -> Option<Depth> {
+        self.values.queues.lock().get(queue).copied()
     }
 
     /// Marks the last depth poll as failed (`/readyz` answers 503 until the
     /// next successful one).
     pub fn record_depth_error(&self) {
-        self.inner.depth_ok.store(false, Ordering::Release);
-        self.inner.depth_polls.fetch_add(1, Ordering::Relaxed);
+        self.values.depth_ok.store(false, Ordering::Release);
+        self.values.depth_polls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of depth polls recorded so far (successful or not).
     pub fn depth_polls(&self) -> u64 {
-        self.inner.depth_polls.load(Ordering::Acquire)
+        self.values.depth_polls.load(Ordering::Acquire)
     }
 
     /// Counts one task outcome.
     pub fn record_outcome(&self, outcome: Outcome) {
-        self.inner.outcomes[outcome.index()].inc();
+        self.record_outcomes(outcome, 1);
     }
 
     /// Counts `n` task outcomes at once.
     pub fn record_outcomes(&self, outcome: Outcome, n: u64) {
         if n > 0 {
-            self.inner.outcomes[outcome.index()].inc_by(n);
+            self.values.outcomes[outcome.index()].fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// The current value of one outcome counter.
     pub fn outcome_count(&self, outcome: Outcome) -> u64 {
-        self.inner.outcomes[outcome.index()].get()
+        self.values.outcomes[outcome.index()].load(Ordering::Relaxed)
     }
 
     /// Observes one handler run time.
     pub fn observe_duration(&self, d: Duration) {
-        self.inner.duration.observe(d.as_secs_f64());
+        let secs = d.as_secs_f64();
+        let bucket = (0..DURATION_BUCKETS)
+            .find(|&i| secs <= duration_bound(i))
+            .unwrap_or(DURATION_BUCKETS);
+        let v = &self.values;
+        v.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        v.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        v.duration_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adjusts the busy-slot gauge.
     pub(crate) fn add_busy(&self, delta: i64) {
-        self.inner.slots_busy.inc_by(delta);
+        self.values.slots_busy.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// A worker with `slots` handler slots started running.
     pub(crate) fn worker_started(&self, slots: usize) {
-        self.inner.slots_total.inc_by(u64_to_i64(slots as u64));
-        self.inner.running_workers.fetch_add(1, Ordering::AcqRel);
+        let slots = i64::try_from(slots).unwrap_or(i64::MAX);
+        self.values.slots_total.fetch_add(slots, Ordering::Relaxed);
+        self.values.running_workers.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A worker began draining: the process is shutting down.
     pub(crate) fn worker_draining(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+        self.values.draining.store(true, Ordering::Release);
     }
 
     /// A worker stopped.
     pub(crate) fn worker_stopped(&self, slots: usize) {
-        self.inner.slots_total.dec_by(u64_to_i64(slots as u64));
-        self.inner.running_workers.fetch_sub(1, Ordering::AcqRel);
+        let slots = i64::try_from(slots).unwrap_or(i64::MAX);
+        self.values.slots_total.fetch_sub(slots, Ordering::Relaxed);
+        self.values.running_workers.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// True once a worker using these metrics began draining (shutdown).
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+        self.values.draining.load(Ordering::Acquire)
     }
 
     /// Whether `/readyz` answers 200: a worker runs, none is draining, and the
     /// last queue-depth poll succeeded.
     pub fn is_ready(&self) -> bool {
-        self.inner.running_workers.load(Ordering::Acquire) > 0
-            && !self.inner.draining.load(Ordering::Acquire)
-            && self.inner.depth_ok.load(Ordering::Acquire)
+        self.values.running_workers.load(Ordering::Acquire) > 0
+            && !self.values.draining.load(Ordering::Acquire)
+            && self.values.depth_ok.load(Ordering::Acquire)
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "prometheus"))]
 mod tests {
     use super::*;
 

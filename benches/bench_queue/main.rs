@@ -10,7 +10,7 @@
 
 mod common;
 mod kafka;
-mod local;
+mod memory;
 mod redis;
 
 use clap::{Parser, ValueEnum};
