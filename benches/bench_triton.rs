@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! eval "$(scripts/dev-services up)"
-//! cargo run --release -p agentscale-examples --example bench_triton
+//! cargo run --release -p agentscale-benches --example bench_triton
 //! ```
 //! Env: AGENTSCALE_TRITON_URL, AGENTSCALE_TRITON_PYTHON (from dev-services),
 //! BENCH_SECS (seconds per point, default 4), BENCH_THREADS (client runtime

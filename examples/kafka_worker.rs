@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! eval "$(scripts/dev-services up)"   # starts tansu, exports AGENTSCALE_KAFKA_BROKERS
-//! cargo run --example kafka_worker -- --enqueue 100
+//! cargo run -p agentscale-examples --features kafka --example kafka_worker -- --enqueue 100
 //! ```
 //!
 //! Scale it on consumer-group lag with KEDA: `examples/k8s/kafka-keda-scaledobject.yaml`

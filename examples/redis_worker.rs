@@ -3,11 +3,11 @@
 //!
 //! ```text
 //! # terminal 1: one or more workers (scale them out; any replica takes any task)
-//! cargo run --example redis_worker -- work --concurrency 32
+//! cargo run -p agentscale-examples --features redis --example redis_worker -- work --concurrency 32
 //! # terminal 2: a producer
-//! cargo run --example redis_worker -- produce --count 1000
+//! cargo run -p agentscale-examples --features redis --example redis_worker -- produce --count 1000
 //! # queue depth (what the autoscaler sees)
-//! cargo run --example redis_worker -- depth
+//! cargo run -p agentscale-examples --features redis --example redis_worker -- depth
 //! ```
 //!
 //! Configuration comes from the environment, the way Kubernetes passes it:

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! eval "$(scripts/dev-services up)"
-//! cargo run -p agentscale-examples --example triton_agent
+//! cargo run -p agentscale-examples --features triton --example triton_agent
 //! ```
 //! `AGENTSCALE_TRITON_URL` may list several replicas, comma-separated
 //! (`http://gpu-0:8001,http://cpu-0:8001`); weights via `url=weight`.

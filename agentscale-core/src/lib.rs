@@ -5,8 +5,8 @@
 //! an embeddable SDK for running AI-agent workers at scale.
 //!
 //! This crate is pure: it talks to no service. Backends live in
-//! `agentscale-queue` (in-memory, Redis Streams, Kafka), `agentscale-state`
-//! (in-memory, Redis, pgvector) and `agentscale-infer` (Triton).
+//! `agentscale-queue` (in-process, Redis Streams, Kafka), `agentscale-state`
+//! (in-process, Redis) and `agentscale-infer` (Triton).
 //!
 //! * [`Task`]: the envelope producers enqueue, with a versioned wire encoding.
 //! * [`TaskQueue`]: at-least-once queue with leases, fencing and dead letters.

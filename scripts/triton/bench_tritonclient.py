@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Python baseline for examples/bench_triton.rs: NVIDIA tritonclient (gRPC sync
+"""Python baseline for benches/bench_triton.rs: NVIDIA tritonclient (gRPC sync
 at concurrency 1, grpc.aio above) running identity_fp32 with a 16-float input
 for a fixed time. Prints one JSON line: infer_per_s, p50_us, p99_us,
 cpu_us_per_infer (this process's user+sys time / inferences),
