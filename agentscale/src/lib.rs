@@ -61,7 +61,7 @@ pub use agentscale_core::{
     WorkerReport, WorkerStats,
 };
 
-/// Task queues: the [`TaskQueue`](queue::TaskQueue) contract and its
+/// Task queues: the [`queue::TaskQueue`] contract and its
 /// backends — [`LocalQueue`] (in-process, always on), `redis::RedisQueue`
 /// (feature `redis`), `kafka::KafkaQueue` (feature `kafka`).
 pub mod queue {

@@ -128,7 +128,7 @@ impl Collector for AgentscaleCollector {
 impl Metrics {
     /// Registers the service's own metrics next to agentscale's, in the
     /// `prometheus-client` registry this crate re-exports as
-    /// [`prometheus_client`](crate::metrics::prometheus_client) (use that path,
+    /// [`crate::metrics::prometheus_client`] (use that path,
     /// so the versions match).
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         f(&mut self.registry.write())
