@@ -1,5 +1,5 @@
 //! The long-term memory suite: 6 checks every
-//! [`MemoryStore`](agentscale_core::MemoryStore) backend runs.
+//! [`MemoryStore`] backend runs.
 //!
 //! Each check gets a store built from [`MemoryParams`] (a fresh namespace,
 //! the dimension and metric the check needs) and a fresh random tenant. A

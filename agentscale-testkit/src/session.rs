@@ -1,5 +1,5 @@
 //! The session-store suite: 10 checks every
-//! [`SessionStore`](agentscale_core::SessionStore) backend runs.
+//! [`SessionStore`] backend runs.
 //!
 //! Each check gets a store built from [`SessionParams`] (a fresh namespace)
 //! and a fresh random tenant. A backend passes only if versions are exact

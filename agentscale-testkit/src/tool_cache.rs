@@ -1,4 +1,4 @@
-//! The tool-cache suite: 7 checks every [`ToolCache`](agentscale_core::ToolCache)
+//! The tool-cache suite: 7 checks every [`ToolCache`]
 //! backend runs.
 //!
 //! Each check gets a cache built from [`ToolCacheParams`] (a fresh
