@@ -11,7 +11,7 @@
 //!
 //! Every backend gives the same guarantees (at-least-once delivery, leases
 //! with fencing, dead letters that keep the reason) and runs the same
-//! conformance suite (`agentscale-tests`, `queue_conformance!`). What a backend
+//! conformance suite (`agentscale-testkit`). What a backend
 //! cannot do is stated in its [`capabilities`](agentscale_core::TaskQueue::capabilities).
 //!
 //! ```

@@ -1,15 +1,11 @@
-//! Cross-crate test support and the conformance suites every agentscale
-//! backend runs.
-//!
-//! Backends call a suite macro in one line with their own `setup`; each test
-//! runs in a fresh random namespace (queue name, key prefix, topic) that it
-//! cleans up.
+//! Cross-crate test support: server launchers for fault tests. The
+//! conformance suites every backend runs live in the publishable
+//! `agentscale-testkit` crate; the targets `local_queue`, `redis_queue`,
+//! `kafka_queue`, `local_state` and `redis_state` run them.
 #![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
-pub mod queue_suite;
 pub mod redis_server;
-pub mod state_suite;
 pub mod tansu_server;
 pub mod triton_replica;
 

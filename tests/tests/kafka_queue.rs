@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 
 use agentscale_core::{ErrorKind, Nack, Task, TaskQueue};
 use agentscale_queue::kafka::{self, KafkaQueue, KafkaQueueConfig};
-use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
+use agentscale_testkit::{service_env, unique_name, QueueFixture, QueueOptions, SetupResult, Suites};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
-fn brokers() -> Option<String> {
-    agentscale_tests::service_env("AGENTSCALE_KAFKA_BROKERS")
-}
 
 /// tansu does not implement the idempotent producer handshake
 /// (`InitProducerId`) for non-transactional producers the way librdkafka
@@ -63,40 +59,35 @@ fn raw_producer(brokers: &str) -> FutureProducer {
         .expect("producer")
 }
 
-async fn setup(opts: QueueOptions) -> Option<QueueFixture> {
-    let brokers = brokers()?;
+async fn setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
+    let brokers = service_env("AGENTSCALE_KAFKA_BROKERS")?;
     let cfg = config(&brokers, &opts.name)
         .lease_timeout(opts.lease_timeout)
         .max_envelope_bytes(opts.max_envelope_bytes)
-        .build()
-        .expect("config");
+        .build()?;
     let topics = cfg.all_topics();
-    let queue = Arc::new(KafkaQueue::connect(cfg).await.expect("connect to kafka"));
+    let queue = Arc::new(KafkaQueue::connect(cfg).await?);
     let producer = raw_producer(&brokers);
     let topic = opts.name.clone();
     let closing = queue.clone();
-    Some(
-        QueueFixture::from_arc(queue)
-            .with_raw_injector(move |bytes| {
-                let (producer, topic) = (producer.clone(), topic.clone());
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::<(), _>::to(&topic).payload(&bytes),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .expect("produce raw");
-                }
-            })
-            .with_cleanup(move || async move {
-                closing.close().await;
-                delete_topics(&brokers, topics).await;
-            }),
-    )
+    Ok(QueueFixture::from_arc(queue)
+        .with_raw_injector(move |bytes| {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            async move {
+                producer
+                    .send(
+                        FutureRecord::<(), _>::to(&topic).payload(&bytes),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("produce raw");
+            }
+        })
+        .with_cleanup(move || async move {
+            closing.close().await;
+            delete_topics(&brokers, topics).await;
+        }))
 }
-
-agentscale_tests::queue_conformance!(setup);
 
 /// The committed offset of `partition` for `group`.
 fn committed(brokers: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
@@ -136,10 +127,8 @@ async fn wait_committed(brokers: &str, group: &str, topic: &str, partition: i32,
 
 /// With many tasks in flight finishing out of order, only the highest
 /// contiguous completed offset is committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_only_contiguous_offsets() {
-    let Some(brokers) = brokers() else { return };
-    let topic = agentscale_tests::unique_name("askq-contig");
+async fn commits_only_contiguous_offsets(brokers: String) {
+    let topic = unique_name("askq-contig");
     let cfg = config(&brokers, &topic)
         .partitions(1)
         .commit_interval(Duration::from_millis(100))
@@ -185,10 +174,8 @@ async fn commits_only_contiguous_offsets() {
 /// A second group member takes a partition: the first stops dispatching it,
 /// its late acks are refused with LeaseLost, and the task is delivered to
 /// the new owner; nothing that finished before the revoke runs again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_partition_fences_leases() {
-    let Some(brokers) = brokers() else { return };
-    let topic = agentscale_tests::unique_name("askq-revoke");
+async fn revoked_partition_fences_leases(brokers: String) {
+    let topic = unique_name("askq-revoke");
     let cfg = config(&brokers, &topic)
         .partitions(2)
         .key_by_session(true)
@@ -260,10 +247,8 @@ async fn revoked_partition_fences_leases() {
 }
 
 /// A dead letter carries origin topic/partition/offset, attempt and reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letter_headers() {
-    let Some(brokers) = brokers() else { return };
-    let topic = agentscale_tests::unique_name("askq-dlt");
+async fn dead_letter_headers(brokers: String) {
+    let topic = unique_name("askq-dlt");
     let cfg = config(&brokers, &topic).partitions(1).build().expect("cfg");
     let topics = cfg.all_topics();
     let dlt = cfg.dead_letter_topic();
@@ -319,7 +304,6 @@ async fn dead_letter_headers() {
 }
 
 /// No broker at start-up: a clear Unavailable error within the connect timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_fails_fast() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -338,10 +322,8 @@ async fn unreachable_broker_fails_fast() {
 }
 
 /// `extend` is honestly unsupported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extend_is_unsupported() {
-    let Some(brokers) = brokers() else { return };
-    let topic = agentscale_tests::unique_name("askq-ext");
+async fn extend_is_unsupported(brokers: String) {
+    let topic = unique_name("askq-ext");
     let cfg = config(&brokers, &topic).partitions(1).build().expect("cfg");
     let topics = cfg.all_topics();
     let q = KafkaQueue::connect(cfg).await.expect("connect");
@@ -362,4 +344,32 @@ async fn extend_is_unsupported() {
     q.ack(&l).await.expect("ack");
     q.close().await;
     delete_topics(&brokers, topics).await;
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .queue("kafka", setup)
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "commits_only_contiguous_offsets",
+                commits_only_contiguous_offsets,
+            )
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "revoked_partition_fences_leases",
+                revoked_partition_fences_leases,
+            )
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "dead_letter_headers",
+                dead_letter_headers,
+            )
+            .test("unreachable_broker_fails_fast", unreachable_broker_fails_fast)
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "extend_is_unsupported",
+                extend_is_unsupported,
+            )
+    })
 }

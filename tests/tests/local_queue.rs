@@ -5,21 +5,17 @@ use std::time::Duration;
 
 use agentscale_core::{ErrorKind, Task, TaskQueue};
 use agentscale_queue::LocalQueue;
-use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
+use agentscale_testkit::{unique_name, QueueFixture, QueueOptions, SetupResult, Suites};
 
-async fn setup(opts: QueueOptions) -> QueueFixture {
+async fn setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
     let queue = LocalQueue::builder(opts.name)
         .lease_timeout(opts.lease_timeout)
         .max_envelope_bytes(opts.max_envelope_bytes)
-        .build()
-        .expect("valid memory queue config");
-    QueueFixture::new(queue)
+        .build()?;
+    Ok(QueueFixture::new(queue))
 }
 
-agentscale_tests::queue_conformance!(setup);
-
-#[test]
-fn builder_refuses_invalid_config() {
+async fn builder_refuses_invalid_config() {
     for r in [
         LocalQueue::builder("").build(),
         LocalQueue::builder("  ").build(),
@@ -33,7 +29,6 @@ fn builder_refuses_invalid_config() {
     }
 }
 
-#[tokio::test]
 async fn capabilities_are_honest() {
     let q = LocalQueue::builder("caps")
         .lease_timeout(Duration::from_secs(7))
@@ -52,9 +47,8 @@ async fn capabilities_are_honest() {
 
 /// A task whose worker dies on every attempt is delivered again and again
 /// with a growing attempt count, so the worker can dead-letter it.
-#[tokio::test]
 async fn repeated_expiry_keeps_charging_attempts() {
-    let q = LocalQueue::builder(agentscale_tests::unique_name("poison"))
+    let q = LocalQueue::builder(unique_name("poison"))
         .lease_timeout(Duration::from_millis(50))
         .build()
         .expect("build");
@@ -71,12 +65,25 @@ async fn repeated_expiry_keeps_charging_attempts() {
 }
 
 /// Clones share one queue.
-#[tokio::test]
 async fn clones_share_state() {
-    let a = LocalQueue::new(agentscale_tests::unique_name("clone"));
+    let a = LocalQueue::new(unique_name("clone"));
     let b = a.clone();
     a.enqueue(Task::new("k", "x")).await.expect("enqueue");
     assert_eq!(b.depth().await.expect("depth").ready, 1);
     let l = b.lease(1, Duration::ZERO).await.expect("lease");
     a.ack(&l[0]).await.expect("ack through the other handle");
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .queue("local", setup)
+            .test("builder_refuses_invalid_config", builder_refuses_invalid_config)
+            .test("capabilities_are_honest", capabilities_are_honest)
+            .test(
+                "repeated_expiry_keeps_charging_attempts",
+                repeated_expiry_keeps_charging_attempts,
+            )
+            .test("clones_share_state", clones_share_state)
+    })
 }

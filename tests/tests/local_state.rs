@@ -2,40 +2,37 @@
 
 use std::sync::Arc;
 
-use agentscale_core::{MemoryStore, SessionStore, ToolCache};
+use agentscale_core::ToolCache;
 use agentscale_state::local::{LocalMemoryStore, LocalSessionStore, LocalToolCache};
-use agentscale_tests::state_suite::{Fixture, MemoryParams, SessionParams, ToolCacheParams};
+use agentscale_testkit::{
+    MemoryFixture, MemoryParams, SessionFixture, SessionParams, SetupResult, Suites, ToolCacheFixture,
+    ToolCacheParams,
+};
 
-async fn sessions(p: SessionParams) -> Option<Fixture<dyn SessionStore>> {
+async fn sessions(p: SessionParams) -> SetupResult<SessionFixture> {
     let store = LocalSessionStore::builder()
         .ttl(p.ttl)
         .history_cap(p.history_cap)
-        .build()
-        .expect("build");
-    Some(Fixture::new(Arc::new(store)))
+        .build()?;
+    Ok(SessionFixture::new(Arc::new(store)))
 }
 
-async fn memory(p: MemoryParams) -> Option<Fixture<dyn MemoryStore>> {
-    Some(Fixture::new(Arc::new(
-        LocalMemoryStore::new(p.dimensions, p.metric).expect("build"),
-    )))
+async fn memory(p: MemoryParams) -> SetupResult<MemoryFixture> {
+    Ok(MemoryFixture::new(Arc::new(LocalMemoryStore::new(
+        p.dimensions,
+        p.metric,
+    )?)))
 }
 
-async fn tools(p: ToolCacheParams) -> Option<Fixture<dyn ToolCache>> {
+async fn tools(p: ToolCacheParams) -> SetupResult<ToolCacheFixture> {
     let cache = LocalToolCache::builder()
         .negative_ttl(p.negative_ttl)
         .max_value_bytes(p.max_value_bytes)
-        .build()
-        .expect("build");
-    Some(Fixture::new(Arc::new(cache)))
+        .build()?;
+    Ok(ToolCacheFixture::new(Arc::new(cache)))
 }
 
-agentscale_tests::session_store_conformance!(sessions);
-agentscale_tests::memory_store_conformance!(memory);
-agentscale_tests::tool_cache_conformance!(tools);
-
 /// A computation whose caller is cancelled is taken over by a waiting caller.
-#[tokio::test(flavor = "multi_thread")]
 async fn cancelled_computation_is_taken_over() {
     use std::time::Duration;
     let cache = Arc::new(LocalToolCache::builder().build().expect("build"));
@@ -69,8 +66,7 @@ async fn cancelled_computation_is_taken_over() {
     assert_eq!(&second.await.expect("join").expect("value")[..], b"second");
 }
 
-#[test]
-fn invalid_configs_are_refused() {
+async fn invalid_configs_are_refused() {
     use agentscale_core::{ErrorKind, Metric};
     use std::time::Duration;
     let kind = |r: agentscale_core::Result<()>| r.expect_err("refused").kind();
@@ -109,4 +105,18 @@ fn invalid_configs_are_refused() {
         ),
         ErrorKind::InvalidConfig
     );
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .session("local", sessions)
+            .memory("local", memory)
+            .tool_cache("local", tools)
+            .test(
+                "cancelled_computation_is_taken_over",
+                cancelled_computation_is_taken_over,
+            )
+            .test("invalid_configs_are_refused", invalid_configs_are_refused)
+    })
 }

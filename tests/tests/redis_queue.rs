@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use agentscale_core::{ErrorKind, Nack, Priority, Task, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
-use agentscale_tests::queue_suite::{QueueFixture, QueueOptions};
+use agentscale_testkit::{service_env, unique_name, QueueFixture, QueueOptions, SetupResult, Suites};
 use redis::AsyncCommands;
-
-fn redis_url() -> Option<String> {
-    agentscale_tests::service_env("AGENTSCALE_REDIS_URL")
-}
 
 async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -22,32 +18,28 @@ async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connect")
 }
 
-async fn setup(opts: QueueOptions) -> Option<QueueFixture> {
-    let url = redis_url()?;
+async fn setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
+    let url = service_env("AGENTSCALE_REDIS_URL")?;
     let config = RedisQueueConfig::new(url.clone(), opts.name.clone())
         .with_key_prefix("astest")
         .with_lease_timeout(opts.lease_timeout)
         .with_max_envelope_bytes(opts.max_envelope_bytes);
-    let queue = RedisQueue::connect(config).await.expect("connect to redis");
+    let queue = RedisQueue::connect(config).await?;
     let stream = queue.keys().stream(Priority::Normal).to_string();
     let (inject_url, inject_stream) = (url.clone(), stream);
     let cleanup_queue = queue.clone();
-    Some(
-        QueueFixture::new(queue)
-            .with_raw_injector(move |bytes| {
-                let (url, stream) = (inject_url.clone(), inject_stream.clone());
-                async move {
-                    let mut c = raw_conn(&url).await;
-                    let _: String = c.xadd(&stream, "*", &[("task", bytes)]).await.expect("xadd raw");
-                }
-            })
-            .with_cleanup(move || async move {
-                cleanup_queue.destroy().await.expect("destroy");
-            }),
-    )
+    Ok(QueueFixture::new(queue)
+        .with_raw_injector(move |bytes| {
+            let (url, stream) = (inject_url.clone(), inject_stream.clone());
+            async move {
+                let mut c = raw_conn(&url).await;
+                let _: String = c.xadd(&stream, "*", &[("task", bytes)]).await.expect("xadd raw");
+            }
+        })
+        .with_cleanup(move || async move {
+            cleanup_queue.destroy().await.expect("destroy");
+        }))
 }
-
-agentscale_tests::queue_conformance!(setup);
 
 async fn queue(url: &str, name: &str, consumer: &str, lease: Duration) -> RedisQueue {
     let cfg = RedisQueueConfig::new(url, name)
@@ -60,10 +52,8 @@ async fn queue(url: &str, name: &str, consumer: &str, lease: Duration) -> RedisQ
 
 /// A worker whose lease was reclaimed by another process (another consumer
 /// name) cannot ack, nack or extend the new owner's delivery.
-#[tokio::test]
-async fn fencing_across_consumers() {
-    let Some(url) = redis_url() else { return };
-    let name = agentscale_tests::unique_name("fence");
+async fn fencing_across_consumers(url: String) {
+    let name = unique_name("fence");
     let a = queue(&url, &name, "proc-a", Duration::from_millis(300)).await;
     let b = queue(&url, &name, "proc-b", Duration::from_millis(300)).await;
     a.enqueue(Task::new("k", "x")).await.expect("enqueue");
@@ -108,10 +98,8 @@ async fn fencing_across_consumers() {
 
 /// Settled entries are deleted from the stream (it does not grow), and the
 /// group's lag (what KEDA's redis-streams scaler reads) equals `ready`.
-#[tokio::test]
-async fn settled_entries_deleted_and_lag_matches_ready() {
-    let Some(url) = redis_url() else { return };
-    let name = agentscale_tests::unique_name("xdel");
+async fn settled_entries_deleted_and_lag_matches_ready(url: String) {
+    let name = unique_name("xdel");
     let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
     let tasks: Vec<Task> = (0..20).map(|i| Task::new("k", format!("{i}"))).collect();
     for r in q.enqueue_batch(tasks).await {
@@ -177,10 +165,8 @@ async fn settled_entries_deleted_and_lag_matches_ready() {
 
 /// An entry written by a foreign producer without a `task` field is
 /// dead-lettered with its raw content and the reason; leasing continues.
-#[tokio::test]
-async fn foreign_entry_without_task_field() {
-    let Some(url) = redis_url() else { return };
-    let name = agentscale_tests::unique_name("foreign");
+async fn foreign_entry_without_task_field(url: String) {
+    let name = unique_name("foreign");
     let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
     let mut c = raw_conn(&url).await;
     let _: String = c
@@ -212,10 +198,8 @@ async fn foreign_entry_without_task_field() {
 
 /// If the streams and group vanish (Redis restarted without persistence, or
 /// someone deleted them), the queue recreates them by itself.
-#[tokio::test]
-async fn recovers_when_group_vanishes() {
-    let Some(url) = redis_url() else { return };
-    let name = agentscale_tests::unique_name("nogroup");
+async fn recovers_when_group_vanishes(url: String) {
+    let name = unique_name("nogroup");
     let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
     let mut c = raw_conn(&url).await;
     let keys = q.keys().clone();
@@ -246,10 +230,8 @@ async fn recovers_when_group_vanishes() {
 }
 
 /// Keys of one queue carry one hash tag, and the prefix is configurable.
-#[tokio::test]
-async fn key_layout() {
-    let Some(url) = redis_url() else { return };
-    let name = agentscale_tests::unique_name("layout");
+async fn key_layout(url: String) {
+    let name = unique_name("layout");
     let q = queue(&url, &name, "c1", Duration::from_secs(30)).await;
     let k = q.keys();
     for key in k
@@ -272,7 +254,6 @@ async fn key_layout() {
 
 /// Connecting with an invalid config fails with InvalidConfig; a URL with a
 /// password never shows up in Debug or errors.
-#[tokio::test]
 async fn invalid_config_refused() {
     let err = RedisQueue::connect(RedisQueueConfig::new("http://x", "q"))
         .await
@@ -287,8 +268,7 @@ async fn invalid_config_refused() {
 /// The KEDA manifest shipped with the example names exactly the keys and
 /// consumer group the queue uses (queue `agents`, default prefix and group),
 /// so the native `redis-streams` scaler reads the right lag.
-#[test]
-fn keda_manifest_matches_key_layout() {
+async fn keda_manifest_matches_key_layout() {
     let manifest = include_str!("../../examples/k8s/redis-keda-scaledobject.yaml");
     let defaults = RedisQueueConfig::new("redis://h", "agents");
     let keys = agentscale_queue::redis::RedisQueueKeys::new(&defaults.key_prefix, &defaults.queue);
@@ -311,4 +291,37 @@ fn keda_manifest_matches_key_layout() {
         manifest.contains("name: AGENTSCALE_QUEUE\n              value: agents"),
         "the Deployment runs queue `agents`"
     );
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .queue("redis", setup)
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "fencing_across_consumers",
+                fencing_across_consumers,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "settled_entries_deleted_and_lag_matches_ready",
+                settled_entries_deleted_and_lag_matches_ready,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "foreign_entry_without_task_field",
+                foreign_entry_without_task_field,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "recovers_when_group_vanishes",
+                recovers_when_group_vanishes,
+            )
+            .service_test("AGENTSCALE_REDIS_URL", "key_layout", key_layout)
+            .test("invalid_config_refused", invalid_config_refused)
+            .test(
+                "keda_manifest_matches_key_layout",
+                keda_manifest_matches_key_layout,
+            )
+    })
 }

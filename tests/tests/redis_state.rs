@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use agentscale_core::{ErrorKind, SessionKey, SessionStore, ToolCache, ToolKey};
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
+use agentscale_testkit::{
+    service_env, unique_name, SessionFixture, SessionParams, SetupResult, Suites, ToolCacheFixture,
+    ToolCacheParams,
+};
 use agentscale_tests::redis_server::TestRedis;
-use agentscale_tests::state_suite::{Fixture, SessionParams, ToolCacheParams};
 use agentscale_tests::OwnedServer;
-use agentscale_tests::{service_env, unique_name};
 use bytes::Bytes;
 use redis::AsyncCommands;
-
-fn redis_url() -> Option<String> {
-    service_env("AGENTSCALE_REDIS_URL")
-}
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -64,42 +62,40 @@ fn config(url: &str, prefix: &str) -> RedisStateConfig {
     RedisStateConfig::new(url).with_key_prefix(prefix)
 }
 
-async fn sessions(p: SessionParams) -> Option<Fixture<dyn SessionStore>> {
-    let url = redis_url()?;
-    let prefix = unique_name("st");
+async fn sessions(p: SessionParams) -> SetupResult<SessionFixture> {
+    let url = service_env("AGENTSCALE_REDIS_URL")?;
+    let prefix = p.namespace;
     let cfg = config(&url, &prefix)
         .with_ttl(p.ttl)
         .with_history_cap(p.history_cap);
-    let store = RedisSessionStore::connect(cfg).await.expect("connect");
-    Some(Fixture::with_cleanup(Arc::new(store), cleanup(url, prefix)))
+    let store = RedisSessionStore::connect(cfg).await?;
+    Ok(SessionFixture::new(Arc::new(store)).with_cleanup(move || cleanup(url, prefix)))
 }
 
-fn tool_config(url: &str, prefix: &str, p: &ToolCacheParams) -> RedisStateConfig {
+/// The tool-cache settings of the Redis-specific tests below.
+const NEGATIVE_TTL: Duration = Duration::from_secs(600);
+const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+fn tool_config(url: &str, prefix: &str, negative_ttl: Duration, max_value_bytes: usize) -> RedisStateConfig {
     let mut cfg = config(url, prefix);
-    cfg.tool_negative_ttl = p.negative_ttl;
-    cfg.tool_max_value_bytes = p.max_value_bytes;
+    cfg.tool_negative_ttl = negative_ttl;
+    cfg.tool_max_value_bytes = max_value_bytes;
     cfg
 }
 
-async fn tools(p: ToolCacheParams) -> Option<Fixture<dyn ToolCache>> {
-    let url = redis_url()?;
-    let prefix = unique_name("st");
-    let cache = RedisToolCache::connect(tool_config(&url, &prefix, &p))
-        .await
-        .expect("connect");
-    Some(Fixture::with_cleanup(Arc::new(cache), cleanup(url, prefix)))
+async fn tools(p: ToolCacheParams) -> SetupResult<ToolCacheFixture> {
+    let url = service_env("AGENTSCALE_REDIS_URL")?;
+    let prefix = p.namespace.clone();
+    let cache =
+        RedisToolCache::connect(tool_config(&url, &prefix, p.negative_ttl, p.max_value_bytes)).await?;
+    Ok(ToolCacheFixture::new(Arc::new(cache)).with_cleanup(move || cleanup(url, prefix)))
 }
-
-agentscale_tests::session_store_conformance!(sessions);
-agentscale_tests::tool_cache_conformance!(tools);
 
 /// Two replicas (separate instances, separate connections, separate level-1
 /// caches) and many concurrent callers: one computation per key fleet-wide.
-#[tokio::test(flavor = "multi_thread")]
-async fn single_flight_across_replicas() {
-    let Some(url) = redis_url() else { return };
+async fn single_flight_across_replicas(url: String) {
     let prefix = unique_name("st");
-    let cfg = tool_config(&url, &prefix, &ToolCacheParams::default());
+    let cfg = tool_config(&url, &prefix, NEGATIVE_TTL, MAX_VALUE_BYTES);
     let replicas = [
         Arc::new(RedisToolCache::connect(cfg.clone()).await.expect("replica a")),
         Arc::new(RedisToolCache::connect(cfg).await.expect("replica b")),
@@ -150,11 +146,9 @@ async fn single_flight_across_replicas() {
 /// A replica that died while computing (its lock key left behind, no more
 /// renewals) blocks others only until the lease runs out; then another
 /// replica computes.
-#[tokio::test(flavor = "multi_thread")]
-async fn crashed_computer_lease_expires() {
-    let Some(url) = redis_url() else { return };
+async fn crashed_computer_lease_expires(url: String) {
     let prefix = unique_name("st");
-    let mut cfg = tool_config(&url, &prefix, &ToolCacheParams::default());
+    let mut cfg = tool_config(&url, &prefix, NEGATIVE_TTL, MAX_VALUE_BYTES);
     cfg.tool_lock_lease = Duration::from_secs(30);
     let b = RedisToolCache::connect(cfg).await.expect("replica b");
     let tenant = unique_name("tenant");
@@ -192,11 +186,9 @@ async fn crashed_computer_lease_expires() {
 /// A caller cancelled while computing (task timeout, shutdown) releases the
 /// lock at once: another replica computes without waiting for the (here one
 /// hour) lease, well within its wait timeout.
-#[tokio::test(flavor = "multi_thread")]
-async fn cancelled_computer_releases_the_lock() {
-    let Some(url) = redis_url() else { return };
+async fn cancelled_computer_releases_the_lock(url: String) {
     let prefix = unique_name("st");
-    let mut cfg = tool_config(&url, &prefix, &ToolCacheParams::default());
+    let mut cfg = tool_config(&url, &prefix, NEGATIVE_TTL, MAX_VALUE_BYTES);
     cfg.tool_lock_lease = Duration::from_secs(3600);
     cfg.tool_wait_timeout = Duration::from_secs(20);
     let a = Arc::new(RedisToolCache::connect(cfg.clone()).await.expect("replica a"));
@@ -238,9 +230,7 @@ async fn cancelled_computer_releases_the_lock() {
 
 /// The documented key layout: every key of a session carries the same hash
 /// tag and a TTL; no key is ever left without one.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_key_has_a_ttl_and_the_session_hash_tag() {
-    let Some(url) = redis_url() else { return };
+async fn every_key_has_a_ttl_and_the_session_hash_tag(url: String) {
     let prefix = unique_name("st");
     let ttl = Duration::from_secs(3600);
     let store = RedisSessionStore::connect(config(&url, &prefix).with_ttl(ttl))
@@ -288,9 +278,7 @@ async fn every_key_has_a_ttl_and_the_session_hash_tag() {
 }
 
 /// With refresh_on_read, get and history restart the TTL; without, they don't.
-#[tokio::test(flavor = "multi_thread")]
-async fn refresh_on_read_restarts_the_ttl() {
-    let Some(url) = redis_url() else { return };
+async fn refresh_on_read_restarts_the_ttl(url: String) {
     let prefix = unique_name("st");
     let ttl = Duration::from_secs(3600);
     let tenant = unique_name("tenant");
@@ -338,7 +326,6 @@ async fn refresh_on_read_restarts_the_ttl() {
 }
 
 /// Unreachable Redis is a retryable Unavailable, not a panic or a hang.
-#[tokio::test(flavor = "multi_thread")]
 async fn connection_refused_is_unavailable() {
     let mut cfg = RedisStateConfig::new("redis://:secret-pw@127.0.0.1:1");
     cfg.connect_timeout = Duration::from_secs(2);
@@ -361,11 +348,7 @@ async fn connection_refused_is_unavailable() {
 /// Redis killed and restarted: calls fail with a retryable error while it is
 /// down, then the stores recover by themselves (reconnect, scripts reloaded
 /// after `NOSCRIPT`) with the data the AOF kept.
-#[tokio::test(flavor = "multi_thread")]
-async fn recovers_after_redis_restart() {
-    if redis_url().is_none() {
-        return;
-    }
+async fn recovers_after_redis_restart(_url: String) {
     let mut server = TestRedis::start();
     let mut cfg = config(&server.url(), "st");
     cfg.command_timeout = Duration::from_secs(1);
@@ -440,4 +423,46 @@ async fn recovers_after_redis_restart() {
     };
     assert_eq!(&v[..], b"v");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .session("redis", sessions)
+            .tool_cache("redis", tools)
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "single_flight_across_replicas",
+                single_flight_across_replicas,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "crashed_computer_lease_expires",
+                crashed_computer_lease_expires,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "cancelled_computer_releases_the_lock",
+                cancelled_computer_releases_the_lock,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "every_key_has_a_ttl_and_the_session_hash_tag",
+                every_key_has_a_ttl_and_the_session_hash_tag,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "refresh_on_read_restarts_the_ttl",
+                refresh_on_read_restarts_the_ttl,
+            )
+            .test(
+                "connection_refused_is_unavailable",
+                connection_refused_is_unavailable,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "recovers_after_redis_restart",
+                recovers_after_redis_restart,
+            )
+    })
 }
