@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod queue;
 pub mod state;
 pub mod task;
+pub mod typed;
 pub mod worker;
 
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
@@ -35,4 +36,5 @@ pub use state::{
     SessionKey, SessionState, SessionStore, ToolCache, ToolKey,
 };
 pub use task::{Priority, Task, TaskId};
+pub use typed::{CacheOutcome, Cached, SessionStoreExt, ToolCacheExt, Updated};
 pub use worker::{Backoff, Handler, TaskContext, Worker, WorkerReport, WorkerStats};

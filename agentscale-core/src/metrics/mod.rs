@@ -24,6 +24,7 @@
 //! | `agentscale_worker_slots` | gauge | `state="busy"\|"total"` | handler slots of this process |
 //! | `agentscale_tasks_total` | counter | `outcome` | `completed`, `retried`, `dead_lettered`, `released`, `lease_lost`, `panicked`, `timed_out` |
 //! | `agentscale_task_duration_seconds` | histogram | | handler run time of every attempt |
+//! | `agentscale_tool_cache_total` | counter | `outcome="hit"\|"miss"\|"coalesced"` | typed tool calls by how they were answered |
 //!
 //! `panicked` and `timed_out` count failed attempts by cause; each such attempt
 //! is also counted once as `retried` or `dead_lettered`.
@@ -151,6 +152,15 @@ impl Outcome {
     }
 }
 
+fn tool_cache_index(outcome: crate::typed::CacheOutcome) -> usize {
+    use crate::typed::CacheOutcome;
+    match outcome {
+        CacheOutcome::Hit => 0,
+        CacheOutcome::Miss => 1,
+        _ => 2,
+    }
+}
+
 /// Upper bounds (seconds) of the `agentscale_task_duration_seconds` buckets:
 /// 0.25 ms doubling 18 times (to about 33 s); a `+Inf` bucket follows.
 const DURATION_BUCKETS: usize = 18;
@@ -177,6 +187,7 @@ struct Values {
     draining: AtomicBool,
     depth_ok: AtomicBool,
     depth_polls: AtomicU64,
+    tool_cache: [AtomicU64; 3],
 }
 
 /// agentscale's metrics: the autoscaling and health surface of a worker
@@ -279,6 +290,17 @@ impl Metrics {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         v.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
         v.duration_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answer of a typed tool call
+    /// ([`ToolCacheExt::get_or_compute_json`](crate::typed::ToolCacheExt::get_or_compute_json)).
+    pub fn record_tool_cache(&self, outcome: crate::typed::CacheOutcome) {
+        self.values.tool_cache[tool_cache_index(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current count of one tool-cache outcome.
+    pub fn tool_cache_count(&self, outcome: crate::typed::CacheOutcome) -> u64 {
+        self.values.tool_cache[tool_cache_index(outcome)].load(Ordering::Relaxed)
     }
 
     /// Adjusts the busy-slot gauge.

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::{duration_bound, Metrics, Outcome, Values, DURATION_BUCKETS};
 use crate::queue::Depth;
+use crate::typed::CacheOutcome;
 
 pub(super) fn registry(values: Arc<Values>) -> Arc<RwLock<Registry>> {
     let mut registry = Registry::default();
@@ -98,6 +99,18 @@ impl Collector for AgentscaleCollector {
             outcomes
                 .encode_family(&[("outcome", o.as_str())])?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+
+        let mut tools = encoder.encode_descriptor(
+            "agentscale_tool_cache",
+            "Typed tool calls by how they were answered",
+            None,
+            MetricType::Counter,
+        )?;
+        for o in [CacheOutcome::Hit, CacheOutcome::Miss, CacheOutcome::Coalesced] {
+            tools
+                .encode_family(&[("outcome", o.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&v.tool_cache[super::tool_cache_index(o)].load(Ordering::Relaxed), None)?;
         }
 
         let mut cumulative = 0u64;
