@@ -14,12 +14,25 @@ const NOW: i64 = 1_000_000;
 fn rules(pods: i32, pods_period: i32, percent: i32, percent_period: i32, window: i32) -> ScalingRules {
     let mut policies = Vec::new();
     if pods != 0 {
-        policies.push(Policy { kind: PolicyKind::Pods, value: pods, period_s: pods_period });
+        policies.push(Policy {
+            kind: PolicyKind::Pods,
+            value: pods,
+            period_s: pods_period,
+        });
     }
     if percent != 0 {
-        policies.push(Policy { kind: PolicyKind::Percent, value: percent, period_s: percent_period });
+        policies.push(Policy {
+            kind: PolicyKind::Percent,
+            value: percent,
+            period_s: percent_period,
+        });
     }
-    ScalingRules { stabilization_window_s: window, select: SelectPolicy::Max, policies, tolerance: None }
+    ScalingRules {
+        stabilization_window_s: window,
+        select: SelectPolicy::Max,
+        policies,
+        tolerance: None,
+    }
 }
 
 /// `generateEventsUniformDistribution(events, period)`: each event at the
@@ -30,7 +43,11 @@ fn events(raw: &[i32], period: i64) -> Vec<ScaleEvent> {
         .enumerate()
         .map(|(i, &c)| {
             let back = period as f64 - seg * (i as f64 + 1.0) + seg / 2.0;
-            ScaleEvent { change: c, at: NOW - back as i64, outdated: false }
+            ScaleEvent {
+                change: c,
+                at: NOW - back as i64,
+                outdated: false,
+            }
         })
         .collect()
 }
@@ -101,7 +118,14 @@ fn test_scaling_with_rules() {
     for c in cases {
         let up = c.up.unwrap_or_else(ScalingRules::default_scale_up);
         let down = c.down.unwrap_or_else(ScalingRules::default_scale_down);
-        let n = Normalization { up: &up, down: &down, min: c.min, max: c.max, current: c.current, desired: c.desired };
+        let n = Normalization {
+            up: &up,
+            down: &down,
+            min: c.min,
+            max: c.max,
+            current: c.current,
+            desired: c.desired,
+        };
         let (got, why) = convert_with_behavior_rate(&n, &c.up_events, &c.down_events, NOW);
         assert_eq!((got, why.as_str()), (c.expected, c.condition), "{}", c.name);
     }
@@ -122,21 +146,126 @@ fn test_normalize_desired_replicas_with_behavior() {
     }
     let m = 60;
     let cases = vec![
-        C { name: "empty recommendations for scaling down", recs: vec![], current: 100, desired: 5, expected: 5, expected_recs: Some(vec![5]), up_w: 0, down_w: 0 },
-        C { name: "simple scale down stabilization", recs: vec![(4, -2 * m), (5, -m)], current: 100, desired: 3, expected: 5, expected_recs: Some(vec![4, 5, 3]), up_w: 0, down_w: 3 * m },
-        C { name: "simple scale up stabilization", recs: vec![(4, -2 * m), (5, -m)], current: 1, desired: 7, expected: 4, expected_recs: Some(vec![4, 5, 7]), up_w: 5 * m, down_w: 0 },
-        C { name: "no scale down stabilization", recs: vec![(1, -2 * m), (2, -m)], current: 100, desired: 3, expected: 3, expected_recs: Some(vec![1, 2, 3]), up_w: 5 * m, down_w: 0 },
-        C { name: "no scale up stabilization", recs: vec![(4, -2 * m), (5, -m)], current: 1, desired: 3, expected: 3, expected_recs: Some(vec![4, 5, 3]), up_w: 0, down_w: 5 * m },
-        C { name: "no scale down stabilization, reuse recommendation element", recs: vec![(10, -10 * m), (9, -9 * m)], current: 100, desired: 3, expected: 3, expected_recs: Some(vec![10, 3]), up_w: 0, down_w: 0 },
-        C { name: "no scale up stabilization, reuse recommendation element", recs: vec![(10, -10 * m), (9, -9 * m)], current: 1, desired: 100, expected: 100, expected_recs: Some(vec![10, 100]), up_w: 0, down_w: 0 },
-        C { name: "scale down stabilization, reuse one of obsolete recommendation element", recs: vec![(10, -10 * m), (4, -m), (5, -2 * m), (9, -9 * m)], current: 100, desired: 3, expected: 5, expected_recs: Some(vec![10, 4, 5, 3]), up_w: 0, down_w: 3 * m },
-        C { name: "scale up stabilization, reuse one of obsolete recommendation element", recs: vec![(10, -100 * m), (6, -m), (5, -2 * m), (9, -3 * m)], current: 1, desired: 100, expected: 5, expected_recs: Some(vec![100, 6, 5, 9]), up_w: 300, down_w: 0 },
-        C { name: "scale up and down stabilization, do not scale up when prenormalized rec goes down", recs: vec![(2, -100 * m), (3, -3 * m)], current: 2, desired: 1, expected: 2, expected_recs: None, up_w: 300, down_w: 300 },
-        C { name: "scale up and down stabilization, do not scale down when prenormalized rec goes up", recs: vec![(2, -100 * m), (1, -3 * m)], current: 2, desired: 3, expected: 2, expected_recs: None, up_w: 300, down_w: 300 },
+        C {
+            name: "empty recommendations for scaling down",
+            recs: vec![],
+            current: 100,
+            desired: 5,
+            expected: 5,
+            expected_recs: Some(vec![5]),
+            up_w: 0,
+            down_w: 0,
+        },
+        C {
+            name: "simple scale down stabilization",
+            recs: vec![(4, -2 * m), (5, -m)],
+            current: 100,
+            desired: 3,
+            expected: 5,
+            expected_recs: Some(vec![4, 5, 3]),
+            up_w: 0,
+            down_w: 3 * m,
+        },
+        C {
+            name: "simple scale up stabilization",
+            recs: vec![(4, -2 * m), (5, -m)],
+            current: 1,
+            desired: 7,
+            expected: 4,
+            expected_recs: Some(vec![4, 5, 7]),
+            up_w: 5 * m,
+            down_w: 0,
+        },
+        C {
+            name: "no scale down stabilization",
+            recs: vec![(1, -2 * m), (2, -m)],
+            current: 100,
+            desired: 3,
+            expected: 3,
+            expected_recs: Some(vec![1, 2, 3]),
+            up_w: 5 * m,
+            down_w: 0,
+        },
+        C {
+            name: "no scale up stabilization",
+            recs: vec![(4, -2 * m), (5, -m)],
+            current: 1,
+            desired: 3,
+            expected: 3,
+            expected_recs: Some(vec![4, 5, 3]),
+            up_w: 0,
+            down_w: 5 * m,
+        },
+        C {
+            name: "no scale down stabilization, reuse recommendation element",
+            recs: vec![(10, -10 * m), (9, -9 * m)],
+            current: 100,
+            desired: 3,
+            expected: 3,
+            expected_recs: Some(vec![10, 3]),
+            up_w: 0,
+            down_w: 0,
+        },
+        C {
+            name: "no scale up stabilization, reuse recommendation element",
+            recs: vec![(10, -10 * m), (9, -9 * m)],
+            current: 1,
+            desired: 100,
+            expected: 100,
+            expected_recs: Some(vec![10, 100]),
+            up_w: 0,
+            down_w: 0,
+        },
+        C {
+            name: "scale down stabilization, reuse one of obsolete recommendation element",
+            recs: vec![(10, -10 * m), (4, -m), (5, -2 * m), (9, -9 * m)],
+            current: 100,
+            desired: 3,
+            expected: 5,
+            expected_recs: Some(vec![10, 4, 5, 3]),
+            up_w: 0,
+            down_w: 3 * m,
+        },
+        C {
+            name: "scale up stabilization, reuse one of obsolete recommendation element",
+            recs: vec![(10, -100 * m), (6, -m), (5, -2 * m), (9, -3 * m)],
+            current: 1,
+            desired: 100,
+            expected: 5,
+            expected_recs: Some(vec![100, 6, 5, 9]),
+            up_w: 300,
+            down_w: 0,
+        },
+        C {
+            name: "scale up and down stabilization, do not scale up when prenormalized rec goes down",
+            recs: vec![(2, -100 * m), (3, -3 * m)],
+            current: 2,
+            desired: 1,
+            expected: 2,
+            expected_recs: None,
+            up_w: 300,
+            down_w: 300,
+        },
+        C {
+            name: "scale up and down stabilization, do not scale down when prenormalized rec goes up",
+            recs: vec![(2, -100 * m), (1, -3 * m)],
+            current: 2,
+            desired: 3,
+            expected: 2,
+            expected_recs: None,
+            up_w: 300,
+            down_w: 300,
+        },
     ];
     for c in cases {
-        let mut recs: Vec<Recommendation> =
-            c.recs.iter().map(|&(r, back)| Recommendation { replicas: r, at: NOW + back }).collect();
+        let mut recs: Vec<Recommendation> = c
+            .recs
+            .iter()
+            .map(|&(r, back)| Recommendation {
+                replicas: r,
+                at: NOW + back,
+            })
+            .collect();
         let got = stabilize_with_behaviors(&mut recs, NOW, c.current, c.desired, c.up_w, c.down_w);
         assert_eq!(got, c.expected, "{}", c.name);
         if let Some(exp) = c.expected_recs {
@@ -148,18 +277,36 @@ fn test_normalize_desired_replicas_with_behavior() {
 
 /// `TestNormalizeDesiredReplicas` (horizontal_test.go; no behavior, 5 min window).
 #[test]
+#[allow(clippy::type_complexity)]
 fn test_normalize_desired_replicas() {
     let m = 60;
     let cases: Vec<(&str, Vec<(i32, i64)>, i32, i32, usize)> = vec![
         ("empty log", vec![], 5, 5, 1),
         ("stabilize", vec![(4, -2 * m), (5, -m)], 3, 5, 3),
         ("no stabilize", vec![(1, -2 * m), (2, -m)], 3, 3, 3),
-        ("no stabilize - old recommendations", vec![(10, -10 * m), (9, -9 * m)], 3, 3, 2),
-        ("stabilize - old recommendations", vec![(10, -10 * m), (4, -m), (5, -2 * m), (9, -9 * m)], 3, 5, 4),
+        (
+            "no stabilize - old recommendations",
+            vec![(10, -10 * m), (9, -9 * m)],
+            3,
+            3,
+            2,
+        ),
+        (
+            "stabilize - old recommendations",
+            vec![(10, -10 * m), (4, -m), (5, -2 * m), (9, -9 * m)],
+            3,
+            5,
+            4,
+        ),
     ];
     for (name, recs, desired, expected, log_len) in cases {
-        let mut recs: Vec<Recommendation> =
-            recs.iter().map(|&(r, back)| Recommendation { replicas: r, at: NOW + back }).collect();
+        let mut recs: Vec<Recommendation> = recs
+            .iter()
+            .map(|&(r, back)| Recommendation {
+                replicas: r,
+                at: NOW + back,
+            })
+            .collect();
         assert_eq!(stabilize_legacy(&mut recs, NOW, desired, 300), expected, "{name}");
         assert_eq!(recs.len(), log_len, "{name}: log length");
     }
@@ -180,7 +327,10 @@ fn test_replica_calc_external_per_pod() {
         assert_eq!(got, (expected, usage), "{name}");
     }
     // "outside configurable 1% tolerance" (TestReplicaCalcConfigurableTolerance family).
-    assert_eq!(external_per_pod_replicas(3, 2900, 8600, 0.01, 0.01).0, 3 /* ceil(2.97) */);
+    assert_eq!(
+        external_per_pod_replicas(3, 2900, 8600, 0.01, 0.01).0,
+        3 /* ceil(2.97) */
+    );
 }
 
 fn keda(min: i32, idle: Option<i32>) -> KedaController {
@@ -200,7 +350,11 @@ fn keda(min: i32, idle: Option<i32>) -> KedaController {
         min_replicas: min,
         max_replicas: 100,
         idle_replicas: idle,
-        triggers: vec![TriggerModel { signal: TriggerSignal::PrometheusDepth, target_milli: 1000, activation_milli: 0 }],
+        triggers: vec![TriggerModel {
+            signal: TriggerSignal::PrometheusDepth,
+            target_milli: 1000,
+            activation_milli: 0,
+        }],
         hpa,
     })
 }
@@ -215,7 +369,10 @@ fn test_keda_executor_cases() {
     // TestScaleFromMinReplicasWhenActive: min 0, 0 replicas, active -> 1.
     assert_eq!(keda(0, None).request_scale(NOW, 0, true), KedaAction::Scale(1));
     // TestScaleToIdleReplicasWhenNotActive: idle 0, min 5, 10 replicas -> 0.
-    assert_eq!(keda(5, Some(0)).request_scale(NOW, 10, false), KedaAction::Scale(0));
+    assert_eq!(
+        keda(5, Some(0)).request_scale(NOW, 10, false),
+        KedaAction::Scale(0)
+    );
     // TestScaleFromIdleToMinReplicasWhenActive: idle 0, min 5, 0 replicas, active -> 5.
     assert_eq!(keda(5, Some(0)).request_scale(NOW, 0, true), KedaAction::Scale(5));
     // Cooldown (scaleToZero): active at NOW, inactive afterwards: held until

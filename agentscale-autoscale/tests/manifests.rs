@@ -173,7 +173,7 @@ fn check_worker(dep: &Deployment, docs: &[Document]) -> Result<(), String> {
         .ok_or("config mount names no volume")?;
     let cm_name = vol
         .config_map
-        .and_then(|c| Some(c.name))
+        .map(|c| c.name)
         .ok_or("/etc/agentscale is not a ConfigMap")?;
     let cm = docs
         .iter()

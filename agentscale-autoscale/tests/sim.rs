@@ -10,7 +10,9 @@ use agentscale_autoscale::sim::{simulate, simulate_with, Autoscaler, SimConfig};
 use agentscale_autoscale::{autoscaler_for, Error};
 
 fn overlay(name: &str) -> Autoscaler {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/overlays")
+        .join(name);
     autoscaler_for(&manifest::load_kustomization(dir).unwrap(), "agentscale-worker").unwrap()
 }
 
@@ -35,14 +37,28 @@ fn bad_traces_are_typed_errors() {
     }
     let err = ArrivalTrace::from_segments(&[seg(0, 10, 1.0), seg(20, 30, 1.0)]).unwrap_err();
     assert!(err.to_string().contains("gap from 10 s to 20 s"), "{err}");
-    assert!(matches!(ArrivalTrace::parse_csv("0,10,x"), Err(Error::InvalidInput(_))));
-    assert_eq!(ArrivalTrace::parse_csv("# s,e,r\n0,10,2\n10,20,0\n").unwrap().len(), 20);
+    assert!(matches!(
+        ArrivalTrace::parse_csv("0,10,x"),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(
+        ArrivalTrace::parse_csv("# s,e,r\n0,10,2\n10,20,0\n")
+            .unwrap()
+            .len(),
+        20
+    );
 }
 
 #[test]
 fn hpa_spec_with_unknown_fields_is_a_typed_error() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/hpa/hpa.yaml")).unwrap();
-    let bad = text.replace("      selectPolicy: Max\n      policies:\n        - type: Pods\n          value: 4", "      selectPolicy: Max\n      policies:\n        - type: Pods\n          valu: 4");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/overlays/hpa/hpa.yaml"),
+    )
+    .unwrap();
+    let bad = text.replace(
+        "      selectPolicy: Max\n      policies:\n        - type: Pods\n          value: 4",
+        "      selectPolicy: Max\n      policies:\n        - type: Pods\n          valu: 4",
+    );
     assert_ne!(bad, text);
     let err = manifest::parse_documents(&bad, "hpa.yaml").unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
@@ -93,11 +109,22 @@ fn hpa_scales_up_under_load_and_back_down_within_bounds() {
 
 #[test]
 fn keda_scales_to_zero_and_back() {
-    let t = ArrivalTrace::from_segments(&[seg(0, 600, 5.0), seg(600, 1800, 0.0), seg(1800, 2400, 5.0)]).unwrap();
-    let cfg = SimConfig { initial_replicas: 0, ..SimConfig::default() };
+    let t =
+        ArrivalTrace::from_segments(&[seg(0, 600, 5.0), seg(600, 1800, 0.0), seg(1800, 2400, 5.0)]).unwrap();
+    let cfg = SimConfig {
+        initial_replicas: 0,
+        ..SimConfig::default()
+    };
     let r = simulate(&t, &overlay("keda-redis"), &cfg).unwrap();
-    assert!(r.events.first().is_some_and(|e| e.from == 0 && e.to == 1), "{:?}", r.events.first());
-    assert!(r.events.iter().any(|e| e.to == 0), "scaled to zero in the idle gap");
+    assert!(
+        r.events.first().is_some_and(|e| e.from == 0 && e.to == 1),
+        "{:?}",
+        r.events.first()
+    );
+    assert!(
+        r.events.iter().any(|e| e.to == 0),
+        "scaled to zero in the idle gap"
+    );
     assert_eq!(r.backlog_end + r.started, r.arrived);
     // The HPA alone never goes below minReplicas 2...
     let h = simulate(&t, &overlay("hpa"), &SimConfig::default()).unwrap();
@@ -106,17 +133,31 @@ fn keda_scales_to_zero_and_back() {
     let off = simulate(&t, &overlay("hpa"), &cfg).unwrap();
     assert!(off.events.is_empty() && off.started == 0);
     assert!(
-        r.samples.iter().filter(|s| (1500..1800).contains(&s.t)).all(|s| s.desired == 0),
+        r.samples
+            .iter()
+            .filter(|s| (1500..1800).contains(&s.t))
+            .all(|s| s.desired == 0),
         "zero replicas late in the idle gap"
     );
-    assert!(r.samples.iter().any(|s| s.t > 1800 && s.desired > 0), "woken by the second wave");
+    assert!(
+        r.samples.iter().any(|s| s.t > 1800 && s.desired > 0),
+        "woken by the second wave"
+    );
 }
 
 #[test]
 fn partition_cap_limits_useful_replicas() {
     let t = ArrivalTrace::from_segments(&[seg(0, 1200, 40.0)]).unwrap();
-    let capped = SimConfig { partitions: Some(2), ..SimConfig::default() };
+    let capped = SimConfig {
+        partitions: Some(2),
+        ..SimConfig::default()
+    };
     let a = simulate(&t, &Autoscaler::Fixed(10), &capped).unwrap();
     let b = simulate(&t, &Autoscaler::Fixed(10), &SimConfig::default()).unwrap();
-    assert!(a.wait_p95_s > b.wait_p95_s, "{} vs {}", a.wait_p95_s, b.wait_p95_s);
+    assert!(
+        a.wait_p95_s > b.wait_p95_s,
+        "{} vs {}",
+        a.wait_p95_s,
+        b.wait_p95_s
+    );
 }
