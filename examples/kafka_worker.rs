@@ -6,7 +6,7 @@
 //! cargo run -p agentscale-examples --features kafka --example kafka_worker -- --enqueue 100
 //! ```
 //!
-//! Scale it on consumer-group lag with KEDA: `examples/k8s/kafka-keda-scaledobject.yaml`
+//! Scale it on consumer-group lag with KEDA: `deploy/keda-kafka/scaledobject.yaml`
 //! (topic `agent-tasks`, group `agent-workers`, the defaults below).
 
 use std::sync::Arc;

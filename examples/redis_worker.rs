@@ -10,22 +10,26 @@
 //! cargo run -p agentscale-examples --features redis --example redis_worker -- depth
 //! ```
 //!
-//! Configuration comes from the environment, the way Kubernetes passes it:
-//! `AGENTSCALE_REDIS_URL` (default `redis://127.0.0.1:6379`; put it in a
-//! Secret when it carries a password), `AGENTSCALE_QUEUE` (default
-//! `agents`), `AGENTSCALE_METRICS_ADDR` (default `0.0.0.0:9090`: `/metrics`,
-//! `/healthz`, `/readyz`). The worker stops on SIGTERM or Ctrl-C: it stops
-//! leasing, lets in-flight tasks finish within the grace period and hands
-//! the rest back uncharged.
+//! Configuration is loaded the way Kubernetes passes it (see
+//! `deploy/base/`): the optional file `/etc/agentscale/config.toml` (a
+//! mounted ConfigMap, or the file named by `AGENTSCALE_CONFIG`), overridden
+//! by environment variables: `AGENTSCALE_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`; from a mounted Secret with
+//! `AGENTSCALE_REDIS_URL_FILE=/path`), `AGENTSCALE_QUEUE` (default `agents`),
+//! `AGENTSCALE_METRICS_ADDR` (default `0.0.0.0:9090`: `/metrics`, `/healthz`,
+//! `/readyz`), `AGENTSCALE_GRACE_PERIOD_S` (default 20). The worker stops on
+//! SIGTERM or Ctrl-C: it stops leasing, lets in-flight tasks finish within
+//! the grace period and hands the rest back uncharged.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentscale::config::{ConfigLoader, Secret};
 use agentscale::metrics::{Exporter, Metrics};
-use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
 use agentscale::{Error, Priority, Task, TaskQueue};
+use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -86,9 +90,30 @@ impl Handler for Agent {
     }
 }
 
-fn config() -> RedisQueueConfig {
-    let url = std::env::var("AGENTSCALE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let queue = std::env::var("AGENTSCALE_QUEUE").unwrap_or_else(|_| "agents".into());
+/// The worker's settings: `/etc/agentscale/config.toml`, then `AGENTSCALE_*`.
+#[derive(Debug, Default, Deserialize)]
+struct Settings {
+    redis_url: Option<Secret>,
+    queue: Option<String>,
+    metrics_addr: Option<String>,
+    grace_period_s: Option<u64>,
+}
+
+fn settings() -> Result<Settings, Error> {
+    ConfigLoader::new()
+        .optional_file("/etc/agentscale/config.toml")
+        .file_from_env("AGENTSCALE_CONFIG")
+        .env_prefix("AGENTSCALE")
+        .load()
+}
+
+fn config(s: &Settings) -> RedisQueueConfig {
+    let url = s
+        .redis_url
+        .as_ref()
+        .map(|u| u.expose().to_string())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let queue = s.queue.clone().unwrap_or_else(|| "agents".into());
     RedisQueueConfig::new(url, queue).with_lease_timeout(Duration::from_secs(30))
 }
 
@@ -122,7 +147,8 @@ async fn main() -> Result<(), Error> {
         )
         .init();
     let cli = Cli::parse();
-    let queue = RedisQueue::connect(config()).await?;
+    let settings = settings()?;
+    let queue = RedisQueue::connect(config(&settings)).await?;
     match cli.command {
         Cmd::Produce { count, high } => {
             let tasks: Vec<Task> = (0..count)
@@ -153,7 +179,10 @@ async fn main() -> Result<(), Error> {
         }
         Cmd::Work { concurrency, work_ms } => {
             let metrics = Metrics::new();
-            let addr = std::env::var("AGENTSCALE_METRICS_ADDR").unwrap_or_else(|_| "0.0.0.0:9090".into());
+            let addr = settings
+                .metrics_addr
+                .clone()
+                .unwrap_or_else(|| "0.0.0.0:9090".into());
             let exporter = Exporter::bind(addr, metrics.clone()).await?;
             tracing::info!(addr = %exporter.local_addr(), consumer = queue.consumer_name(), "worker started");
             let queue: Arc<dyn TaskQueue> = Arc::new(queue);
@@ -169,7 +198,7 @@ async fn main() -> Result<(), Error> {
                 Duration::from_secs(30),
             ))
             .task_timeout(Duration::from_secs(300))
-            .grace_period(Duration::from_secs(20))
+            .grace_period(Duration::from_secs(settings.grace_period_s.unwrap_or(20)))
             .metrics(metrics)
             .build()?
             .run_until(shutdown_signal())

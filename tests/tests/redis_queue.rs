@@ -265,11 +265,11 @@ async fn invalid_config_refused() {
     assert!(!err.to_string().contains("sekrit"), "{err}");
 }
 
-/// The KEDA manifest shipped with the example names exactly the keys and
+/// The KEDA manifest shipped in deploy/ names exactly the keys and
 /// consumer group the queue uses (queue `agents`, default prefix and group),
 /// so the native `redis-streams` scaler reads the right lag.
 async fn keda_manifest_matches_key_layout() {
-    let manifest = include_str!("../../examples/k8s/redis-keda-scaledobject.yaml");
+    let manifest = include_str!("../../deploy/overlays/keda-redis/scaledobject.yaml");
     let defaults = RedisQueueConfig::new("redis://h", "agents");
     let keys = agentscale_queue::redis::RedisQueueKeys::new(&defaults.key_prefix, &defaults.queue);
     for stream in &keys.streams {
@@ -287,9 +287,10 @@ async fn keda_manifest_matches_key_layout() {
         "one trigger per priority stream, all on the default group"
     );
     assert!(manifest.contains("lagCount:"), "scales on group lag");
+    let config = include_str!("../../deploy/base/configmap.yaml");
     assert!(
-        manifest.contains("name: AGENTSCALE_QUEUE\n              value: agents"),
-        "the Deployment runs queue `agents`"
+        config.contains("queue = \"agents\""),
+        "the Deployment's ConfigMap runs queue `agents`"
     );
 }
 
