@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale_core::{
-    Error, ErrorKind, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore,
-    ToolCache, ToolKey,
+    Error, ErrorKind, ExpiryMode, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey,
+    SessionStore, ToolCache, ToolKey,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -87,12 +87,14 @@ impl Default for SessionParams {
 }
 
 /// Parameters of a memory store under test.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MemoryParams {
     /// Vector dimension.
     pub dimensions: usize,
     /// Metric.
     pub metric: Metric,
+    /// What happens to expired records.
+    pub expiry_mode: ExpiryMode,
 }
 
 /// Parameters of a tool cache under test.
@@ -514,6 +516,9 @@ macro_rules! __state_checks {
 pub mod memory {
     use super::*;
 
+    mod more;
+    pub use more::*;
+
     async fn with_store<F, Fut, C, CFut>(setup: F, params: MemoryParams, check: C)
     where
         F: Fn(MemoryParams) -> Fut,
@@ -540,19 +545,12 @@ pub mod memory {
             vector,
             text: Some(format!("text of {id}")),
             metadata: md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            expires_at_ms: None,
         }
     }
 
     fn score(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-        match metric {
-            Metric::Dot => dot,
-            Metric::Cosine => {
-                let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-                let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-                dot / (na * nb)
-            }
-        }
+        metric.score(a, b)
     }
 
     /// Brute-force top-k ids over `records` that match `filter`.
@@ -584,6 +582,7 @@ pub mod memory {
             MemoryParams {
                 dimensions: DIM,
                 metric,
+                ..Default::default()
             },
             |s, t| async move {
                 assert_eq!(s.dimensions(), DIM);
@@ -652,6 +651,7 @@ pub mod memory {
             MemoryParams {
                 dimensions: 2,
                 metric: Metric::Cosine,
+                ..Default::default()
             },
             |s, t| async move {
                 let space = ns(&t, "f");
@@ -715,6 +715,7 @@ pub mod memory {
             MemoryParams {
                 dimensions: 3,
                 metric: Metric::Cosine,
+                ..Default::default()
             },
             |s, t| async move {
                 let space = ns(&t, "dim");
@@ -757,6 +758,7 @@ pub mod memory {
             MemoryParams {
                 dimensions: 2,
                 metric: Metric::Dot,
+                ..Default::default()
             },
             |s, t| async move {
                 let other_tenant = format!("{t}-b");
@@ -812,6 +814,7 @@ pub mod memory {
             MemoryParams {
                 dimensions: 2,
                 metric: Metric::Cosine,
+                ..Default::default()
             },
             |s, t| async move {
                 let space = ns(&t, "crud");
@@ -880,7 +883,16 @@ macro_rules! memory_store_conformance {
             memory_filters,
             memory_dimension_mismatch,
             memory_namespace_isolation,
-            memory_upsert_delete_and_k
+            memory_upsert_delete_and_k,
+            memory_l2_matches_brute_force,
+            memory_selective_filter_returns_k,
+            memory_add_is_idempotent,
+            memory_concurrent_adds_store_once,
+            memory_update_and_get,
+            memory_bad_input_stores_nothing,
+            memory_tenant_isolation_adversarial,
+            memory_expiry_hides,
+            memory_expiry_deletes
         );
     };
 }

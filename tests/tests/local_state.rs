@@ -17,7 +17,12 @@ async fn sessions(p: SessionParams) -> Option<Fixture<dyn SessionStore>> {
 
 async fn memory(p: MemoryParams) -> Option<Fixture<dyn MemoryStore>> {
     Some(Fixture::new(Arc::new(
-        LocalMemoryStore::new(p.dimensions, p.metric).expect("build"),
+        LocalMemoryStore::builder()
+            .dimensions(p.dimensions)
+            .metric(p.metric)
+            .expiry_mode(p.expiry_mode)
+            .build()
+            .expect("build"),
     )))
 }
 
@@ -75,12 +80,7 @@ fn invalid_configs_are_refused() {
     use std::time::Duration;
     let kind = |r: agentscale_core::Result<()>| r.expect_err("refused").kind();
     assert_eq!(
-        kind(
-            LocalSessionStore::builder()
-                .ttl(Duration::ZERO)
-                .build()
-                .map(drop)
-        ),
+        kind(LocalSessionStore::builder().ttl(Duration::ZERO).build().map(drop)),
         ErrorKind::InvalidConfig
     );
     assert_eq!(
