@@ -175,7 +175,7 @@ impl Handler for Agent {
                 id: format!("{}-{step}", task.id),
                 vector,
                 text: Some(text),
-                metadata: Default::default(),
+                ..Default::default()
             };
             self.memory.upsert(&ns, vec![record]).await?;
             // The model call.

@@ -32,8 +32,10 @@ pub mod worker;
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
 pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
 pub use state::{
-    validate_ident, ComputeFuture, Embedder, Filter, Hit, MemoryRecord, MemoryStore, Metric, Namespace,
-    SessionKey, SessionState, SessionStore, ToolCache, ToolKey,
+    now_ms, validate_ident, validate_records, validate_search, validate_vector, Added, ComputeFuture,
+    Embedder, ExpiryMode, Filter, Hit, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey,
+    SessionState, SessionStore, ToolCache, ToolKey, MAX_MEMORY_BATCH, MAX_MEMORY_ID_LEN,
+    MAX_MEMORY_METADATA_BYTES, MAX_MEMORY_TEXT_BYTES, MAX_METADATA_KEY_LEN, MAX_SEARCH_K,
 };
 pub use task::{Priority, Task, TaskId};
 pub use typed::{CacheOutcome, Cached, SessionStoreExt, ToolCacheExt, Updated};

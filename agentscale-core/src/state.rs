@@ -143,30 +143,177 @@ impl Debug for Namespace {
     }
 }
 
+/// Longest memory record id accepted.
+pub const MAX_MEMORY_ID_LEN: usize = 512;
+/// Largest memory text accepted, in bytes (64 KiB).
+pub const MAX_MEMORY_TEXT_BYTES: usize = 64 * 1024;
+/// Largest memory metadata accepted: the sum of its keys' and values' bytes
+/// (16 KiB).
+pub const MAX_MEMORY_METADATA_BYTES: usize = 16 * 1024;
+/// Longest metadata key accepted, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+/// Largest `k` a search accepts.
+pub const MAX_SEARCH_K: usize = 10_000;
+/// Most records one write accepts.
+pub const MAX_MEMORY_BATCH: usize = 10_000;
+
 /// A record in long-term memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRecord {
-    /// Id, unique within the namespace; upserting the same id replaces.
+    /// Id, unique within the namespace; upserting the same id replaces. For
+    /// [`MemoryStore::add`] an empty id means "derive it from the content"
+    /// ([`MemoryRecord::content_id`]).
     pub id: String,
     /// The embedding.
     pub vector: Vec<f32>,
-    /// The text the vector was made from, if kept.
+    /// The text the vector was made from, if kept (non-empty, at most
+    /// [`MAX_MEMORY_TEXT_BYTES`], no NUL characters).
     #[serde(default)]
     pub text: Option<String>,
-    /// String metadata that [`Filter`]s match on.
+    /// String metadata that [`Filter`]s match on (at most
+    /// [`MAX_MEMORY_METADATA_BYTES`] in all, no NUL characters).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// When the record expires, in milliseconds since the Unix epoch; `None`
+    /// never expires. An expired record is invisible to every read; whether it
+    /// is also deleted depends on the store's [`ExpiryMode`].
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl MemoryRecord {
+    /// A record with `id` and `vector`, no text, metadata or expiry.
+    pub fn new(id: impl Into<String>, vector: Vec<f32>) -> Self {
+        MemoryRecord {
+            id: id.into(),
+            vector,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the text.
+    pub fn with_text(mut self, text: impl Into<String>) -> Self {
+        self.text = Some(text.into());
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Expires the record `ttl` from now (by this process's clock).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.expires_at_ms = Some(now_ms().saturating_add(ms));
+        self
+    }
+
+    /// SHA-256 of the record's content: text, metadata and vector (not the id
+    /// or the expiry). Two records with the same content are "the same
+    /// memory": a namespace holds at most one of them.
+    pub fn content_hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        match &self.text {
+            Some(t) => {
+                h.update([1u8]);
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+        h.update((self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        for x in &self.vector {
+            // -0.0 and 0.0 are the same content.
+            let x = if *x == 0.0 { 0.0f32 } else { *x };
+            h.update(x.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// The id [`MemoryStore::add`] gives a record whose id is empty: the first
+    /// 32 hex digits of [`content_hash`](Self::content_hash).
+    pub fn content_id(&self) -> String {
+        hex::encode(&self.content_hash()[..16])
+    }
+
+    /// Whether the record has expired at `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
+}
+
+/// Milliseconds since the Unix epoch by this process's clock (the clock
+/// [`MemoryRecord::expires_at_ms`] is compared with).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Similarity metric of a memory store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Metric {
-    /// Cosine similarity (higher is closer).
+    /// Cosine similarity (higher is closer). Zero vectors have no direction
+    /// and are refused.
     #[default]
     Cosine,
-    /// Dot product (higher is closer).
+    /// Dot (inner) product (higher is closer).
     Dot,
+    /// Euclidean distance; the score is its negation (higher is closer).
+    L2,
+}
+
+impl Metric {
+    /// The score of `b` against `a` under this metric (higher is closer),
+    /// computed exactly in `f64`.
+    pub fn score(self, a: &[f32], b: &[f32]) -> f64 {
+        let dot = || -> f64 { a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum() };
+        match self {
+            Metric::Dot => dot(),
+            Metric::Cosine => {
+                let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                if na == 0.0 || nb == 0.0 {
+                    0.0
+                } else {
+                    dot() / (na * nb)
+                }
+            }
+            Metric::L2 => -a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                .sum::<f64>()
+                .sqrt(),
+        }
+    }
+}
+
+/// What happens to a memory record once it has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExpiryMode {
+    /// Expired records are invisible to every read but stay stored (for audit
+    /// or restore) until deleted by id or replaced by a write of the same id
+    /// or content; [`MemoryStore::purge_expired`] keeps them.
+    #[default]
+    Hide,
+    /// Expired records are invisible and are deleted: by
+    /// [`MemoryStore::purge_expired`] and by a bounded sweep of the namespace
+    /// on every write.
+    Delete,
 }
 
 /// A conjunction of metadata equalities; the empty filter matches everything.
@@ -192,6 +339,126 @@ impl Filter {
     pub fn matches(&self, metadata: &BTreeMap<String, String>) -> bool {
         self.equals.iter().all(|(k, v)| metadata.get(k) == Some(v))
     }
+
+    /// Checks keys and values like record metadata (sizes, no NUL); values are
+    /// data, never syntax, in every backend.
+    pub fn validate(&self) -> Result<()> {
+        validate_metadata("filter", &self.equals)
+    }
+}
+
+fn validate_metadata(what: &str, md: &BTreeMap<String, String>) -> Result<()> {
+    let mut total = 0usize;
+    for (k, v) in md {
+        if k.is_empty() || k.len() > MAX_METADATA_KEY_LEN {
+            return Err(Error::InvalidInput(format!(
+                "{what} key {k:?} must be 1..={MAX_METADATA_KEY_LEN} bytes"
+            )));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(Error::InvalidInput(format!(
+                "{what} entry {k:?} contains a NUL character"
+            )));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_MEMORY_METADATA_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "{what} is {total} bytes; at most {MAX_MEMORY_METADATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a vector against a store: `dimensions` long, finite, and (under
+/// [`Metric::Cosine`]) not zero. `what` names it in the error.
+pub fn validate_vector(what: &str, v: &[f32], dimensions: usize, metric: Metric) -> Result<()> {
+    if v.len() != dimensions {
+        return Err(Error::InvalidInput(format!(
+            "{what} has {} dimensions; this store holds {dimensions}",
+            v.len()
+        )));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "{what} contains a NaN or infinite value"
+        )));
+    }
+    if metric == Metric::Cosine && v.iter().all(|x| *x == 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "{what} is the zero vector, which has no cosine similarity"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a batch of records before a store writes any of them, so a bad
+/// record stores nothing: batch size, ids (empty only when `allow_empty_id`),
+/// vectors ([`validate_vector`]), text (non-empty, size, no NUL) and metadata.
+pub fn validate_records(
+    records: &[MemoryRecord],
+    dimensions: usize,
+    metric: Metric,
+    allow_empty_id: bool,
+) -> Result<()> {
+    if records.len() > MAX_MEMORY_BATCH {
+        return Err(Error::InvalidInput(format!(
+            "{} records in one write; at most {MAX_MEMORY_BATCH}",
+            records.len()
+        )));
+    }
+    for r in records {
+        if (r.id.is_empty() && !allow_empty_id) || r.id.len() > MAX_MEMORY_ID_LEN {
+            return Err(Error::InvalidInput(format!(
+                "record id must be 1..={MAX_MEMORY_ID_LEN} bytes"
+            )));
+        }
+        if r.id.contains('\0') {
+            return Err(Error::InvalidInput("record id contains a NUL character".into()));
+        }
+        validate_vector(
+            &format!("vector of record {:?}", r.id),
+            &r.vector,
+            dimensions,
+            metric,
+        )?;
+        if let Some(t) = &r.text {
+            if t.trim().is_empty() {
+                return Err(Error::InvalidInput(format!("text of record {:?} is empty", r.id)));
+            }
+            if t.len() > MAX_MEMORY_TEXT_BYTES {
+                return Err(Error::InvalidInput(format!(
+                    "text of record {:?} is {} bytes; at most {MAX_MEMORY_TEXT_BYTES}",
+                    r.id,
+                    t.len()
+                )));
+            }
+            if t.contains('\0') {
+                return Err(Error::InvalidInput(format!(
+                    "text of record {:?} contains a NUL character",
+                    r.id
+                )));
+            }
+        }
+        validate_metadata(&format!("metadata of record {:?}", r.id), &r.metadata)?;
+    }
+    Ok(())
+}
+
+/// Checks a search's arguments: the query vector and `k` (at most
+/// [`MAX_SEARCH_K`]) and the filter.
+pub fn validate_search(
+    query: &[f32],
+    k: usize,
+    filter: &Filter,
+    dimensions: usize,
+    metric: Metric,
+) -> Result<()> {
+    validate_vector("query vector", query, dimensions, metric)?;
+    if k > MAX_SEARCH_K {
+        return Err(Error::InvalidInput(format!("k is {k}; at most {MAX_SEARCH_K}")));
+    }
+    filter.validate()
 }
 
 /// A search result.
@@ -203,7 +470,29 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// The outcome of adding one record with [`MemoryStore::add`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The id the memory is stored under: the new record's, or the id of the
+    /// record with the same content that was already there.
+    pub id: String,
+    /// True if this call stored it; false if the same content was already
+    /// stored (nothing was written).
+    pub inserted: bool,
+}
+
 /// Namespaced vector memory.
+///
+/// * Every read, search and delete is confined to one [`Namespace`] (tenant +
+///   name): no filter can reach another namespace's records.
+/// * A namespace holds each content ([`MemoryRecord::content_hash`]) at most
+///   once: [`add`](Self::add) is idempotent, also under concurrent callers,
+///   and an [`upsert`](Self::upsert) that would store a second copy of some
+///   content under another id is [`Error::Conflict`].
+/// * Writes are validated whole first ([`validate_records`]): one bad record
+///   is [`Error::InvalidInput`] and nothing of the batch is stored.
+/// * Expired records ([`MemoryRecord::expires_at_ms`]) are invisible to every
+///   read; the store's [`ExpiryMode`] decides whether they are also deleted.
 #[async_trait]
 pub trait MemoryStore: Send + Sync + Debug {
     /// The vector dimension this store holds; other lengths are
@@ -211,12 +500,31 @@ pub trait MemoryStore: Send + Sync + Debug {
     fn dimensions(&self) -> usize;
     /// The similarity metric.
     fn metric(&self) -> Metric;
+    /// What happens to expired records.
+    fn expiry_mode(&self) -> ExpiryMode {
+        ExpiryMode::Hide
+    }
     /// Inserts or replaces records by id.
     async fn upsert(&self, ns: &Namespace, records: Vec<MemoryRecord>) -> Result<()>;
-    /// The `k` records closest to `query` that match `filter`, closest first.
+    /// Adds records idempotently by content: a record whose content is
+    /// already stored is not written again, and its existing id is returned.
+    /// An empty id is derived from the content ([`MemoryRecord::content_id`]);
+    /// an id already used by other content is [`Error::Conflict`] (and the
+    /// batch is not stored). One outcome per record, in order.
+    async fn add(&self, ns: &Namespace, records: Vec<MemoryRecord>) -> Result<Vec<Added>>;
+    /// Replaces an existing, unexpired record; [`Error::NotFound`] if there is none.
+    async fn update(&self, ns: &Namespace, record: MemoryRecord) -> Result<()>;
+    /// The unexpired records among `ids`, in the order of `ids` (missing ones
+    /// left out).
+    async fn get(&self, ns: &Namespace, ids: &[String]) -> Result<Vec<MemoryRecord>>;
+    /// The `k` unexpired records closest to `query` that match `filter`,
+    /// closest first.
     async fn search(&self, ns: &Namespace, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>>;
-    /// Deletes records by id; returns how many existed.
+    /// Deletes records by id (expired ones too); returns how many were stored.
     async fn delete(&self, ns: &Namespace, ids: &[String]) -> Result<u64>;
+    /// Under [`ExpiryMode::Delete`], deletes the namespace's expired records
+    /// and returns how many; under [`ExpiryMode::Hide`] keeps them and returns 0.
+    async fn purge_expired(&self, ns: &Namespace) -> Result<u64>;
 }
 
 /// Turns text into vectors.

@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | [`local`] | in-process session store, exact vector memory, moka tool cache, hash embedder (tests/demos) | always on |
 //! | `redis` | Redis session store (Lua CAS), two-level tool cache with fleet-wide single-flight | `redis` |
+//! | `pgvector` | long-term memory in PostgreSQL + pgvector (HNSW, tenant isolation in SQL, idempotent add) | `pgvector` |
 //!
 //! ## Guarantees (every backend)
 //!
@@ -48,7 +49,7 @@
 //! let texts = vec!["the user likes tea".to_string(), "invoice 17 is overdue".to_string()];
 //! let vectors = embedder.embed(&texts).await?;
 //! let records = texts.iter().zip(vectors).enumerate().map(|(i, (t, v))| MemoryRecord {
-//!     id: format!("n{i}"), vector: v, text: Some(t.clone()), metadata: Default::default(),
+//!     id: format!("n{i}"), vector: v, text: Some(t.clone()), ..Default::default()
 //! }).collect();
 //! memory.upsert(&ns, records).await?;
 //! let query = embedder.embed(&["what does the user like to drink? tea".to_string()]).await?;
@@ -73,6 +74,9 @@
 mod cached;
 pub mod local;
 
+#[cfg(feature = "pgvector")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pgvector")))]
+pub mod pgvector;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -18,10 +18,12 @@ async fn sessions(p: SessionParams) -> SetupResult<SessionFixture> {
 }
 
 async fn memory(p: MemoryParams) -> SetupResult<MemoryFixture> {
-    Ok(MemoryFixture::new(Arc::new(LocalMemoryStore::new(
-        p.dimensions,
-        p.metric,
-    )?)))
+    Ok(MemoryFixture::new(Arc::new(
+        LocalMemoryStore::builder()
+            .dimensions(p.dimensions)
+            .metric(p.metric)
+            .build()?,
+    )))
 }
 
 async fn tools(p: ToolCacheParams) -> SetupResult<ToolCacheFixture> {

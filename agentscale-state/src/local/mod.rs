@@ -17,4 +17,4 @@ pub use tool_cache::{
     LocalToolCache, LocalToolCacheBuilder, DEFAULT_CAPACITY_BYTES, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_NEGATIVE_TTL,
 };
-pub use vector::LocalMemoryStore;
+pub use vector::{Index, LocalMemoryStore, LocalMemoryStoreBuilder};
