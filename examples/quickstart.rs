@@ -10,15 +10,18 @@
 //! * Producers push agent tasks onto one queue: 80 % short (2 steps), 20 %
 //!   long (20 steps), spread over a few hundred sessions of a few tenants.
 //! * Several stateless [`Worker`]s share the queue and the stores. Every step
-//!   reads and writes the session with compare-and-set (retrying on
-//!   `Conflict`), calls a cached tool (`get_or_compute`), searches and updates
-//!   long-term memory, and waits a few ms of simulated model latency.
+//!   calls a cached tool (`get_or_compute`), searches and updates long-term
+//!   memory, and waits a few ms of simulated model latency; a finished task
+//!   adds its steps to its session with `apply_once` (compare-and-set, and
+//!   applied at most once even when a retry runs the handler again).
 //! * Long tasks outlive the queue's lease timeout; worker heartbeats keep them.
 //! * `--fail-rate` / `--panic-rate` make handlers fail or panic that fraction
 //!   of attempts; the runtime retries them with backoff.
 //!
 //! The summary accounts for every task id: `lost` = enqueued minus completed
-//! or dead-lettered, and must be 0 (the process exits non-zero otherwise).
+//! or dead-lettered, and must be 0; `session_mismatches` counts sessions whose
+//! step total differs from the steps of their completed tasks, and must be 0
+//! too (the process exits non-zero otherwise).
 //! Swap `LocalQueue` for `RedisQueue` / `KafkaQueue` and the in-memory stores
 //! for the Redis / pgvector ones to run the same service across machines: the
 //! agent code only sees the core traits.
@@ -35,8 +38,8 @@ use agentscale::state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
 use agentscale::Bytes;
 use agentscale::{
-    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore, Task,
-    TaskId, TaskQueue, ToolCache, ToolKey,
+    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore,
+    SessionStoreExt, Task, TaskId, TaskQueue, ToolCache, ToolKey,
 };
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -95,6 +98,8 @@ struct SessionNotes {
 #[derive(Default)]
 struct Ledger {
     enqueued: Mutex<HashMap<TaskId, Instant>>,
+    /// Each task's session and steps: what its effect on the session is.
+    effects: Mutex<HashMap<TaskId, (SessionKey, u64)>>,
     completions: Mutex<HashMap<TaskId, (u32, Duration)>>,
 }
 
@@ -145,7 +150,6 @@ impl Handler for Agent {
                     None => {}
                 }
             }
-            self.update_session(&key, task).await?;
             let city = CITIES[(step as usize + job.question.len()) % CITIES.len()];
             let tool_key = ToolKey::new(tenant, "weather", "v1", &serde_json::json!({ "city": city }))?;
             let forecast = self
@@ -182,6 +186,21 @@ impl Handler for Agent {
             let jitter = rand::rng().random_range(0.5..1.5);
             tokio::time::sleep(self.step.mul_f64(jitter)).await;
         }
+        // The task's effect on its session, applied at most once even when a
+        // retry or redelivery runs this handler again.
+        let steps = job.steps;
+        let last_task = task.id.to_string();
+        let updated = self
+            .sessions
+            .apply_once(&key, &task.id, |notes: Option<SessionNotes>| {
+                let mut notes = notes.unwrap_or_default();
+                notes.steps_done += u64::from(steps);
+                notes.last_task = last_task.clone();
+                Ok(notes)
+            })
+            .await?;
+        self.cas_conflicts
+            .fetch_add(u64::from(updated.conflicts), Ordering::Relaxed);
         let latency = self
             .ledger
             .enqueued
@@ -193,36 +212,6 @@ impl Handler for Agent {
         let entry = done.entry(task.id.clone()).or_insert((0, latency));
         entry.0 += 1;
         Ok(())
-    }
-}
-
-impl Agent {
-    /// Read-modify-write with compare-and-set, re-reading on conflict.
-    async fn update_session(&self, key: &SessionKey, task: &Task) -> Result<(), Error> {
-        for _ in 0..50 {
-            let current = self.sessions.get(key).await?;
-            let (version, mut notes) = match current {
-                Some(s) => (
-                    s.version,
-                    serde_json::from_slice::<SessionNotes>(&s.data).unwrap_or_default(),
-                ),
-                None => (0, SessionNotes::default()),
-            };
-            notes.steps_done += 1;
-            notes.last_task = task.id.to_string();
-            let data = serde_json::to_vec(&notes).map_err(|e| Error::handler(e.to_string()))?;
-            match self.sessions.put(key, version, Bytes::from(data)).await {
-                Ok(_) => return Ok(()),
-                Err(Error::Conflict(_)) => {
-                    self.cas_conflicts.fetch_add(1, Ordering::Relaxed);
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::Conflict(format!(
-            "session {key:?}: too many CAS conflicts"
-        )))
     }
 }
 
@@ -365,8 +354,15 @@ async fn run(args: Args) -> Result<u64, Error> {
                 {
                     let now = Instant::now();
                     let mut enq = ledger.enqueued.lock();
+                    let mut effects = ledger.effects.lock();
                     for t in &batch {
                         enq.insert(t.id.clone(), now);
+                        let steps = if t.kind == "research" { 20 } else { 2 };
+                        let key = SessionKey::new(
+                            t.tenant.as_deref().unwrap_or("default"),
+                            t.session_id.as_deref().unwrap_or("anonymous"),
+                        )?;
+                        effects.insert(t.id.clone(), (key, steps));
                     }
                 }
                 for r in queue.enqueue_batch(batch).await {
@@ -443,6 +439,28 @@ async fn run(args: Args) -> Result<u64, Error> {
         .values()
         .map(|(n, _)| u64::from(n.saturating_sub(1)))
         .sum();
+    // Every completed task's steps counted exactly once in its session, and
+    // nothing counted for a task that did not complete.
+    let mut expected: HashMap<SessionKey, u64> = HashMap::new();
+    {
+        let effects = ledger.effects.lock();
+        for id in completions.keys() {
+            if let Some((key, steps)) = effects.get(id) {
+                *expected.entry(key.clone()).or_default() += steps;
+            }
+        }
+    }
+    let mut session_mismatches = 0u64;
+    for (key, want) in &expected {
+        let got = agent
+            .sessions
+            .get_applied::<SessionNotes>(key)
+            .await?
+            .map_or(0, |(n, _)| n.steps_done);
+        if got != *want {
+            session_mismatches += 1;
+        }
+    }
     let mut latencies: Vec<Duration> = completions.values().map(|(_, l)| *l).collect();
     latencies.sort();
     let completed = completions.len() as u64;
@@ -479,12 +497,12 @@ async fn run(args: Args) -> Result<u64, Error> {
     let per_worker: Vec<String> = reports.iter().map(|r| r.completed.to_string()).collect();
     println!(
         "summary: completed={completed} lost={lost} retried={retried} dead_lettered={} duplicates={duplicates} \
-         panicked={panicked} lease_lost={lease_lost} throughput={throughput:.1}/s p50_ms={} p99_ms={} \
-         per_worker={}",
+         panicked={panicked} lease_lost={lease_lost} session_mismatches={session_mismatches} \
+         throughput={throughput:.1}/s p50_ms={} p99_ms={} per_worker={}",
         dead_ids.len(),
         p50.as_millis(),
         p99.as_millis(),
         per_worker.join(",")
     );
-    Ok(lost)
+    Ok(lost + session_mismatches)
 }

@@ -55,10 +55,10 @@
 
 pub use agentscale_core::{balance, config, error, metrics, task, worker};
 pub use agentscale_core::{
-    Backoff, BoxError, Capabilities, CodecError, DeadLetter, Depth, Embedder, Enqueued, Error, ErrorKind,
-    Filter, Handler, Hit, Lease, MemoryRecord, MemoryStore, Metric, Nack, Namespace, Priority, Result,
-    SessionKey, SessionState, SessionStore, Task, TaskContext, TaskId, TaskQueue, ToolCache, ToolKey, Worker,
-    WorkerReport, WorkerStats,
+    Backoff, BoxError, CacheOutcome, Cached, Capabilities, CodecError, DeadLetter, Depth, Embedder, Enqueued,
+    Error, ErrorKind, Filter, Handler, Hit, Lease, MemoryRecord, MemoryStore, Metric, Nack, Namespace,
+    Priority, Result, SessionKey, SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId,
+    TaskQueue, ToolCache, ToolCacheExt, ToolKey, Updated, Worker, WorkerReport, WorkerStats,
 };
 
 /// Task queues: the [`queue::TaskQueue`] contract and its
