@@ -51,7 +51,7 @@ pub struct Args {
 async fn main() {
     let args = Args::parse();
     let outcome = match args.backend {
-        Backend::Memory => memory::run(&args).await,
+        Backend::Memory => local::run(&args).await,
         Backend::Redis => redis::run(&args).await,
         Backend::Kafka => kafka::run(&args).await,
     };
