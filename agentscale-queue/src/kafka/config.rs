@@ -124,7 +124,7 @@ impl KafkaQueueConfig {
     /// A builder for a queue on `topic` at `brokers`, with defaults: group
     /// `<topic>-workers`, 6 partitions, replication 1, retry tiers 1s/10s/60s,
     /// idempotent producer on, keyed by session id, prefetch 256 per
-    /// partition, lease timeout 5 min, session timeout 10 s, revoke drain 2 s,
+    /// partition, lease timeout 15 min, session timeout 10 s, revoke drain 2 s,
     /// connect timeout 10 s, delivery timeout 30 s, commit every 500 ms,
     /// fetch wait 100 ms, topics created at connect, cooperative-sticky
     /// assignment.
@@ -145,7 +145,7 @@ impl KafkaQueueConfig {
                 idempotence: true,
                 key_by_session: true,
                 prefetch_per_partition: 256,
-                lease_timeout: Duration::from_secs(300),
+                lease_timeout: Duration::from_secs(900),
                 session_timeout: Duration::from_secs(10),
                 revoke_drain: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(10),
@@ -290,7 +290,7 @@ impl KafkaQueueConfigBuilder {
         self.config.prefetch_per_partition = n;
         self
     }
-    /// How long a lease may stay unsettled (default 5 min); also `max.poll.interval.ms`.
+    /// How long a lease may stay unsettled (default 15 min, above the worker's default task timeout of 10 min); also `max.poll.interval.ms`.
     pub fn lease_timeout(mut self, d: Duration) -> Self {
         self.config.lease_timeout = d;
         self

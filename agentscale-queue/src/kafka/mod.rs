@@ -48,9 +48,11 @@
 //!   not settled within it is taken back (the task is re-produced with the
 //!   attempt charged and the old lease fenced), the same budget as Kafka's
 //!   `max.poll.interval.ms`, which is set to it. **Long tasks** therefore need
-//!   `lease_timeout` (default 5 minutes) above their longest run time and the
-//!   worker's task timeout below it. A process that stops entirely loses its
-//!   partitions after `session.timeout.ms`.
+//!   `lease_timeout` (default 15 minutes) above their longest run time, and
+//!   the worker's task timeout (default 10 minutes) must be below it: the
+//!   worker builder refuses a `task_timeout` at or above the lease timeout of
+//!   a queue that cannot extend leases. A process that stops entirely loses
+//!   its partitions after `session.timeout.ms`.
 //! * **Fencing is partition ownership**: a lease is valid while its partition
 //!   stays assigned to this queue with the same assignment generation.
 //! * **No idempotent enqueue** by idempotency key, and **no priorities**.
