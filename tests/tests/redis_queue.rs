@@ -312,3 +312,75 @@ fn keda_manifest_matches_key_layout() {
         "the Deployment runs queue `agents`"
     );
 }
+
+/// One `RedisConfig` and one `Redis` handle serve a queue, a session store
+/// and a tool cache together: every command of all three goes over the one
+/// multiplexed connection of the handle.
+#[tokio::test]
+async fn one_connection_serves_queue_session_store_and_tool_cache() {
+    use agentscale_core::{SessionKey, SessionStore, ToolCache, ToolKey};
+    use agentscale_redis::{Redis, RedisConfig};
+    use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
+
+    let Some(url) = redis_url() else { return };
+    let name = agentscale_tests::unique_name("shared-conn");
+    let redis = Redis::connect(RedisConfig::builder().url(url.clone()).build().expect("config"))
+        .await
+        .expect("connect");
+    // Name the shared connection so the server can tell us who talks on it.
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(&name)
+        .query_async(&mut conn)
+        .await
+        .expect("setname");
+
+    let queue = RedisQueue::new(
+        redis.clone(),
+        RedisQueueConfig::new("redis://unused.invalid:1", name.clone()).with_key_prefix("astest"),
+    )
+    .await
+    .expect("queue");
+    let state_cfg =
+        RedisStateConfig::new("redis://unused.invalid:1").with_key_prefix(format!("astest:{name}"));
+    let sessions = RedisSessionStore::new(redis.clone(), state_cfg.clone())
+        .await
+        .expect("sessions");
+    let tools = RedisToolCache::new(redis.clone(), state_cfg)
+        .await
+        .expect("tools");
+
+    queue.enqueue(Task::new("k", "shared")).await.expect("enqueue");
+    let leases = queue.lease(1, Duration::from_secs(2)).await.expect("lease");
+    assert_eq!(leases.len(), 1);
+    queue.ack(&leases[0]).await.expect("ack");
+    let key = SessionKey::new("acme", &name).expect("key");
+    let v = sessions.put(&key, 0, "{}".into()).await.expect("put");
+    assert_eq!(sessions.get(&key).await.expect("get").map(|s| s.version), Some(v));
+    let tk = ToolKey::new("acme", "search", "v1", &serde_json::json!({"q": name})).expect("tool key");
+    tools
+        .put(&tk, "hit".into(), Duration::from_secs(60))
+        .await
+        .expect("tool put");
+    assert_eq!(
+        tools.get(&tk).await.expect("tool get").as_deref(),
+        Some(&b"hit"[..])
+    );
+
+    // Exactly one client carries the name: the three backends did not open
+    // connections of their own for ordinary commands.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("client list");
+    let ours = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+        .count();
+    assert_eq!(ours, 1, "{list}");
+    queue.destroy().await.expect("destroy");
+    sessions.delete(&key).await.expect("delete");
+    tools.invalidate(&tk).await.expect("invalidate");
+}

@@ -11,7 +11,7 @@ impl RedisQueue {
     /// idempotency keys). For tests, benchmarks and decommissioning.
     pub async fn destroy(&self) -> Result<()> {
         let k = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         let mut del = redis::cmd("DEL");
         del.arg(&k.streams[..]).arg(&k.delayed).arg(&k.dead);
         let _: i64 = del.query_async(&mut conn).await.map_err(|e| map_err("DEL", e))?;
@@ -43,7 +43,7 @@ impl RedisQueue {
 
     /// Lists dead letters from `start` (exclusive when `exclusive`).
     pub(super) async fn read_dead(&self, start: &str, end: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         let reply: Value = redis::cmd("XRANGE")
             .arg(&self.inner.keys.dead)
             .arg(start)

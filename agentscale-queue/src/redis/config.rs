@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, Result};
+use agentscale_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`RedisQueue`](super::RedisQueue).
@@ -196,6 +197,22 @@ impl RedisQueueConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The connection settings of this config as a [`RedisConfig`] (what
+    /// [`RedisQueue::connect`](super::RedisQueue::connect) connects with).
+    pub fn connection(&self) -> RedisConfig {
+        let mut c = RedisConfig::default();
+        c.url = self.url.clone();
+        c.connect_timeout = self.connect_timeout;
+        c.command_timeout = self.command_timeout;
+        c.blocking_connections = self.block_connections;
+        // A worker's lease loop rides out short outages itself (it paces on
+        // `Unavailable`); a few quick reconnects keep acks from failing on a
+        // single dropped connection.
+        c.reconnect_retries = 4;
+        c.reconnect_max_delay = Duration::from_secs(1);
+        c
     }
 
     /// The effective reclaim interval.

@@ -180,12 +180,7 @@ impl RedisQueue {
     /// Blocks on a dedicated connection for new entries on any priority.
     pub(super) async fn block_read(&self, max: usize, block: Duration) -> Result<Vec<RawEntry>> {
         let keys = &self.inner.keys;
-        let mut conn = self
-            .inner
-            .block_pool
-            .get()
-            .await
-            .map_err(|e| Error::unavailable("redis blocking connection", e.to_string()))?;
+        let mut conn = self.inner.redis.blocking_connection().await?;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.inner.config.consumer_group)
@@ -197,7 +192,7 @@ impl RedisQueue {
             .arg("STREAMS")
             .arg(&keys.streams[..])
             .arg(&[">", ">", ">"][..]);
-        let limit = block + self.inner.config.command_timeout;
+        let limit = block + self.inner.redis.config().command_timeout;
         let reply: Value = match tokio::time::timeout(limit, cmd.query_async(&mut *conn)).await {
             Err(_) => {
                 return Err(Error::Timeout(format!(

@@ -51,13 +51,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::config::redact_url;
 use agentscale_core::queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
 use agentscale_core::task::now_ms;
 use agentscale_core::{Error, Priority, Result, Task, TaskId};
+use agentscale_redis::{map_error as map_err, Redis};
 use async_trait::async_trait;
-use bb8_redis::RedisConnectionManager;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
 pub use config::RedisQueueConfig;
@@ -111,8 +109,7 @@ struct Inner {
     config: RedisQueueConfig,
     consumer: String,
     keys: RedisQueueKeys,
-    conn: ConnectionManager,
-    block_pool: bb8::Pool<RedisConnectionManager>,
+    redis: Redis,
     scripts: Scripts,
     last_reclaim_ms: AtomicU64,
     cursors: parking_lot::Mutex<[String; 3]>,
@@ -139,28 +136,9 @@ impl fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQueue")
             .field("queue", &self.inner.config.queue)
-            .field("url", &redact_url(self.inner.config.url.expose()))
+            .field("redis", &self.inner.redis)
             .field("consumer", &self.inner.consumer)
             .finish()
-    }
-}
-
-/// Converts a redis error at the boundary: connection trouble is
-/// `Unavailable` (retry later), the rest `Backend`.
-fn map_err(what: &str, e: RedisError) -> Error {
-    let transient = e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::BusyLoadingError | redis::ErrorKind::TryAgain | redis::ErrorKind::ClusterDown
-        )
-        || e.code() == Some("MASTERDOWN");
-    if transient {
-        Error::unavailable(format!("redis {what}"), e)
-    } else {
-        Error::backend(format!("redis {what}"), e)
     }
 }
 
@@ -177,24 +155,17 @@ impl RedisQueue {
     /// each priority stream (`XGROUP CREATE … 0 MKSTREAM`, idempotent).
     pub async fn connect(config: RedisQueueConfig) -> Result<Self> {
         config.validate()?;
-        let client = redis::Client::open(config.url.expose()).map_err(|e| {
-            Error::InvalidConfig(format!("redis url {}: {e}", redact_url(config.url.expose())))
-        })?;
-        let cm_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.command_timeout)
-            .set_number_of_retries(4)
-            .set_max_delay(1000);
-        let conn = ConnectionManager::new_with_config(client, cm_config)
-            .await
-            .map_err(|e| map_err(&format!("connect to {}", redact_url(config.url.expose())), e))?;
-        let manager = RedisConnectionManager::new(config.url.expose())
-            .map_err(|e| Error::InvalidConfig(format!("redis url: {e}")))?;
-        let block_pool = bb8::Pool::builder()
-            .max_size(config.block_connections)
-            .connection_timeout(config.connect_timeout)
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+        let redis = Redis::connect(config.connection()).await?;
+        Self::new(redis, config).await
+    }
+
+    /// A queue on an existing [`Redis`] handle, sharing its connections
+    /// with other backends (a session store, a tool cache, other queues).
+    /// The connection settings of `config` (`url`, timeouts,
+    /// `block_connections`) are not used: `redis` has its own. Checks the
+    /// server answers and creates the consumer groups.
+    pub async fn new(redis: Redis, config: RedisQueueConfig) -> Result<Self> {
+        config.validate()?;
         let consumer = config
             .consumer_name
             .clone()
@@ -204,8 +175,7 @@ impl RedisQueue {
             inner: Arc::new(Inner {
                 consumer,
                 keys,
-                conn,
-                block_pool,
+                redis,
                 scripts: Scripts {
                     lease: Script::new(scripts::LEASE),
                     settle: Script::new(scripts::SETTLE),
@@ -238,13 +208,18 @@ impl RedisQueue {
         &self.inner.consumer
     }
 
+    /// The Redis handle this queue uses (clone it to share the connection).
+    pub fn redis(&self) -> &Redis {
+        &self.inner.redis
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RedisQueueConfig {
         &self.inner.config
     }
 
     async fn ensure_groups(&self) -> Result<()> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         for key in &self.inner.keys.streams {
             let r: std::result::Result<(), RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -328,7 +303,7 @@ impl RedisQueue {
     }
 
     async fn run_pipeline(&self, pipe: &redis::Pipeline, what: &str) -> Result<Vec<Value>> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) => Err(map_err(what, e)),
@@ -341,7 +316,7 @@ impl RedisQueue {
         inv: &redis::ScriptInvocation<'_>,
         what: &str,
     ) -> Result<T> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         inv.invoke_async(&mut conn).await.map_err(|e| map_err(what, e))
     }
 
@@ -410,7 +385,7 @@ impl TaskQueue for RedisQueue {
         let p = self.prepare(&task)?;
         let mut pipe = redis::pipe();
         self.push_enqueue(&mut pipe, &p);
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         let mut reply: Vec<Value> = match pipe.query_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, Result};
+use agentscale_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of [`RedisSessionStore`](super::RedisSessionStore) and
@@ -170,6 +171,22 @@ impl RedisStateConfig {
             self.tool_max_value_bytes,
             self.tool_local_capacity_bytes,
         )
+    }
+}
+
+impl RedisStateConfig {
+    /// The connection settings of this config as a [`RedisConfig`] (what
+    /// `connect` connects with).
+    pub fn connection(&self) -> RedisConfig {
+        let mut c = RedisConfig::default();
+        c.url = self.url.clone();
+        c.connect_timeout = self.connect_timeout;
+        c.command_timeout = self.command_timeout;
+        // Fail fast during an outage: one quick reconnect attempt, then
+        // `Unavailable`; the next call reconnects again.
+        c.reconnect_retries = 1;
+        c.reconnect_max_delay = Duration::from_millis(500);
+        c
     }
 }
 
