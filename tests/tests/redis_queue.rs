@@ -384,3 +384,49 @@ async fn one_connection_serves_queue_session_store_and_tool_cache() {
     sessions.delete(&key).await.expect("delete");
     tools.invalidate(&tk).await.expect("invalidate");
 }
+
+/// The same task enqueued twice (a producer's retry after a lost reply)
+/// is two entries on the ready stream; a delayed enqueue, or two retries of
+/// its two deliveries with the same delay, must not merge them into one
+/// (identical envelopes once collapsed into one sorted-set member).
+#[tokio::test]
+async fn identical_delayed_envelopes_stay_two_tasks() {
+    let Some(url) = redis_url() else { return };
+    let q = queue(
+        &url,
+        &agentscale_tests::unique_name("delayed-twins"),
+        "c1",
+        Duration::from_secs(30),
+    )
+    .await;
+    let task = Task::new("twin", "same").with_delay(Duration::from_millis(200));
+    q.enqueue(task.clone()).await.expect("first");
+    q.enqueue(task.clone()).await.expect("second");
+    assert_eq!(q.depth().await.expect("depth").delayed, 2);
+    let mut leases = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leases.len() < 2 && std::time::Instant::now() < deadline {
+        leases.extend(q.lease(2, Duration::from_millis(500)).await.expect("lease"));
+    }
+    assert_eq!(leases.len(), 2, "both copies are delivered");
+    // Both deliveries retried with the same delay: identical envelopes again.
+    for l in &leases {
+        q.nack(l, Nack::Retry(Duration::from_millis(200)))
+            .await
+            .expect("nack");
+    }
+    assert_eq!(q.depth().await.expect("depth").delayed, 2);
+    let mut again = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while again.len() < 2 && std::time::Instant::now() < deadline {
+        again.extend(q.lease(2, Duration::from_millis(500)).await.expect("lease"));
+    }
+    assert_eq!(again.len(), 2, "both retries are delivered");
+    assert!(again.iter().all(|l| l.attempt() == 2 && l.task().id == task.id));
+    for l in &again {
+        q.ack(l).await.expect("ack");
+    }
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed), (0, 0, 0));
+    q.destroy().await.expect("destroy");
+}

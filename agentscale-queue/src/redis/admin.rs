@@ -13,7 +13,10 @@ impl RedisQueue {
         let k = &self.inner.keys;
         let mut conn = self.inner.redis.connection();
         let mut del = redis::cmd("DEL");
-        del.arg(&k.streams[..]).arg(&k.delayed).arg(&k.dead);
+        del.arg(&k.streams[..])
+            .arg(&k.delayed)
+            .arg(&k.delayed_tasks)
+            .arg(&k.dead);
         let _: i64 = del.query_async(&mut conn).await.map_err(|e| map_err("DEL", e))?;
         let pattern = format!("{}*", escape_glob(&k.idempotency_prefix));
         let mut cursor: u64 = 0;

@@ -119,6 +119,7 @@ impl RedisQueue {
         let keys = &self.inner.keys;
         let mut inv = self.inner.scripts.lease.key(&keys.streams[..]);
         inv.key(&keys.delayed)
+            .key(&keys.delayed_tasks)
             .arg(&self.inner.config.consumer_group)
             .arg(&self.inner.consumer)
             .arg(max)

@@ -9,7 +9,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{Q}:stream:high`, `…:normal`, `…:low` | stream | ready and leased tasks, field `task` = envelope |
-//! | `P:{Q}:delayed` | sorted set | retries and `not_before` tasks, score = due ms, member = priority digit + envelope |
+//! | `P:{Q}:delayed` | sorted set | retries and `not_before` tasks, score = due ms, member = priority digit + task id + `:` + a random nonce (two copies of one task never merge) |
+//! | `P:{Q}:delayed:tasks` | hash | member of `…:delayed` → envelope |
 //! | `P:{Q}:dead` | stream | dead letters: `task`, `reason`, `attempts`, `dead_at`, `raw` |
 //! | `P:{Q}:idem:<key>` | string | idempotency key → first task id, with a TTL |
 //!
@@ -66,8 +67,10 @@ use reply::*;
 pub struct RedisQueueKeys {
     /// Ready/leased streams, indexed by [`Priority::index`] (high, normal, low).
     pub streams: [String; 3],
-    /// Sorted set of delayed tasks.
+    /// Sorted set of delayed tasks (members: priority digit, task id, nonce).
     pub delayed: String,
+    /// Hash from a delayed member to its envelope.
+    pub delayed_tasks: String,
     /// Dead-letter stream.
     pub dead: String,
     /// Prefix of idempotency keys (`<prefix><idempotency key>`).
@@ -85,6 +88,7 @@ impl RedisQueueKeys {
                 format!("{base}:stream:low"),
             ],
             delayed: format!("{base}:delayed"),
+            delayed_tasks: format!("{base}:delayed:tasks"),
             dead: format!("{base}:dead"),
             idempotency_prefix: format!("{base}:idem:"),
         }
@@ -101,6 +105,7 @@ struct Scripts {
     settle: Script,
     ack_batch: Script,
     enqueue_idempotent: Script,
+    delay: Script,
     depth: Script,
     replay: Script,
 }
@@ -181,6 +186,7 @@ impl RedisQueue {
                     settle: Script::new(scripts::SETTLE),
                     ack_batch: Script::new(scripts::ACK_BATCH),
                     enqueue_idempotent: Script::new(scripts::ENQUEUE_IDEMPOTENT),
+                    delay: Script::new(scripts::DELAY),
                     depth: Script::new(scripts::DEPTH),
                     replay: Script::new(scripts::REPLAY),
                 },
@@ -259,10 +265,7 @@ impl RedisQueue {
         } else {
             &keys.streams[p.prio]
         };
-        let payload = match p.delayed_until {
-            Some(_) => delayed_member(p.prio, &p.envelope),
-            None => p.envelope.clone(),
-        };
+        let member = delayed_member(p.prio, &p.id);
         match &p.idempotency_key {
             Some(k) => {
                 let mut inv = self
@@ -271,19 +274,30 @@ impl RedisQueue {
                     .enqueue_idempotent
                     .key(format!("{}{k}", keys.idempotency_prefix));
                 inv.key(target)
+                    .key(&keys.delayed_tasks)
                     .arg(p.id.as_str())
                     .arg(self.inner.config.idempotency_ttl.as_millis() as u64)
                     .arg(if p.delayed_until.is_some() { "z" } else { "x" })
-                    .arg(payload)
-                    .arg(p.delayed_until.unwrap_or(0));
+                    .arg(&p.envelope[..])
+                    .arg(p.delayed_until.unwrap_or(0))
+                    .arg(&member);
                 pipe.invoke_script(&inv);
             }
             None => match p.delayed_until {
                 Some(score) => {
-                    pipe.cmd("ZADD").arg(target).arg(score).arg(payload);
+                    let mut inv = self.inner.scripts.delay.key(target);
+                    inv.key(&keys.delayed_tasks)
+                        .arg(&member)
+                        .arg(score)
+                        .arg(&p.envelope[..]);
+                    pipe.invoke_script(&inv);
                 }
                 None => {
-                    pipe.cmd("XADD").arg(target).arg("*").arg("task").arg(payload);
+                    pipe.cmd("XADD")
+                        .arg(target)
+                        .arg("*")
+                        .arg("task")
+                        .arg(&p.envelope[..]);
                 }
             },
         }
@@ -332,8 +346,11 @@ impl RedisQueue {
         extra: [&str; 4],
     ) -> Result<bool> {
         let mut inv = self.inner.scripts.settle.key(&self.inner.keys.streams[prio]);
-        inv.key(target)
-            .arg(&self.inner.config.consumer_group)
+        inv.key(target);
+        if action == "delay" {
+            inv.key(&self.inner.keys.delayed_tasks);
+        }
+        inv.arg(&self.inner.config.consumer_group)
             .arg(&self.inner.consumer)
             .arg(id)
             .arg(fence)
@@ -354,11 +371,11 @@ impl RedisQueue {
     }
 }
 
-fn delayed_member(prio: usize, envelope: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(envelope.len() + 1);
-    m.push(b'0' + prio as u8);
-    m.extend_from_slice(envelope);
-    m
+/// A delayed-set member: priority digit, task id and a random nonce, so the
+/// same task delayed twice (enqueued twice, or two deliveries retried with
+/// the same delay) stays two entries.
+fn delayed_member(prio: usize, id: &TaskId) -> String {
+    format!("{prio}{}:{:016x}", id.as_str(), rand::random::<u64>())
 }
 
 #[async_trait]
@@ -391,6 +408,7 @@ impl TaskQueue for RedisQueue {
             Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+                pipe.load_script(&self.inner.scripts.delay).ignore();
                 self.push_enqueue(&mut pipe, &p);
                 self.run_pipeline(&pipe, "enqueue").await?
             }
@@ -412,6 +430,9 @@ impl TaskQueue for RedisQueue {
         let mut pipe = redis::pipe();
         if ok.iter().any(|p| p.idempotency_key.is_some()) {
             pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+        }
+        if ok.iter().any(|p| p.delayed_until.is_some()) {
+            pipe.load_script(&self.inner.scripts.delay).ignore();
         }
         for p in &ok {
             self.push_enqueue(&mut pipe, p);
@@ -532,15 +553,15 @@ impl TaskQueue for RedisQueue {
                     .await?
                 } else {
                     let due = (now_ms() + delay.as_millis() as u64).to_string();
-                    let member = delayed_member(target_prio, &env);
+                    let member = delayed_member(target_prio, &task.id);
                     self.settle(
                         prio,
                         id,
                         lease.fence(),
                         "delay",
                         &keys.delayed,
-                        &member,
-                        [&due, "", "", ""],
+                        &env,
+                        [&due, &member, "", ""],
                     )
                     .await?
                 }
@@ -673,6 +694,7 @@ mod tests {
         assert_eq!(k.streams[0], "as:{jobs}:stream:high");
         assert_eq!(k.stream(Priority::Low), "as:{jobs}:stream:low");
         assert_eq!(k.delayed, "as:{jobs}:delayed");
+        assert_eq!(k.delayed_tasks, "as:{jobs}:delayed:tasks");
         assert_eq!(k.dead, "as:{jobs}:dead");
         assert_eq!(k.idempotency_prefix, "as:{jobs}:idem:");
     }
