@@ -332,3 +332,122 @@ async fn ten_thousand_tasks_with_random_worker_kills() {
     assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0));
     drop(redis);
 }
+
+/// Waits until the test's own server has `n` clients blocked in a command.
+async fn wait_blocked(url: &str, n: u64) {
+    let mut c = conn(url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut c)
+            .await
+            .expect("info");
+        let blocked = info
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if blocked == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} blocked clients never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn plain_queue(url: &str, name: &str) -> RedisQueue {
+    let cfg = RedisQueueConfig::new(url, name)
+        .with_consumer_name("solo")
+        .with_lease_timeout(Duration::from_secs(30));
+    RedisQueue::connect(cfg).await.expect("connect")
+}
+
+/// A blocking read returns up to COUNT entries *per stream*, so a
+/// `lease(1)` woken by two streams at once reads two. The extra one must
+/// be handed out next, in its place, uncharged (it was once re-added at the
+/// back of its stream, behind tasks enqueued after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_read_entries_keep_their_order_and_attempt() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let q = plain_queue(&url, &agentscale_tests::unique_name("overread")).await;
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease(1, Duration::from_secs(10)).await })
+    };
+    wait_blocked(&url, 1).await;
+    // One transaction: the blocked read is served once, with both streams ready.
+    let high = Task::new("k", "high").with_priority(agentscale_core::Priority::High);
+    let (b1, b2) = (Task::new("k", "b1"), Task::new("k", "b2"));
+    let mut c = conn(&url).await;
+    let keys = q.keys().clone();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("XADD")
+        .arg(&keys.streams[0])
+        .arg("*")
+        .arg("task")
+        .arg(high.encode().expect("encode"))
+        .cmd("XADD")
+        .arg(&keys.streams[1])
+        .arg("*")
+        .arg("task")
+        .arg(b1.encode().expect("encode"))
+        .cmd("XADD")
+        .arg(&keys.streams[1])
+        .arg("*")
+        .arg("task")
+        .arg(b2.encode().expect("encode"));
+    let _: () = pipe.query_async(&mut c).await.expect("multi");
+    let first = waiting.await.expect("join").expect("lease");
+    assert_eq!(first.len(), 1, "lease(1) hands out one");
+    assert_eq!(first[0].task().id, high.id);
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let l = q.lease(1, Duration::from_secs(2)).await.expect("lease");
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].attempt(), 1, "handing back charged an attempt");
+        order.push(l[0].task().id.clone());
+        q.ack(&l[0]).await.expect("ack");
+    }
+    assert_eq!(order, vec![b1.id, b2.id], "the over-read entry lost its place");
+    q.ack(&first[0]).await.expect("ack");
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight), (0, 0));
+}
+
+/// A `lease()` future dropped while its blocking read is in flight: the
+/// entries that read takes are handed out by the next `lease()` at once,
+/// not stranded in the pending list until the lease timeout (with an
+/// attempt charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lease_future_strands_nothing() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let q = plain_queue(&url, &agentscale_tests::unique_name("dropped")).await;
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease(1, Duration::from_secs(10)).await })
+    };
+    wait_blocked(&url, 1).await;
+    waiting.abort();
+    let _ = waiting.await;
+    let task = Task::new("k", "after-drop");
+    q.enqueue(task.clone()).await.expect("enqueue");
+    // Well inside the 30 s lease timeout: only a hand-back delivers it now.
+    let l = q.lease(1, Duration::from_secs(3)).await.expect("lease");
+    assert_eq!(l.len(), 1, "the entry read for the dropped call was stranded");
+    assert_eq!(l[0].task().id, task.id);
+    assert_eq!(l[0].attempt(), 1);
+    q.ack(&l[0]).await.expect("ack");
+}

@@ -43,60 +43,152 @@ impl RedisQueue {
     }
 
     /// A failed dead-lettering leaves the entry pending: it is reclaimed
-    /// after the lease timeout and tried again. Leases already read in the
-    /// same call are still returned.
+    /// after the lease timeout and tried again.
     pub(super) fn dead_letter_failed(&self, entry: &str, err: &Error) -> bool {
         tracing::warn!(queue = %self.inner.config.queue, %entry, error = %err, "could not dead-letter a malformed entry; it will be retried");
         false
     }
 
-    /// Turns entries into leases; dead-letters entries that are not
-    /// envelopes and tasks whose attempts are exhausted.
-    pub(super) async fn to_leases(&self, entries: Vec<RawEntry>) -> Result<Vec<Lease>> {
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let fence = e.deliveries;
-            if e.raw {
-                tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, "dead-lettering a stream entry without a `task` field");
-                self.dead_letter_entry(
-                    e.prio,
-                    &e.id,
-                    fence,
-                    &e.payload,
-                    true,
-                    "stream entry is not a task envelope: no `task` field",
-                    e.deliveries as u32,
-                )
-                .await
-                .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
-                continue;
+    /// Runs `fetch` (a Redis read that takes entries into this consumer's
+    /// pending list) on its own task and stashes what it read before
+    /// returning. The read completes even if the caller's future is
+    /// dropped, so entries it took are never stranded: the next `lease`
+    /// hands them out, in the order read, with no attempt charged.
+    pub(super) async fn fetch_into_stash<T, F, Fut>(&self, fetch: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(RedisQueue) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(Vec<RawEntry>, T)>> + Send + 'static,
+    {
+        let q = self.clone();
+        tokio::spawn(async move {
+            let (entries, extra) = fetch(q.clone()).await?;
+            if !entries.is_empty() {
+                let now = std::time::Instant::now();
+                let mut stash = q.inner.stash.lock();
+                stash.extend(entries.into_iter().map(|e| Stashed::new(e, now)));
             }
-            match Task::decode(&e.payload) {
-                Err(err) => {
-                    tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, error = %err, "dead-lettering a malformed stream entry");
-                    self.dead_letter_entry(
-                        e.prio,
-                        &e.id,
-                        fence,
-                        &e.payload,
-                        true,
-                        &format!("stream entry is not a task envelope: {err}"),
-                        e.deliveries as u32,
-                    )
-                    .await
-                    .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
+            Ok(extra)
+        })
+        .await
+        .map_err(|e| Error::backend("redis lease task failed", e))?
+    }
+
+    /// Hands out up to `max` stashed tasks, oldest read first. Malformed
+    /// entries and entries stashed for more than half the lease timeout
+    /// are dealt with first, on a task of their own (see [`tidy_stash`]).
+    ///
+    /// [`tidy_stash`]: Self::tidy_stash
+    pub(super) async fn take_stashed(&self, max: usize) -> Result<Vec<Lease>> {
+        let stale_after = self.inner.config.lease_timeout / 2;
+        let needs_tidy = {
+            let stash = self.inner.stash.lock();
+            stash
+                .iter()
+                .any(|s| s.task.is_err() || s.at.elapsed() >= stale_after)
+        };
+        if needs_tidy {
+            let q = self.clone();
+            tokio::spawn(async move { q.tidy_stash(stale_after).await })
+                .await
+                .map_err(|e| Error::backend("redis lease task failed", e))?;
+        }
+        let mut stash = self.inner.stash.lock();
+        let mut out = Vec::with_capacity(max.min(stash.len()));
+        // A malformed entry stashed since the tidy stops the hand-out; the
+        // next round dead-letters it.
+        while out.len() < max && stash.front().is_some_and(|s| s.task.is_ok()) {
+            let Some(Stashed {
+                entry,
+                task: Ok(task),
+                ..
+            }) = stash.pop_front()
+            else {
+                break;
+            };
+            // Attempts beyond max_attempts are still delivered: the worker
+            // runtime dead-letters them with its reason.
+            let attempt = task
+                .attempt
+                .saturating_add(entry.deliveries.min(u32::MAX as u64) as u32);
+            let receipt = format!("{}:{}", entry.prio, entry.id);
+            out.push(Lease::new(task, attempt, receipt, entry.deliveries));
+        }
+        Ok(out)
+    }
+
+    /// Dead-letters malformed stashed entries and renews the pending-entry
+    /// idle time of stale ones (fenced; an entry another consumer reclaimed
+    /// meanwhile is dropped from the stash, it is theirs now). Survivors go
+    /// back to the front of the stash in their order.
+    async fn tidy_stash(&self, stale_after: Duration) {
+        let work: Vec<Stashed> = {
+            let mut stash = self.inner.stash.lock();
+            let mut work = Vec::new();
+            let mut keep = std::collections::VecDeque::with_capacity(stash.len());
+            for s in stash.drain(..) {
+                if s.task.is_err() || s.at.elapsed() >= stale_after {
+                    work.push(s);
+                } else {
+                    keep.push_back(s);
                 }
-                Ok(task) => {
-                    // Attempts beyond max_attempts are still delivered: the
-                    // worker runtime dead-letters them with its reason.
-                    let attempt = task
-                        .attempt
-                        .saturating_add(e.deliveries.min(u32::MAX as u64) as u32);
-                    out.push(Lease::new(task, attempt, format!("{}:{}", e.prio, e.id), fence));
+            }
+            *stash = keep;
+            work
+        };
+        let mut survivors = Vec::new();
+        for mut s in work {
+            let e = &s.entry;
+            match &s.task {
+                Err(reason) => {
+                    tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, %reason, "dead-lettering a malformed stream entry");
+                    if let Err(err) = self
+                        .dead_letter_entry(
+                            e.prio,
+                            &e.id,
+                            e.deliveries,
+                            &e.payload,
+                            true,
+                            reason,
+                            e.deliveries as u32,
+                        )
+                        .await
+                    {
+                        self.dead_letter_failed(&e.id, &err);
+                    }
+                }
+                Ok(_) => {
+                    let stream = self.inner.keys.streams[e.prio].clone();
+                    match self
+                        .settle(
+                            e.prio,
+                            &e.id,
+                            e.deliveries,
+                            "extend",
+                            &stream,
+                            b"",
+                            ["0", "", "", ""],
+                        )
+                        .await
+                    {
+                        Ok(true) => {
+                            s.at = std::time::Instant::now();
+                            survivors.push(s);
+                        }
+                        Ok(false) => {
+                            tracing::debug!(entry = %e.id, "stashed entry was reclaimed by another consumer");
+                        }
+                        // Keep it: the next lease tries again, and if the
+                        // lease expires meanwhile the ack is refused (fenced).
+                        Err(_) => survivors.push(s),
+                    }
                 }
             }
         }
-        Ok(out)
+        let mut stash = self.inner.stash.lock();
+        for s in survivors.into_iter().rev() {
+            stash.push_front(s);
+        }
     }
 
     pub(super) fn take_reclaim_turn(&self, now: u64) -> bool {
@@ -264,29 +356,30 @@ impl RedisQueue {
                 });
             }
         }
-        // COUNT applies per stream: hand back anything beyond `max`,
-        // uncharged, so callers never hold more than they asked for.
-        if out.len() > max {
-            for e in out.split_off(max) {
-                let target = keys.streams[e.prio].clone();
-                self.settle(e.prio, &e.id, 1, "xadd", &target, &e.payload, ["", "", "", ""])
-                    .await?;
-            }
-        }
+        // COUNT applies per stream, so this may hold more than `max`: the
+        // rest stays stashed, in order and uncharged, for the next lease.
         Ok(out)
     }
 
     pub(super) async fn lease_inner(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let (entries, next_due) = self.lease_round(max).await?;
-            let got = !entries.is_empty();
-            let leases = self.to_leases(entries).await?;
+            let leases = self.take_stashed(max).await?;
             if !leases.is_empty() {
                 return Ok(leases);
             }
+            if !self.inner.stash.lock().is_empty() {
+                continue; // a malformed entry to dead-letter first
+            }
+            let (got, next_due) = self
+                .fetch_into_stash(move |q| async move {
+                    let (entries, next_due) = q.lease_round(max).await?;
+                    let got = !entries.is_empty();
+                    Ok((entries, (got, next_due)))
+                })
+                .await?;
             if got {
-                // Everything read was dead-lettered; read again at once.
+                // Hand them out (or dead-letter them) on the next round.
                 continue;
             }
             let now = tokio::time::Instant::now();
@@ -302,11 +395,28 @@ impl RedisQueue {
             if block < Duration::from_millis(1) {
                 continue;
             }
-            let entries = self.block_read(max, block).await?;
-            let leases = self.to_leases(entries).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
+            self.fetch_into_stash(move |q| async move { Ok((q.block_read(max, block).await?, ())) })
+                .await?;
         }
+    }
+}
+
+/// An entry read into this consumer's pending list, waiting to be handed out.
+pub(super) struct Stashed {
+    pub(super) entry: RawEntry,
+    /// The decoded task, or why the entry is not one.
+    pub(super) task: std::result::Result<Task, String>,
+    /// When it was read (or its idle time last renewed).
+    pub(super) at: std::time::Instant,
+}
+
+impl Stashed {
+    fn new(entry: RawEntry, at: std::time::Instant) -> Self {
+        let task = if entry.raw {
+            Err("stream entry is not a task envelope: no `task` field".to_string())
+        } else {
+            Task::decode(&entry.payload).map_err(|e| format!("stream entry is not a task envelope: {e}"))
+        };
+        Stashed { entry, task, at }
     }
 }

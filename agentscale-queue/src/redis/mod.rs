@@ -118,6 +118,9 @@ struct Inner {
     scripts: Scripts,
     last_reclaim_ms: AtomicU64,
     cursors: parking_lot::Mutex<[String; 3]>,
+    /// Entries read into this consumer's pending list and not handed out
+    /// yet (a read's surplus, or the read of a dropped `lease` call).
+    stash: parking_lot::Mutex<std::collections::VecDeque<lease::Stashed>>,
 }
 
 /// A task queue on Redis Streams (see the [module docs](self) for the key
@@ -192,6 +195,7 @@ impl RedisQueue {
                 },
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
+                stash: parking_lot::Mutex::new(std::collections::VecDeque::new()),
                 config,
             }),
         };
