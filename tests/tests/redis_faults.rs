@@ -451,3 +451,109 @@ async fn a_dropped_lease_future_strands_nothing() {
     assert_eq!(l[0].attempt(), 1);
     q.ack(&l[0]).await.expect("ack");
 }
+
+/// A worker cut off from Redis mid-run (a proxy that drops its traffic
+/// without closing anything): its leases expire, another worker reclaims
+/// and completes the tasks, the cut-off worker's acks after the network
+/// heals are refused with `LeaseLost`, and nothing is lost or left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_redis_loses_its_leases_to_another() {
+    use agentscale_tests::net_cut::CutProxy;
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
+    let proxy = CutProxy::start(upstream).await;
+    let name = agentscale_tests::unique_name("netcut");
+    let lease = Duration::from_millis(800);
+    let member = |url: String, consumer: &'static str| {
+        let name = name.clone();
+        async move {
+            let mut cfg = RedisQueueConfig::new(url, name)
+                .with_consumer_name(consumer)
+                .with_lease_timeout(lease)
+                .with_reclaim_interval(Duration::from_millis(50));
+            cfg.command_timeout = Duration::from_millis(500);
+            cfg.connect_timeout = Duration::from_millis(500);
+            RedisQueue::connect(cfg).await.expect("connect")
+        }
+    };
+    let cut_off = member(format!("redis://{}", proxy.addr()), "cut-off").await;
+    let healthy = member(url.clone(), "healthy").await;
+
+    const N: usize = 40;
+    let ids: HashSet<TaskId> = {
+        let tasks: Vec<Task> = (0..N).map(|i| Task::new("k", format!("t{i}"))).collect();
+        for r in healthy.enqueue_batch(tasks.clone()).await {
+            r.expect("enqueue");
+        }
+        tasks.into_iter().map(|t| t.id).collect()
+    };
+    let mut held = Vec::new();
+    while held.len() < 15 {
+        held.extend(
+            cut_off
+                .lease(15 - held.len(), Duration::from_secs(2))
+                .await
+                .expect("lease before the cut"),
+        );
+    }
+    proxy.cut();
+    // The cut-off worker "finishes" its tasks but cannot report it.
+    let during = cut_off.ack(&held[0]).await.expect_err("no ack crosses a cut");
+    assert!(
+        matches!(during.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{during}"
+    );
+
+    // The healthy worker completes everything, the cut-off worker's tasks
+    // once their leases expired.
+    let mut done: HashMap<TaskId, u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {N} completed",
+            done.len()
+        );
+        for l in healthy
+            .lease(16, Duration::from_millis(500))
+            .await
+            .expect("lease")
+        {
+            healthy.ack(&l).await.expect("healthy ack");
+            *done.entry(l.task().id.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        done.keys().cloned().collect::<HashSet<_>>(),
+        ids,
+        "a task was lost"
+    );
+    assert!(
+        done.values().all(|n| *n == 1),
+        "a completed task ran again: {done:?}"
+    );
+
+    // The network heals; the late acks are fenced off.
+    proxy.heal();
+    for l in &held {
+        let mut outcome = cut_off.ack(l).await;
+        // The first call after the heal may still meet the dead connection.
+        for _ in 0..20 {
+            match &outcome {
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    outcome = cut_off.ack(l).await;
+                }
+                _ => break,
+            }
+        }
+        let e = outcome.expect_err("a late ack after the lease was reclaimed");
+        assert_eq!(e.kind(), ErrorKind::LeaseLost, "{e}");
+    }
+    let d = healthy.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0), "{d:?}");
+}
