@@ -35,7 +35,7 @@ fn init_tracing() {
 }
 
 fn config(brokers: &str, topic: &str, partitions: i32) -> KafkaQueueConfig {
-    let mut b = KafkaQueueConfig::builder(brokers, topic);
+    let mut b = KafkaQueueConfig::builder().brokers(brokers).topic(topic);
     if let Ok(debug) = std::env::var("AGENTSCALE_KAFKA_DEBUG") {
         b = b.client_property("debug", debug);
     }
@@ -348,7 +348,9 @@ async fn worker_refuses_a_task_timeout_the_lease_cannot_cover() {
 
     // Defaults on both sides fit together.
     let topic = agentscale_tests::unique_name("askf-timeout-default");
-    let mut cfg = KafkaQueueConfig::builder(&brokers, &topic)
+    let mut cfg = KafkaQueueConfig::builder()
+        .brokers(&brokers)
+        .topic(&topic)
         .idempotence(false)
         .partitions(1)
         .consume(false)

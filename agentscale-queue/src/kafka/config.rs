@@ -5,11 +5,14 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use serde::{Deserialize, Serialize};
 
+use agentscale_core::config::Secret;
 use agentscale_core::{Error, Result};
 
 /// The partition assignment strategy of the consumer group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum AssignmentStrategy {
     /// `cooperative-sticky`: incremental rebalances; partitions that stay with a
@@ -32,8 +35,17 @@ impl AssignmentStrategy {
     }
 }
 
-/// Configuration of a [`KafkaQueue`]; build it with [`KafkaQueueConfig::builder`].
-#[derive(Clone)]
+/// Configuration of a [`KafkaQueue`](super::KafkaQueue).
+///
+/// Build one with [`KafkaQueueConfig::builder`], or load it with
+/// [`ConfigLoader`](agentscale_core::config::ConfigLoader) (serde; durations
+/// as milliseconds or strings such as `"30s"`; the assignment strategy as
+/// `cooperative-sticky`, `range` or `roundrobin`) and pass it to
+/// [`KafkaQueue::connect`](super::KafkaQueue::connect), which validates it.
+/// An empty `group_id` means `<topic>-workers`. `Debug` hides the values of
+/// client properties whose name says secret, password, token or key.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct KafkaQueueConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
@@ -47,6 +59,7 @@ pub struct KafkaQueueConfig {
     /// Replication factor of created topics.
     pub replication_factor: i32,
     /// Delays of the retry tiers, ascending.
+    #[serde(with = "duration_list")]
     pub retry_tiers: Vec<Duration>,
     /// Use Kafka's idempotent producer (`enable.idempotence`).
     pub idempotence: bool,
@@ -55,19 +68,26 @@ pub struct KafkaQueueConfig {
     /// Records buffered per partition before the partition is paused.
     pub prefetch_per_partition: usize,
     /// A lease not settled within this time is taken back (also `max.poll.interval.ms`).
+    #[serde(with = "agentscale_core::config::duration")]
     pub lease_timeout: Duration,
     /// `session.timeout.ms` of the consumer group.
+    #[serde(with = "agentscale_core::config::duration")]
     pub session_timeout: Duration,
     /// How long a revoke waits for in-flight tasks of the revoked partitions.
+    #[serde(with = "agentscale_core::config::duration")]
     pub revoke_drain: Duration,
     /// Bound on start-up checks and admin calls.
+    #[serde(with = "agentscale_core::config::duration")]
     pub connect_timeout: Duration,
     /// Bound on one produce (`message.timeout.ms`).
+    #[serde(with = "agentscale_core::config::duration")]
     pub delivery_timeout: Duration,
     /// How often stored offsets are committed (`auto.commit.interval.ms`).
+    #[serde(with = "agentscale_core::config::duration")]
     pub commit_interval: Duration,
     /// Longest time the broker may hold a fetch of the task consumer
     /// (`fetch.wait.max.ms`); see [`KafkaQueueConfigBuilder::fetch_wait`].
+    #[serde(with = "agentscale_core::config::duration")]
     pub fetch_wait: Duration,
     /// Create the topics at connect.
     pub create_topics: bool,
@@ -79,7 +99,7 @@ pub struct KafkaQueueConfig {
     /// Largest encoded envelope accepted at enqueue.
     pub max_envelope_bytes: usize,
     /// Extra librdkafka properties for every client (escape hatch, e.g. SASL/TLS).
-    pub client_properties: BTreeMap<String, String>,
+    pub client_properties: BTreeMap<String, Secret>,
 }
 
 impl fmt::Debug for KafkaQueueConfig {
@@ -91,7 +111,7 @@ impl fmt::Debug for KafkaQueueConfig {
                 let secret = ["password", "secret", "token", "key"]
                     .iter()
                     .any(|s| k.contains(s));
-                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+                (k.as_str(), if secret { "<redacted>" } else { v.expose() })
             })
             .collect();
         f.debug_struct("KafkaQueueConfig")
@@ -120,45 +140,61 @@ impl fmt::Debug for KafkaQueueConfig {
     }
 }
 
-impl KafkaQueueConfig {
-    /// A builder for a queue on `topic` at `brokers`, with defaults: group
-    /// `<topic>-workers`, 6 partitions, replication 1, retry tiers 1s/10s/60s,
-    /// idempotent producer on, keyed by session id, prefetch 256 per
-    /// partition, lease timeout 15 min, session timeout 10 s, revoke drain 2 s,
-    /// connect timeout 10 s, delivery timeout 30 s, commit every 500 ms,
-    /// fetch wait 100 ms, topics created at connect, cooperative-sticky
-    /// assignment.
-    pub fn builder(brokers: impl Into<String>, topic: impl Into<String>) -> KafkaQueueConfigBuilder {
-        let topic = topic.into();
-        KafkaQueueConfigBuilder {
-            config: KafkaQueueConfig {
-                brokers: brokers.into(),
-                group_id: format!("{topic}-workers"),
-                topic,
-                partitions: 6,
-                replication_factor: 1,
-                retry_tiers: vec![
-                    Duration::from_secs(1),
-                    Duration::from_secs(10),
-                    Duration::from_secs(60),
-                ],
-                idempotence: true,
-                key_by_session: true,
-                prefetch_per_partition: 256,
-                lease_timeout: Duration::from_secs(900),
-                session_timeout: Duration::from_secs(10),
-                revoke_drain: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(10),
-                delivery_timeout: Duration::from_secs(30),
-                commit_interval: Duration::from_millis(500),
-                fetch_wait: Duration::from_millis(100),
-                create_topics: true,
-                consume: true,
-                assignment: AssignmentStrategy::CooperativeSticky,
-                max_envelope_bytes: agentscale_core::task::DEFAULT_MAX_ENVELOPE_BYTES,
-                client_properties: BTreeMap::new(),
-            },
+impl Default for KafkaQueueConfig {
+    /// Brokers `127.0.0.1:9092`, topic `tasks`, group `<topic>-workers`, 6
+    /// partitions, replication 1, retry tiers 1s/10s/60s, idempotent
+    /// producer on, keyed by session id, prefetch 256 per partition, lease
+    /// timeout 15 min, session timeout 10 s, revoke drain 2 s, connect
+    /// timeout 10 s, delivery timeout 30 s, commit every 500 ms, fetch wait
+    /// 100 ms, topics created at connect, cooperative-sticky assignment.
+    fn default() -> Self {
+        KafkaQueueConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "tasks".into(),
+            group_id: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+            retry_tiers: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ],
+            idempotence: true,
+            key_by_session: true,
+            prefetch_per_partition: 256,
+            lease_timeout: Duration::from_secs(900),
+            session_timeout: Duration::from_secs(10),
+            revoke_drain: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_millis(500),
+            fetch_wait: Duration::from_millis(100),
+            create_topics: true,
+            consume: true,
+            assignment: AssignmentStrategy::CooperativeSticky,
+            max_envelope_bytes: agentscale_core::task::DEFAULT_MAX_ENVELOPE_BYTES,
+            client_properties: BTreeMap::new(),
         }
+    }
+}
+
+impl KafkaQueueConfig {
+    /// A builder starting from the [defaults](Self::default); set at least
+    /// `brokers` and `topic`.
+    pub fn builder() -> KafkaQueueConfigBuilder {
+        KafkaQueueConfigBuilder {
+            config: KafkaQueueConfig::default(),
+        }
+    }
+
+    /// Checks every field and fills an empty `group_id` with
+    /// `<topic>-workers`; [`Error::InvalidConfig`] names the field.
+    pub fn validated(mut self) -> Result<KafkaQueueConfig> {
+        if self.group_id.is_empty() {
+            self.group_id = format!("{}-workers", self.topic);
+        }
+        self.validate()?;
+        Ok(self)
     }
 
     /// The retry topic of tier `i`.
@@ -198,7 +234,7 @@ impl KafkaQueueConfig {
             ms(self.connect_timeout).to_string(),
         );
         for (k, v) in &self.client_properties {
-            c.set(k, v);
+            c.set(k, v.expose());
         }
         c
     }
@@ -254,6 +290,16 @@ pub struct KafkaQueueConfigBuilder {
 }
 
 impl KafkaQueueConfigBuilder {
+    /// Bootstrap servers, `host:port[,host:port…]` (default `127.0.0.1:9092`).
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.config.brokers = brokers.into();
+        self
+    }
+    /// The task topic, also the queue's name (default `tasks`).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.config.topic = topic.into();
+        self
+    }
     /// The consumer group (default `<topic>-workers`).
     pub fn group_id(mut self, group: impl Into<String>) -> Self {
         self.config.group_id = group.into();
@@ -359,13 +405,22 @@ impl KafkaQueueConfigBuilder {
     }
     /// An extra librdkafka property for every client (escape hatch).
     pub fn client_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.client_properties.insert(key.into(), value.into());
+        self.config
+            .client_properties
+            .insert(key.into(), Secret::new(value.into()));
         self
     }
 
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<KafkaQueueConfig> {
-        let c = self.config;
+        self.config.validated()
+    }
+}
+
+impl KafkaQueueConfig {
+    /// Checks every field; [`Error::InvalidConfig`] names the field.
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
         let bad = |m: String| Err(Error::InvalidConfig(m));
         if c.brokers.trim().is_empty() {
             return bad("kafka: brokers must not be empty".into());
@@ -376,17 +431,23 @@ impl KafkaQueueConfigBuilder {
                 c.topic
             ));
         }
-        if c.group_id.is_empty() {
-            return bad("kafka: group_id must not be empty".into());
+        if c.group_id.is_empty() || !valid_topic(&c.group_id) {
+            return bad(format!(
+                "kafka: group_id {:?} must be 1-200 characters from [A-Za-z0-9._-]",
+                c.group_id
+            ));
         }
         if c.partitions < 1 || c.replication_factor < 1 {
-            return bad("kafka: partitions and replication_factor must be at least 1".into());
+            return bad(format!(
+                "kafka: partitions ({}) and replication_factor ({}) must be at least 1",
+                c.partitions, c.replication_factor
+            ));
         }
         if c.retry_tiers.is_empty() {
-            return bad("kafka: at least one retry tier is needed".into());
+            return bad("kafka: retry_tiers needs at least one tier".into());
         }
         if c.retry_tiers.windows(2).any(|w| w[0] >= w[1]) || c.retry_tiers[0].is_zero() {
-            return bad("kafka: retry tiers must be positive and strictly ascending".into());
+            return bad("kafka: retry_tiers must be positive and strictly ascending".into());
         }
         if c.prefetch_per_partition == 0 {
             return bad("kafka: prefetch_per_partition must be at least 1".into());
@@ -408,7 +469,7 @@ impl KafkaQueueConfigBuilder {
         if c.max_envelope_bytes < 64 {
             return bad("kafka: max_envelope_bytes must be at least 64".into());
         }
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -418,28 +479,48 @@ mod tests {
 
     #[test]
     fn builder_validates() {
-        assert!(KafkaQueueConfig::builder("127.0.0.1:9092", "tasks")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("127.0.0.1:9092")
+            .topic("tasks")
             .build()
             .is_ok());
-        assert!(KafkaQueueConfig::builder("", "tasks").build().is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "bad topic").build().is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "t")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("")
+            .topic("tasks")
+            .build()
+            .is_err());
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("bad topic")
+            .build()
+            .is_err());
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .partitions(0)
             .build()
             .is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "t")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .retry_tiers([])
             .build()
             .is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "t")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .retry_tiers([Duration::from_secs(10), Duration::from_secs(1)])
             .build()
             .is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "t")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .prefetch_per_partition(0)
             .build()
             .is_err());
-        assert!(KafkaQueueConfig::builder("b:1", "t")
+        assert!(KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .fetch_wait(Duration::ZERO)
             .build()
             .is_err());
@@ -447,7 +528,11 @@ mod tests {
 
     #[test]
     fn topic_names() {
-        let c = KafkaQueueConfig::builder("b:1", "t").build().expect("config");
+        let c = KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
+            .build()
+            .expect("config");
         assert_eq!(
             c.all_topics(),
             vec![
@@ -463,11 +548,107 @@ mod tests {
     }
 
     #[test]
+    fn loads_from_toml_and_env_through_the_loader() {
+        use agentscale_core::config::ConfigLoader;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kafka.toml");
+        std::fs::write(
+            &path,
+            "brokers = \"k1:9092,k2:9092\"\ntopic = \"jobs\"\nretry_tiers = [\"500ms\", \"5s\"]\n\
+             assignment = \"range\"\n[client_properties]\n\"sasl.password\" = \"hunter2\"\n",
+        )
+        .expect("write");
+        let c: KafkaQueueConfig = ConfigLoader::new()
+            .file(&path)
+            .env_prefix("K")
+            .env_vars([("K_LEASE_TIMEOUT", "20m"), ("K_PARTITIONS", "12")])
+            .load()
+            .expect("load");
+        let c = c.validated().expect("valid");
+        assert_eq!(c.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.group_id, "jobs-workers");
+        assert_eq!(
+            c.retry_tiers,
+            [Duration::from_millis(500), Duration::from_secs(5)]
+        );
+        assert_eq!(c.assignment, AssignmentStrategy::Range);
+        assert_eq!(c.lease_timeout, Duration::from_secs(1200));
+        assert_eq!(c.partitions, 12);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors_naming_the_field() {
+        use agentscale_core::config::ConfigLoader;
+        let e = ConfigLoader::new()
+            .env_prefix("K")
+            .env_vars([("K_SESSION_TIMEOUT", "forever")])
+            .load::<KafkaQueueConfig>()
+            .map(|_| ())
+            .expect_err("bad duration");
+        assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("session_timeout"), "{e}");
+        for (b, field) in [
+            (KafkaQueueConfig::builder().partitions(0), "partitions"),
+            (KafkaQueueConfig::builder().topic("a b"), "topic"),
+            (KafkaQueueConfig::builder().retry_tiers([]), "retry_tiers"),
+            (
+                KafkaQueueConfig::builder().prefetch_per_partition(0),
+                "prefetch_per_partition",
+            ),
+            (
+                KafkaQueueConfig::builder().lease_timeout(Duration::ZERO),
+                "lease_timeout",
+            ),
+        ] {
+            let e = b.build().map(|_| ()).expect_err(field);
+            assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
     fn debug_redacts_secrets() {
-        let c = KafkaQueueConfig::builder("b:1", "t")
+        let c = KafkaQueueConfig::builder()
+            .brokers("b:1")
+            .topic("t")
             .client_property("sasl.password", "hunter2")
             .build()
             .expect("config");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
+
+/// Serde for a list of durations (each as milliseconds or a duration string).
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Ms(u64),
+        Text(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let ms: Vec<u64> = v
+            .iter()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect();
+        ms.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<Repr>::deserialize(d)?
+            .into_iter()
+            .map(|r| match r {
+                Repr::Ms(ms) => Ok(Duration::from_millis(ms)),
+                Repr::Text(t) => {
+                    agentscale_core::config::parse_duration(&t).map_err(serde::de::Error::custom)
+                }
+            })
+            .collect()
     }
 }

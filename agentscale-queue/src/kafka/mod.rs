@@ -69,7 +69,7 @@
 //! use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
 //! use std::time::Duration;
 //!
-//! let config = KafkaQueueConfig::builder("127.0.0.1:9092", "agent-tasks")
+//! let config = KafkaQueueConfig::builder().brokers("127.0.0.1:9092").topic("agent-tasks")
 //!     .group_id("agent-workers")
 //!     .partitions(6)
 //!     .build()?;
@@ -159,6 +159,7 @@ impl KafkaQueue {
     /// off), joins the consumer group and starts the poll and retry-relay
     /// threads. Must be called inside a Tokio runtime.
     pub async fn connect(config: KafkaQueueConfig) -> Result<KafkaQueue> {
+        let config = config.validated()?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::InvalidConfig("KafkaQueue::connect needs a Tokio runtime".into()))?;
         // Fail fast and clearly when no broker is reachable.

@@ -443,7 +443,9 @@ mod tests {
 
     #[test]
     fn batched_acks_store_only_contiguous_offsets() {
-        let config = KafkaQueueConfig::builder("127.0.0.1:1", "t")
+        let config = KafkaQueueConfig::builder()
+            .brokers("127.0.0.1:1")
+            .topic("t")
             .build()
             .expect("config");
         // Never connects: store_offsets on an unassigned partition just fails (logged).

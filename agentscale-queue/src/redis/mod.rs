@@ -59,7 +59,7 @@ use agentscale_redis::{map_error as map_err, Redis};
 use async_trait::async_trait;
 use redis::{RedisError, Script, Value};
 
-pub use config::RedisQueueConfig;
+pub use config::{RedisQueueConfig, RedisQueueConfigBuilder};
 use reply::*;
 
 /// The Redis key names of one queue (see the [module docs](self)).

@@ -33,7 +33,7 @@ mod config;
 mod session;
 mod tool_cache;
 
-pub use config::RedisStateConfig;
+pub use config::{RedisStateConfig, RedisStateConfigBuilder};
 pub use session::RedisSessionStore;
 pub use tool_cache::RedisToolCache;
 
