@@ -118,6 +118,9 @@ use relay::*;
 
 /// Header: when a record in a retry topic is due (ms since the epoch).
 pub const HEADER_DUE_MS: &str = "agentscale-due-ms";
+/// Header: when a delayed task is finally due (ms since the epoch); a record
+/// whose hop ends before it is parked again in a retry tier.
+pub const HEADER_FINAL_DUE_MS: &str = "agentscale-final-due-ms";
 /// Header: topic the dead letter came from.
 pub const HEADER_ORIGIN_TOPIC: &str = "agentscale-origin-topic";
 /// Header: partition the dead letter came from.
@@ -347,27 +350,12 @@ impl KafkaQueue {
         })
     }
 
-    fn tier_for(&self, delay: Duration) -> Duration {
-        let tiers = &self.shared.config.retry_tiers;
-        tiers
-            .iter()
-            .copied()
-            .find(|t| *t >= delay)
-            .unwrap_or_else(|| tiers[tiers.len() - 1])
-    }
-
     /// Where a task goes when enqueued now: the main topic, or a retry tier
     /// when it is not due yet.
     fn route(&self, task: &Task) -> (String, Vec<(&'static str, String)>) {
         let now = now_ms();
         match task.not_before_ms {
-            Some(nb) if nb > now => {
-                let tier = self.tier_for(Duration::from_millis(nb - now));
-                (
-                    self.shared.config.retry_topic(tier),
-                    vec![(HEADER_DUE_MS, nb.to_string())],
-                )
-            }
+            Some(nb) if nb > now => park(&self.shared.config, now, nb),
             _ => (self.shared.config.topic.clone(), Vec::new()),
         }
     }
@@ -587,9 +575,10 @@ impl TaskQueue for KafkaQueue {
                 if delay.is_zero() {
                     self.outgoing_for(&task, c.topic.clone(), Vec::new())
                 } else {
-                    let due = now_ms() + delay.as_millis() as u64;
-                    let topic = c.retry_topic(self.tier_for(delay));
-                    self.outgoing_for(&task, topic, vec![(HEADER_DUE_MS, due.to_string())])
+                    let now = now_ms();
+                    let due = now.saturating_add(delay.as_millis().min(u64::MAX as u128) as u64);
+                    let (topic, headers) = park(&c, now, due);
+                    self.outgoing_for(&task, topic, headers)
                 }
             }
             Nack::DeadLetter(reason) => {

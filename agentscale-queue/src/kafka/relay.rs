@@ -1,4 +1,10 @@
 //! The retry relay: holds each retry-tier partition until its head is due.
+//!
+//! Every record in tier `T` is due exactly `T` after it was produced (see
+//! [`park`]), so records of a tier are due in the order they were written
+//! and holding a partition at its head never delays a record that is due
+//! earlier. A delay longer than one tier is served in hops: at the end of a
+//! hop the relay parks the record again until its final due time.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -116,11 +122,20 @@ impl Relayer {
             hold(due);
             return;
         }
+        // A long delay: park it for another hop; else hand it to the workers.
+        let now = now_ms();
+        let (topic, headers) = match header_str(msg, HEADER_FINAL_DUE_MS)
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|f| *f > now)
+        {
+            Some(final_due) => park(&self.shared.config, now, final_due),
+            None => (self.shared.config.topic.clone(), Vec::new()),
+        };
         let out = Outgoing {
-            topic: self.shared.config.topic.clone(),
+            topic,
             key: msg.key().map(<[u8]>::to_vec),
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            headers: Vec::new(),
+            headers,
         };
         match out.deliver_blocking(&self.producer) {
             Ok(()) => {
@@ -134,6 +149,94 @@ impl Relayer {
                 tracing::warn!(error = %e, "retry relay produce failed; will try again");
                 hold(now_ms() + 1000);
             }
+        }
+    }
+}
+
+/// Where to park a task that is due at `final_due` (ms), seen at `now`: the
+/// largest tier not longer than the time left (the smallest tier when less
+/// than it is left), due exactly one tier from now, plus the final due time
+/// when the hop ends before it. A task is therefore late by less than the
+/// smallest tier, and never waits behind a record due after it.
+pub(crate) fn park(
+    config: &KafkaQueueConfig,
+    now: u64,
+    final_due: u64,
+) -> (String, Vec<(&'static str, String)>) {
+    let left = Duration::from_millis(final_due.saturating_sub(now));
+    let tiers = &config.retry_tiers;
+    let tier = tiers
+        .iter()
+        .copied()
+        .filter(|t| *t <= left)
+        .next_back()
+        .unwrap_or(tiers[0]);
+    let hop_due = now.saturating_add(tier.as_millis().min(u64::MAX as u128) as u64);
+    let mut headers = vec![(HEADER_DUE_MS, hop_due.to_string())];
+    if final_due > hop_due {
+        headers.push((HEADER_FINAL_DUE_MS, final_due.to_string()));
+    }
+    (config.retry_topic(tier), headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_of(headers: &[(&'static str, String)], name: &str) -> Option<u64> {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[test]
+    fn a_long_delay_is_parked_in_hops_never_past_its_tier() {
+        let c = KafkaQueueConfig::builder().topic("t").build().expect("config");
+        // 5 minutes, longer than the largest tier (60 s).
+        let (topic, h) = park(&c, 1_000, 1_000 + 300_000);
+        assert_eq!(topic, "t.retry.60s");
+        assert_eq!(
+            due_of(&h, HEADER_DUE_MS),
+            Some(61_000),
+            "held the tier past its length"
+        );
+        assert_eq!(due_of(&h, HEADER_FINAL_DUE_MS), Some(301_000));
+        // 2.5 s: a 1 s hop with the rest to go; 400 ms: the smallest tier, late < 1 s.
+        let (topic, h) = park(&c, 0, 2_500);
+        assert_eq!(
+            (topic.as_str(), due_of(&h, HEADER_DUE_MS)),
+            ("t.retry.1s", Some(1_000))
+        );
+        let (topic, h) = park(&c, 0, 400);
+        assert_eq!(
+            (topic.as_str(), due_of(&h, HEADER_DUE_MS)),
+            ("t.retry.1s", Some(1_000))
+        );
+        assert_eq!(due_of(&h, HEADER_FINAL_DUE_MS), None);
+        // 10 s exactly: one hop in the 10 s tier.
+        let (topic, h) = park(&c, 0, 10_000);
+        assert_eq!(
+            (topic.as_str(), due_of(&h, HEADER_FINAL_DUE_MS)),
+            ("t.retry.10s", None)
+        );
+    }
+
+    #[test]
+    fn records_of_a_tier_are_due_in_the_order_written() {
+        let c = KafkaQueueConfig::builder().topic("t").build().expect("config");
+        // Retries written over time with mixed delays: within each tier the
+        // due times never decrease, so no retry waits behind a later-due one.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let delays = [
+            300_000u64, 2_000, 45_000, 9_000, 120_000, 1_500, 61_000, 10, 700_000,
+        ];
+        for (i, d) in delays.iter().cycle().take(200).enumerate() {
+            let now = 1_000 + i as u64 * 37;
+            let (topic, h) = park(&c, now, now + d);
+            let due = due_of(&h, HEADER_DUE_MS).expect("due");
+            let prev = last.insert(topic.clone(), due).unwrap_or(0);
+            assert!(due >= prev, "{topic}: {due} written after {prev}");
         }
     }
 }
