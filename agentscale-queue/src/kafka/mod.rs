@@ -577,7 +577,7 @@ impl TaskQueue for KafkaQueue {
                 } else {
                     let now = now_ms();
                     let due = now.saturating_add(delay.as_millis().min(u64::MAX as u128) as u64);
-                    let (topic, headers) = park(&c, now, due);
+                    let (topic, headers) = park(c, now, due);
                     self.outgoing_for(&task, topic, headers)
                 }
             }

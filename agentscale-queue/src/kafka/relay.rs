@@ -165,12 +165,7 @@ pub(crate) fn park(
 ) -> (String, Vec<(&'static str, String)>) {
     let left = Duration::from_millis(final_due.saturating_sub(now));
     let tiers = &config.retry_tiers;
-    let tier = tiers
-        .iter()
-        .copied()
-        .filter(|t| *t <= left)
-        .next_back()
-        .unwrap_or(tiers[0]);
+    let tier = tiers.iter().copied().rfind(|t| *t <= left).unwrap_or(tiers[0]);
     let hop_due = now.saturating_add(tier.as_millis().min(u64::MAX as u128) as u64);
     let mut headers = vec![(HEADER_DUE_MS, hop_due.to_string())];
     if final_due > hop_due {
