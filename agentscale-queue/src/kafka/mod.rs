@@ -373,17 +373,28 @@ impl KafkaQueue {
         }
     }
 
-    /// Produces `out`, then completes the settling slot; restores the lease on failure.
+    /// Produces `out`, then completes the settling slot; restores the lease
+    /// on failure. The produce and the slot's completion (or roll-back) run
+    /// on a task of their own, so a caller that drops this future midway
+    /// never leaves the slot settling (which would freeze the partition's
+    /// commit).
     async fn settle_via(&self, lease: &Lease, out: Result<Outgoing>) -> Result<()> {
         let (p, o) = self.parse_receipt(lease)?;
-        let out = out?;
-        self.shared.begin_settle(p, o, lease.fence())?;
-        if let Err(e) = out.deliver(&self.producer).await {
-            self.shared
-                .abort_settle(p, o, lease.fence(), lease.task().clone());
-            return Err(e);
-        }
-        self.shared.complete(&self.consumer, p, o, lease.fence(), true)
+        let out = Arc::new(out?);
+        let fence = lease.fence();
+        self.shared.begin_settle(p, o, fence, out.clone())?;
+        let (shared, consumer, producer) =
+            (self.shared.clone(), self.consumer.clone(), self.producer.clone());
+        let task = lease.task().clone();
+        tokio::spawn(async move {
+            if let Err(e) = out.deliver(&producer).await {
+                shared.abort_settle(p, o, fence, task);
+                return Err(e);
+            }
+            shared.complete(&consumer, p, o, fence, true)
+        })
+        .await
+        .map_err(|e| Error::backend("kafka settle task failed", e))?
     }
 
     fn dead_letter_outgoing(

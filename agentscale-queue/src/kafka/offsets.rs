@@ -26,7 +26,13 @@ pub(crate) enum Slot {
         fence: u64,
     },
     /// Being moved elsewhere (retry, dead letter, reaped); completes on delivery.
-    Settling { fence: u64 },
+    Settling {
+        fence: u64,
+        /// When the produce began; the reaper re-sends `out` if it seems lost.
+        since: Instant,
+        /// What is being produced (retry, dead letter, re-delivery).
+        out: Arc<Outgoing>,
+    },
     /// Finished; its offset may be committed once everything before it is.
     Done,
 }
@@ -321,7 +327,13 @@ impl Shared {
     }
 
     /// Moves a leased slot to `Settling` (before a nack produces elsewhere).
-    pub(crate) fn begin_settle(&self, partition: i32, offset: i64, fence: u64) -> Result<()> {
+    pub(crate) fn begin_settle(
+        &self,
+        partition: i32,
+        offset: i64,
+        fence: u64,
+        out: Arc<Outgoing>,
+    ) -> Result<()> {
         let mut st = self.state.lock();
         let ok = match st
             .parts
@@ -329,7 +341,11 @@ impl Shared {
             .and_then(|p| p.slots.get_mut(&offset))
         {
             Some(slot @ Slot::Leased { .. }) if slot.fence() == fence => {
-                *slot = Slot::Settling { fence };
+                *slot = Slot::Settling {
+                    fence,
+                    since: Instant::now(),
+                    out,
+                };
                 true
             }
             _ => false,
@@ -379,7 +395,7 @@ impl Shared {
 impl Slot {
     pub(crate) fn fence(&self) -> u64 {
         match self {
-            Slot::Leased { fence, .. } | Slot::Settling { fence } => *fence,
+            Slot::Leased { fence, .. } | Slot::Settling { fence, .. } => *fence,
             Slot::Buffered | Slot::Done => 0,
         }
     }

@@ -170,13 +170,20 @@ impl Poller {
                     _ => "not a task envelope: empty record".to_string(),
                 };
                 let fence = shared.next_token();
-                part.slots.insert(off, Slot::Settling { fence });
-                let out = Outgoing {
+                let out = Arc::new(Outgoing {
                     topic: shared.config.dead_letter_topic(),
                     key: msg.key().map(<[u8]>::to_vec),
                     payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     headers: dlt_headers(&shared.config.topic, p, off, 0, &reason),
-                };
+                });
+                part.slots.insert(
+                    off,
+                    Slot::Settling {
+                        fence,
+                        since: Instant::now(),
+                        out: out.clone(),
+                    },
+                );
                 tracing::warn!(topic = %shared.config.topic, partition = p, offset = off, %reason, "dead-lettering record");
                 self.settle_async(out, p, off, fence);
             }
@@ -251,7 +258,7 @@ impl Poller {
 
     /// Produces `out` and completes the settling slot when it is delivered
     /// (retrying the produce until it succeeds or the partition moves).
-    pub(crate) fn settle_async(&self, out: Outgoing, p: i32, off: i64, fence: u64) {
+    pub(crate) fn settle_async(&self, out: Arc<Outgoing>, p: i32, off: i64, fence: u64) {
         let shared = self.shared.clone();
         let consumer = self.consumer.clone();
         let producer = self.producer.clone();
@@ -283,64 +290,159 @@ impl Poller {
     }
 
     /// Takes back leases older than `lease_timeout`: the task is produced
-    /// again (attempt charged) and the old lease is fenced.
+    /// again (attempt charged) and the old lease is fenced. Also re-sends
+    /// what a slot stuck in `Settling` was producing (its produce is
+    /// overdue: the task that ran it is gone), under a new fence, so no
+    /// partition's commit waits on it forever.
     pub(crate) fn reap(&self) {
         let limit = self.shared.config.lease_timeout;
-        let mut expired = Vec::new();
+        let stale = self.shared.config.delivery_timeout * 2 + Duration::from_secs(1);
+        let c = &self.shared.config;
+        let mut resend = Vec::new();
         {
             let mut st = self.shared.state.lock();
+            let st = &mut *st;
             let mut n = 0u64;
             for (p, part) in st.parts.iter_mut() {
                 for (off, slot) in part.slots.iter_mut() {
-                    if let Slot::Leased { at, .. } = slot {
-                        let at = *at;
-                        if at.elapsed() >= limit {
+                    match slot {
+                        Slot::Leased { at, .. } if at.elapsed() >= limit => {
                             let fence = slot.fence();
-                            if let Slot::Leased { task, .. } =
-                                std::mem::replace(slot, Slot::Settling { fence })
-                            {
-                                expired.push((*p, *off, fence, task));
-                                n += 1;
-                            }
+                            let placeholder = Slot::Done;
+                            let Slot::Leased { task, .. } = std::mem::replace(slot, placeholder) else {
+                                continue;
+                            };
+                            let out = Arc::new(take_back(c, *p, *off, *task, limit));
+                            *slot = Slot::Settling {
+                                fence,
+                                since: Instant::now(),
+                                out: out.clone(),
+                            };
+                            resend.push((*p, *off, fence, out));
+                            n += 1;
                         }
+                        Slot::Settling { since, out, .. } if since.elapsed() >= stale => {
+                            tracing::warn!(topic = %c.topic, partition = *p, offset = *off, "a settle did not finish; producing again");
+                            let out = out.clone();
+                            let fence = self.shared.next_token();
+                            *slot = Slot::Settling {
+                                fence,
+                                since: Instant::now(),
+                                out: out.clone(),
+                            };
+                            resend.push((*p, *off, fence, out));
+                        }
+                        _ => {}
                     }
                 }
             }
             st.in_flight = st.in_flight.saturating_sub(n);
         }
-        for (p, off, fence, task) in expired {
-            let c = &self.shared.config;
-            let mut task = *task;
-            task.attempt = task.attempt.saturating_add(1);
-            let reason = format!("lease not settled within {limit:?}");
-            tracing::warn!(topic = %c.topic, partition = p, offset = off, task = %task.id, "{reason}; taking it back");
-            let (topic, headers) = if task.attempt >= task.max_attempts {
-                (
-                    c.dead_letter_topic(),
-                    dlt_headers(&c.topic, p, off, task.attempt, &reason),
-                )
-            } else {
-                (c.topic.clone(), Vec::new())
-            };
-            let key = if c.key_by_session {
-                task.session_id.clone().map(String::into_bytes)
-            } else {
-                None
-            };
-            match task.encode() {
-                Ok(payload) => self.settle_async(
-                    Outgoing {
-                        topic,
-                        key,
-                        payload,
-                        headers,
-                    },
-                    p,
-                    off,
-                    fence,
-                ),
-                Err(e) => tracing::error!(error = %e, "re-encoding a leased task failed"),
+        for (p, off, fence, out) in resend {
+            self.settle_async(out, p, off, fence);
+        }
+    }
+}
+
+/// The record that takes back an expired lease: the task again on the main
+/// topic with the attempt charged, or to the dead-letter topic once its
+/// attempts are spent. A task that cannot be encoded again (it was decoded
+/// from this very record, so this should not happen) is dead-lettered with
+/// its raw payload and the reason, rather than left unsettled.
+pub(crate) fn take_back(c: &KafkaQueueConfig, p: i32, off: i64, mut task: Task, limit: Duration) -> Outgoing {
+    task.attempt = task.attempt.saturating_add(1);
+    let reason = format!("lease not settled within {limit:?}");
+    tracing::warn!(topic = %c.topic, partition = p, offset = off, task = %task.id, "{reason}; taking it back");
+    let key = if c.key_by_session {
+        task.session_id.clone().map(String::into_bytes)
+    } else {
+        None
+    };
+    let (topic, headers) = if task.attempt >= task.max_attempts {
+        (
+            c.dead_letter_topic(),
+            dlt_headers(&c.topic, p, off, task.attempt, &reason),
+        )
+    } else {
+        (c.topic.clone(), Vec::new())
+    };
+    match task.encode() {
+        Ok(payload) => Outgoing {
+            topic,
+            key,
+            payload,
+            headers,
+        },
+        Err(e) => {
+            let reason = format!("{reason}; the task could not be encoded again: {e}");
+            tracing::error!(topic = %c.topic, partition = p, offset = off, %reason, "dead-lettering the raw payload");
+            Outgoing {
+                topic: c.dead_letter_topic(),
+                key,
+                payload: task.payload.to_vec(),
+                headers: dlt_headers(&c.topic, p, off, task.attempt, &reason),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot left settling (its nack future dropped, or its produce task
+    /// gone) used to stay so forever and freeze the partition's commit; the
+    /// reaper now produces it again under a new fence.
+    #[tokio::test]
+    async fn the_reaper_recovers_a_stale_settling_slot() {
+        let config = KafkaQueueConfig::builder()
+            .brokers("127.0.0.1:1")
+            .topic("t")
+            .delivery_timeout(Duration::from_millis(10))
+            .build()
+            .expect("config");
+        let shared = Arc::new(Shared::new(config.clone()));
+        // Never connects: nothing here talks to a broker before the test ends.
+        let consumer: GroupConsumer = config
+            .group_client_config("g")
+            .create_with_context(GroupContext {
+                shared: shared.clone(),
+            })
+            .expect("consumer");
+        let producer: FutureProducer = config.client_config().create().expect("producer");
+        let poller = Poller {
+            shared: shared.clone(),
+            consumer: Arc::new(consumer),
+            producer,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let out = Arc::new(Outgoing {
+            topic: "t.retry.1s".into(),
+            key: None,
+            payload: b"x".to_vec(),
+            headers: Vec::new(),
+        });
+        {
+            let mut st = shared.state.lock();
+            let mut part = Part::new(1);
+            part.stored = 5;
+            part.next = 6;
+            let since = Instant::now()
+                .checked_sub(Duration::from_secs(5))
+                .expect("an instant 5 s ago");
+            part.slots.insert(5, Slot::Settling { fence: 7, since, out });
+            st.parts.insert(0, part);
+        }
+        poller.reap();
+        let st = shared.state.lock();
+        match st.parts[&0].slots.get(&5) {
+            Some(Slot::Settling { fence, since, .. }) => {
+                assert_ne!(*fence, 7, "the stale settle was not taken over");
+                assert!(since.elapsed() < Duration::from_secs(5));
+            }
+            other => panic!("unexpected slot {other:?}"),
+        }
+        drop(st);
+        shared.closed.store(true, Ordering::SeqCst);
     }
 }

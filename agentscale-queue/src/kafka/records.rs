@@ -36,6 +36,7 @@ pub(crate) fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+#[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) topic: String,
     pub(crate) key: Option<Vec<u8>>,
