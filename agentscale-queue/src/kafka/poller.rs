@@ -211,22 +211,18 @@ impl Poller {
             owned
         };
         // Overwrite the stored positions too, or the next auto-commit would
-        // write the old log's offsets back.
-        let mut stored = TopicPartitionList::new();
-        for p in &owned {
-            let _ = stored.add_partition_offset(topic, *p, Offset::Offset(0));
-        }
-        if stored.count() > 0 {
-            if let Err(e) = self.consumer.store_offsets(&stored) {
+        // write the old log's offsets back; then commit them. Only the
+        // partitions this member owns: another member's committed progress
+        // is its own (it sees the new log start below its position and
+        // resets itself), and overwriting it would replay its work.
+        let restart = restart_positions(topic, &owned);
+        if restart.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&restart) {
                 tracing::debug!(error = %e, "store offsets after topic recreation failed");
             }
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.shared.config.partitions {
-            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(0));
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-            tracing::warn!(%topic, error = %e, "commit after topic recreation failed");
+            if let Err(e) = self.consumer.commit(&restart, CommitMode::Sync) {
+                tracing::warn!(%topic, error = %e, "commit after topic recreation failed");
+            }
         }
         for p in owned {
             if let Err(e) = self
@@ -344,6 +340,15 @@ impl Poller {
     }
 }
 
+/// Offset 0 of each partition this member owns, for a restarted log.
+pub(crate) fn restart_positions(topic: &str, owned: &[i32]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in owned {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(0));
+    }
+    tpl
+}
+
 /// The record that takes back an expired lease: the task again on the main
 /// topic with the attempt charged, or to the dead-letter topic once its
 /// attempts are spent. A task that cannot be encoded again (it was decoded
@@ -389,6 +394,19 @@ pub(crate) fn take_back(c: &KafkaQueueConfig, p: i32, off: i64, mut task: Task, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_log_commits_only_owned_partitions() {
+        let tpl = restart_positions("t", &[1, 4]);
+        let mut got: Vec<(i32, Offset)> = tpl
+            .elements_for_topic("t")
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect();
+        got.sort_by_key(|(p, _)| *p);
+        assert_eq!(got, vec![(1, Offset::Offset(0)), (4, Offset::Offset(0))]);
+        assert_eq!(tpl.count(), 2, "a partition another member owns was committed");
+    }
 
     /// A slot left settling (its nack future dropped, or its produce task
     /// gone) used to stay so forever and freeze the partition's commit; the
