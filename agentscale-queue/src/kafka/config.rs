@@ -54,7 +54,7 @@ pub struct KafkaQueueConfig {
     pub topic: String,
     /// The consumer group of the workers.
     pub group_id: String,
-    /// Partitions of each topic created by [`KafkaQueue::ensure_topics`].
+    /// Partitions of each topic created by [`KafkaQueue::ensure_topics`](super::KafkaQueue::ensure_topics).
     pub partitions: i32,
     /// Replication factor of created topics.
     pub replication_factor: i32,
