@@ -57,7 +57,9 @@ async fn main() -> Result<(), Error> {
         .brokers
         .or_else(|| std::env::var("AGENTSCALE_KAFKA_BROKERS").ok())
         .unwrap_or_else(|| "127.0.0.1:9092".into());
-    let config = KafkaQueueConfig::builder(&brokers, &args.topic)
+    let config = KafkaQueueConfig::builder()
+        .brokers(&brokers)
+        .topic(&args.topic)
         .group_id(&args.group)
         .partitions(6)
         // Long agent tasks: keep the lease budget above the longest task

@@ -124,6 +124,11 @@ impl Depth {
 
 /// What a queue backend can do. Checks in the conformance suite and choices in
 /// the worker runtime follow these, so a backend states them honestly.
+///
+/// [`Capabilities::default`] claims nothing: every ability off, one priority
+/// level, a zero lease timeout and a zero envelope limit. A backend starts
+/// from it and sets, explicitly, each ability it has, so a field added later
+/// is never claimed by accident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
@@ -141,24 +146,25 @@ pub struct Capabilities {
     pub wire_format: bool,
     /// Dead letters can be listed and replayed.
     pub dead_letter_replay: bool,
-    /// A lease not extended within this time expires.
+    /// A lease not extended within this time expires (zero: not stated; the
+    /// worker then refuses to run on a queue that cannot extend leases).
     pub lease_timeout: Duration,
-    /// Largest encoded envelope accepted at enqueue.
+    /// Largest encoded envelope accepted at enqueue (zero: not stated).
     pub max_envelope_bytes: usize,
 }
 
 impl Default for Capabilities {
     fn default() -> Self {
         Capabilities {
-            lease_extension: true,
-            delayed_retry: true,
+            lease_extension: false,
+            delayed_retry: false,
             priority_levels: 1,
             idempotent_enqueue: false,
-            fencing: true,
+            fencing: false,
             wire_format: false,
             dead_letter_replay: false,
-            lease_timeout: Duration::from_secs(30),
-            max_envelope_bytes: crate::task::DEFAULT_MAX_ENVELOPE_BYTES,
+            lease_timeout: Duration::ZERO,
+            max_envelope_bytes: 0,
         }
     }
 }
@@ -251,3 +257,22 @@ pub trait TaskQueue: Send + Sync + Debug {
 /// Compile-time check that the trait stays object-safe.
 #[allow(dead_code)]
 fn _object_safe(_: Box<dyn TaskQueue>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_capabilities_claim_nothing() {
+        let c = Capabilities::default();
+        assert!(!c.lease_extension);
+        assert!(!c.delayed_retry);
+        assert_eq!(c.priority_levels, 1);
+        assert!(!c.idempotent_enqueue);
+        assert!(!c.fencing);
+        assert!(!c.wire_format);
+        assert!(!c.dead_letter_replay);
+        assert_eq!(c.lease_timeout, Duration::ZERO);
+        assert_eq!(c.max_envelope_bytes, 0);
+    }
+}

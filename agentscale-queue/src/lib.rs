@@ -44,7 +44,7 @@
 
 pub mod local;
 
-pub use local::{LocalQueue, LocalQueueBuilder};
+pub use local::{LocalQueue, LocalQueueBuilder, LocalQueueConfig};
 
 // Feature-gated backends (added by their own modules):
 #[cfg(feature = "kafka")]

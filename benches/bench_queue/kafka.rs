@@ -27,7 +27,9 @@ const DEFAULT_TASKS: usize = 50_000;
 const PARTITIONS: i32 = 4;
 
 fn config(brokers: &str, topic: &str, consume: bool) -> Result<KafkaQueueConfig> {
-    let mut c = KafkaQueueConfig::builder(brokers, topic)
+    let mut c = KafkaQueueConfig::builder()
+        .brokers(brokers)
+        .topic(topic)
         .group_id(format!("{topic}-g"))
         .partitions(PARTITIONS)
         .idempotence(false)

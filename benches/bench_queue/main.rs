@@ -10,7 +10,7 @@
 
 mod common;
 mod kafka;
-mod memory;
+mod local;
 mod redis;
 
 use clap::{Parser, ValueEnum};
@@ -51,7 +51,7 @@ pub struct Args {
 async fn main() {
     let args = Args::parse();
     let outcome = match args.backend {
-        Backend::Memory => memory::run(&args).await,
+        Backend::Memory => local::run(&args).await,
         Backend::Redis => redis::run(&args).await,
         Backend::Kafka => kafka::run(&args).await,
     };

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
+pub mod net_cut;
 pub mod redis_server;
 pub mod tansu_server;
 pub mod triton_replica;

@@ -35,7 +35,7 @@ fn init_tracing() {
 }
 
 fn config(brokers: &str, topic: &str, partitions: i32) -> KafkaQueueConfig {
-    let mut b = KafkaQueueConfig::builder(brokers, topic);
+    let mut b = KafkaQueueConfig::builder().brokers(brokers).topic(topic);
     if let Ok(debug) = std::env::var("AGENTSCALE_KAFKA_DEBUG") {
         b = b.client_property("debug", debug);
     }
@@ -313,4 +313,52 @@ async fn broker_restart_mid_run() {
         kill(m).await;
     }
     producer.close().await;
+}
+
+/// Kafka cannot extend a lease, so a task allowed to run past the lease
+/// timeout would be taken back and run again while it still runs (and
+/// dead-lettered after `max_attempts` successful runs). The worker builder
+/// refuses that combination; the defaults are consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_refuses_a_task_timeout_the_lease_cannot_cover() {
+    init_tracing();
+    let Some(brokers) = agentscale_tests::service_env("AGENTSCALE_KAFKA_BROKERS") else {
+        return;
+    };
+    let topic = agentscale_tests::unique_name("askf-timeout");
+    let mut cfg = config(&brokers, &topic, 1);
+    cfg.lease_timeout = Duration::from_secs(5);
+    cfg.consume = false;
+    let queue: Arc<dyn TaskQueue> = Arc::new(KafkaQueue::connect(cfg).await.expect("connect"));
+    assert!(!queue.capabilities().lease_extension);
+    let ledger = Arc::new(Ledger::default());
+    for timeout in [Duration::from_secs(5), Duration::from_secs(400)] {
+        let err = Worker::builder(queue.clone(), Recorder(ledger.clone()))
+            .task_timeout(timeout)
+            .build()
+            .map(|_| ())
+            .expect_err("a task timeout at or past the lease must be refused");
+        assert_eq!(err.kind(), agentscale_core::ErrorKind::InvalidConfig, "{err}");
+        assert!(err.to_string().contains("task_timeout"), "{err}");
+    }
+    Worker::builder(queue.clone(), Recorder(ledger.clone()))
+        .task_timeout(Duration::from_secs(4))
+        .build()
+        .expect("a task timeout below the lease is accepted");
+
+    // Defaults on both sides fit together.
+    let topic = agentscale_tests::unique_name("askf-timeout-default");
+    let mut cfg = KafkaQueueConfig::builder()
+        .brokers(&brokers)
+        .topic(&topic)
+        .idempotence(false)
+        .partitions(1)
+        .consume(false)
+        .build()
+        .expect("config");
+    cfg.group_id = format!("{topic}-g");
+    let queue: Arc<dyn TaskQueue> = Arc::new(KafkaQueue::connect(cfg).await.expect("connect"));
+    Worker::builder(queue, Recorder(ledger))
+        .build()
+        .expect("default worker on a default Kafka queue");
 }

@@ -22,7 +22,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 /// (`InitProducerId`) for non-transactional producers the way librdkafka
 /// expects, so the tests turn idempotence off (see docs/kafka.md).
 fn config(brokers: &str, topic: &str) -> agentscale_queue::kafka::KafkaQueueConfigBuilder {
-    KafkaQueueConfig::builder(brokers, topic)
+    KafkaQueueConfig::builder()
+        .brokers(brokers)
+        .topic(topic)
         .group_id(format!("{topic}-g"))
         .partitions(2)
         .idempotence(false)
@@ -309,7 +311,9 @@ async fn unreachable_broker_fails_fast() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     }; // closed again: nothing listens there
-    let cfg = KafkaQueueConfig::builder(format!("127.0.0.1:{port}"), "never")
+    let cfg = KafkaQueueConfig::builder()
+        .brokers(format!("127.0.0.1:{port}"))
+        .topic("never")
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("cfg");

@@ -332,3 +332,228 @@ async fn ten_thousand_tasks_with_random_worker_kills() {
     assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0));
     drop(redis);
 }
+
+/// Waits until the test's own server has `n` clients blocked in a command.
+async fn wait_blocked(url: &str, n: u64) {
+    let mut c = conn(url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut c)
+            .await
+            .expect("info");
+        let blocked = info
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if blocked == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} blocked clients never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn plain_queue(url: &str, name: &str) -> RedisQueue {
+    let cfg = RedisQueueConfig::new(url, name)
+        .with_consumer_name("solo")
+        .with_lease_timeout(Duration::from_secs(30));
+    RedisQueue::connect(cfg).await.expect("connect")
+}
+
+/// A blocking read returns up to COUNT entries *per stream*, so a
+/// `lease(1)` woken by two streams at once reads two. The extra one must
+/// be handed out next, in its place, uncharged (it was once re-added at the
+/// back of its stream, behind tasks enqueued after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_read_entries_keep_their_order_and_attempt() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let q = plain_queue(&url, &agentscale_tests::unique_name("overread")).await;
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease(1, Duration::from_secs(10)).await })
+    };
+    wait_blocked(&url, 1).await;
+    // One transaction: the blocked read is served once, with both streams ready.
+    let high = Task::new("k", "high").with_priority(agentscale_core::Priority::High);
+    let (b1, b2) = (Task::new("k", "b1"), Task::new("k", "b2"));
+    let mut c = conn(&url).await;
+    let keys = q.keys().clone();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("XADD")
+        .arg(&keys.streams[0])
+        .arg("*")
+        .arg("task")
+        .arg(high.encode().expect("encode"))
+        .cmd("XADD")
+        .arg(&keys.streams[1])
+        .arg("*")
+        .arg("task")
+        .arg(b1.encode().expect("encode"))
+        .cmd("XADD")
+        .arg(&keys.streams[1])
+        .arg("*")
+        .arg("task")
+        .arg(b2.encode().expect("encode"));
+    let _: () = pipe.query_async(&mut c).await.expect("multi");
+    let first = waiting.await.expect("join").expect("lease");
+    assert_eq!(first.len(), 1, "lease(1) hands out one");
+    assert_eq!(first[0].task().id, high.id);
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let l = q.lease(1, Duration::from_secs(2)).await.expect("lease");
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].attempt(), 1, "handing back charged an attempt");
+        order.push(l[0].task().id.clone());
+        q.ack(&l[0]).await.expect("ack");
+    }
+    assert_eq!(order, vec![b1.id, b2.id], "the over-read entry lost its place");
+    q.ack(&first[0]).await.expect("ack");
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight), (0, 0));
+}
+
+/// A `lease()` future dropped while its blocking read is in flight: the
+/// entries that read takes are handed out by the next `lease()` at once,
+/// not stranded in the pending list until the lease timeout (with an
+/// attempt charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lease_future_strands_nothing() {
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let q = plain_queue(&url, &agentscale_tests::unique_name("dropped")).await;
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease(1, Duration::from_secs(10)).await })
+    };
+    wait_blocked(&url, 1).await;
+    waiting.abort();
+    let _ = waiting.await;
+    let task = Task::new("k", "after-drop");
+    q.enqueue(task.clone()).await.expect("enqueue");
+    // Well inside the 30 s lease timeout: only a hand-back delivers it now.
+    let l = q.lease(1, Duration::from_secs(3)).await.expect("lease");
+    assert_eq!(l.len(), 1, "the entry read for the dropped call was stranded");
+    assert_eq!(l[0].task().id, task.id);
+    assert_eq!(l[0].attempt(), 1);
+    q.ack(&l[0]).await.expect("ack");
+}
+
+/// A worker cut off from Redis mid-run (a proxy that drops its traffic
+/// without closing anything): its leases expire, another worker reclaims
+/// and completes the tasks, the cut-off worker's acks after the network
+/// heals are refused with `LeaseLost`, and nothing is lost or left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_redis_loses_its_leases_to_another() {
+    use agentscale_tests::net_cut::CutProxy;
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
+    let proxy = CutProxy::start(upstream).await;
+    let name = agentscale_tests::unique_name("netcut");
+    let lease = Duration::from_millis(800);
+    let member = |url: String, consumer: &'static str| {
+        let name = name.clone();
+        async move {
+            let mut cfg = RedisQueueConfig::new(url, name)
+                .with_consumer_name(consumer)
+                .with_lease_timeout(lease)
+                .with_reclaim_interval(Duration::from_millis(50));
+            cfg.command_timeout = Duration::from_millis(500);
+            cfg.connect_timeout = Duration::from_millis(500);
+            RedisQueue::connect(cfg).await.expect("connect")
+        }
+    };
+    let cut_off = member(format!("redis://{}", proxy.addr()), "cut-off").await;
+    let healthy = member(url.clone(), "healthy").await;
+
+    const N: usize = 40;
+    let ids: HashSet<TaskId> = {
+        let tasks: Vec<Task> = (0..N).map(|i| Task::new("k", format!("t{i}"))).collect();
+        for r in healthy.enqueue_batch(tasks.clone()).await {
+            r.expect("enqueue");
+        }
+        tasks.into_iter().map(|t| t.id).collect()
+    };
+    let mut held = Vec::new();
+    while held.len() < 15 {
+        held.extend(
+            cut_off
+                .lease(15 - held.len(), Duration::from_secs(2))
+                .await
+                .expect("lease before the cut"),
+        );
+    }
+    proxy.cut();
+    // The cut-off worker "finishes" its tasks but cannot report it.
+    let during = cut_off.ack(&held[0]).await.expect_err("no ack crosses a cut");
+    assert!(
+        matches!(during.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{during}"
+    );
+
+    // The healthy worker completes everything, the cut-off worker's tasks
+    // once their leases expired.
+    let mut done: HashMap<TaskId, u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {N} completed",
+            done.len()
+        );
+        for l in healthy
+            .lease(16, Duration::from_millis(500))
+            .await
+            .expect("lease")
+        {
+            healthy.ack(&l).await.expect("healthy ack");
+            *done.entry(l.task().id.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        done.keys().cloned().collect::<HashSet<_>>(),
+        ids,
+        "a task was lost"
+    );
+    assert!(
+        done.values().all(|n| *n == 1),
+        "a completed task ran again: {done:?}"
+    );
+
+    // The network heals; the late acks are fenced off.
+    proxy.heal();
+    for l in &held {
+        let mut outcome = cut_off.ack(l).await;
+        // The first call after the heal may still meet the dead connection.
+        for _ in 0..20 {
+            match &outcome {
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    outcome = cut_off.ack(l).await;
+                }
+                _ => break,
+            }
+        }
+        let e = outcome.expect_err("a late ack after the lease was reclaimed");
+        assert_eq!(e.kind(), ErrorKind::LeaseLost, "{e}");
+    }
+    let d = healthy.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed, d.dead), (0, 0, 0, 0), "{d:?}");
+}

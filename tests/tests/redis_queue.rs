@@ -294,6 +294,120 @@ async fn keda_manifest_matches_key_layout() {
     );
 }
 
+/// One `RedisConfig` and one `Redis` handle serve a queue, a session store
+/// and a tool cache together: every command of all three goes over the one
+/// multiplexed connection of the handle.
+async fn one_connection_serves_queue_session_store_and_tool_cache(url: String) {
+    use agentscale_core::{SessionKey, SessionStore, ToolCache, ToolKey};
+    use agentscale_redis::{Redis, RedisConfig};
+    use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
+
+    let name = agentscale_tests::unique_name("shared-conn");
+    let redis = Redis::connect(RedisConfig::builder().url(url.clone()).build().expect("config"))
+        .await
+        .expect("connect");
+    // Name the shared connection so the server can tell us who talks on it.
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(&name)
+        .query_async(&mut conn)
+        .await
+        .expect("setname");
+
+    let queue = RedisQueue::new(
+        redis.clone(),
+        RedisQueueConfig::new("redis://unused.invalid:1", name.clone()).with_key_prefix("astest"),
+    )
+    .await
+    .expect("queue");
+    let state_cfg =
+        RedisStateConfig::new("redis://unused.invalid:1").with_key_prefix(format!("astest:{name}"));
+    let sessions = RedisSessionStore::new(redis.clone(), state_cfg.clone())
+        .await
+        .expect("sessions");
+    let tools = RedisToolCache::new(redis.clone(), state_cfg)
+        .await
+        .expect("tools");
+
+    queue.enqueue(Task::new("k", "shared")).await.expect("enqueue");
+    let leases = queue.lease(1, Duration::from_secs(2)).await.expect("lease");
+    assert_eq!(leases.len(), 1);
+    queue.ack(&leases[0]).await.expect("ack");
+    let key = SessionKey::new("acme", &name).expect("key");
+    let v = sessions.put(&key, 0, "{}".into()).await.expect("put");
+    assert_eq!(sessions.get(&key).await.expect("get").map(|s| s.version), Some(v));
+    let tk = ToolKey::new("acme", "search", "v1", &serde_json::json!({"q": name})).expect("tool key");
+    tools
+        .put(&tk, "hit".into(), Duration::from_secs(60))
+        .await
+        .expect("tool put");
+    assert_eq!(
+        tools.get(&tk).await.expect("tool get").as_deref(),
+        Some(&b"hit"[..])
+    );
+
+    // Exactly one client carries the name: the three backends did not open
+    // connections of their own for ordinary commands.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("client list");
+    let ours = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+        .count();
+    assert_eq!(ours, 1, "{list}");
+    queue.destroy().await.expect("destroy");
+    sessions.delete(&key).await.expect("delete");
+    tools.invalidate(&tk).await.expect("invalidate");
+}
+
+/// The same task enqueued twice (a producer's retry after a lost reply)
+/// is two entries on the ready stream; a delayed enqueue, or two retries of
+/// its two deliveries with the same delay, must not merge them into one
+/// (identical envelopes once collapsed into one sorted-set member).
+async fn identical_delayed_envelopes_stay_two_tasks(url: String) {
+    let q = queue(
+        &url,
+        &agentscale_tests::unique_name("delayed-twins"),
+        "c1",
+        Duration::from_secs(30),
+    )
+    .await;
+    let task = Task::new("twin", "same").with_delay(Duration::from_millis(200));
+    q.enqueue(task.clone()).await.expect("first");
+    q.enqueue(task.clone()).await.expect("second");
+    assert_eq!(q.depth().await.expect("depth").delayed, 2);
+    let mut leases = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leases.len() < 2 && std::time::Instant::now() < deadline {
+        leases.extend(q.lease(2, Duration::from_millis(500)).await.expect("lease"));
+    }
+    assert_eq!(leases.len(), 2, "both copies are delivered");
+    // Both deliveries retried with the same delay: identical envelopes again.
+    for l in &leases {
+        q.nack(l, Nack::Retry(Duration::from_millis(200)))
+            .await
+            .expect("nack");
+    }
+    assert_eq!(q.depth().await.expect("depth").delayed, 2);
+    let mut again = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while again.len() < 2 && std::time::Instant::now() < deadline {
+        again.extend(q.lease(2, Duration::from_millis(500)).await.expect("lease"));
+    }
+    assert_eq!(again.len(), 2, "both retries are delivered");
+    assert!(again.iter().all(|l| l.attempt() == 2 && l.task().id == task.id));
+    for l in &again {
+        q.ack(l).await.expect("ack");
+    }
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight, d.delayed), (0, 0, 0));
+    q.destroy().await.expect("destroy");
+}
+
 fn main() {
     agentscale_testkit::run(|| {
         Suites::new()
@@ -319,6 +433,16 @@ fn main() {
                 recovers_when_group_vanishes,
             )
             .service_test("AGENTSCALE_REDIS_URL", "key_layout", key_layout)
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "one_connection_serves_queue_session_store_and_tool_cache",
+                one_connection_serves_queue_session_store_and_tool_cache,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "identical_delayed_envelopes_stay_two_tasks",
+                identical_delayed_envelopes_stay_two_tasks,
+            )
             .test("invalid_config_refused", invalid_config_refused)
             .test(
                 "keda_manifest_matches_key_layout",

@@ -245,10 +245,14 @@ impl<'de> de::MapAccess<'de> for MapAccessImpl {
             .pending
             .take()
             .ok_or_else(|| DeError("value requested before key".into()))?;
+        let path = join_path(&self.path, &k);
+        // Errors raised after the node was read (a `deserialize_with`
+        // helper such as `duration`) carry no key yet: name it here.
         seed.deserialize(NodeDe {
             node,
-            path: join_path(&self.path, &k),
+            path: path.clone(),
         })
+        .map_err(|e| map_error(&path, e))
     }
 }
 

@@ -346,6 +346,17 @@ impl<H: Handler> WorkerBuilder<H> {
                 extend_by: caps.lease_timeout,
             })
         } else {
+            // No heartbeat can keep a lease alive: a task that may run past
+            // the lease would be taken back and run again while it runs.
+            if self.task_timeout >= caps.lease_timeout {
+                return invalid(format!(
+                    "worker task_timeout {:?} must be below the lease_timeout {:?} of queue {}, \
+                     which cannot extend leases (lower task_timeout or raise the queue's lease_timeout)",
+                    self.task_timeout,
+                    caps.lease_timeout,
+                    self.queue.name()
+                ));
+            }
             None
         };
         let seed = self.rng_seed.unwrap_or_else(rand::random);

@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, Result};
+use agentscale_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`RedisQueue`](super::RedisQueue).
 ///
 /// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
-/// `"500ms"`, `"2m"`). Build one with [`RedisQueueConfig::new`] and set the
-/// public fields; [`RedisQueue::connect`](super::RedisQueue::connect) calls
+/// `"500ms"`, `"2m"`) through
+/// [`ConfigLoader`](agentscale_core::config::ConfigLoader), or built with
+/// [`RedisQueueConfig::builder`] (`RedisQueueConfig::builder().url(..).queue(..).build()?`);
+/// [`RedisQueue::connect`](super::RedisQueue::connect) calls
 /// [`validate`](Self::validate). `Debug` shows the URL with its password
 /// replaced by `***`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -105,7 +108,8 @@ impl RedisQueueConfig {
         }
     }
 
-    /// Sets the key prefix.
+    /// Sets the key prefix (shorthand for the builder's setter, without
+    /// validation until `connect`).
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -198,11 +202,117 @@ impl RedisQueueConfig {
         Ok(())
     }
 
+    /// The connection settings of this config as a [`RedisConfig`] (what
+    /// [`RedisQueue::connect`](super::RedisQueue::connect) connects with).
+    pub fn connection(&self) -> RedisConfig {
+        let mut c = RedisConfig::default();
+        c.url = self.url.clone();
+        c.connect_timeout = self.connect_timeout;
+        c.command_timeout = self.command_timeout;
+        c.blocking_connections = self.block_connections;
+        // A worker's lease loop rides out short outages itself (it paces on
+        // `Unavailable`); a few quick reconnects keep acks from failing on a
+        // single dropped connection.
+        c.reconnect_retries = 4;
+        c.reconnect_max_delay = Duration::from_secs(1);
+        c
+    }
+
     /// The effective reclaim interval.
     pub(crate) fn reclaim_every(&self) -> Duration {
         self.reclaim_interval.unwrap_or_else(|| {
             (self.lease_timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(5))
         })
+    }
+}
+
+/// Builder of [`RedisQueueConfig`] with one setter per field; validates at
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct RedisQueueConfigBuilder {
+    config: RedisQueueConfig,
+}
+
+impl RedisQueueConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> RedisQueueConfigBuilder {
+        RedisQueueConfigBuilder {
+            config: RedisQueueConfig::default(),
+        }
+    }
+}
+
+impl RedisQueueConfigBuilder {
+    /// The server URL.
+    pub fn url(mut self, v: impl Into<Secret>) -> Self {
+        self.config.url = v.into();
+        self
+    }
+    /// The queue name.
+    pub fn queue(mut self, v: impl Into<String>) -> Self {
+        self.config.queue = v.into();
+        self
+    }
+    /// Prefix of every key.
+    pub fn key_prefix(mut self, v: impl Into<String>) -> Self {
+        self.config.key_prefix = v.into();
+        self
+    }
+    /// The consumer group.
+    pub fn consumer_group(mut self, v: impl Into<String>) -> Self {
+        self.config.consumer_group = v.into();
+        self
+    }
+    /// This process's consumer name.
+    pub fn consumer_name(mut self, v: impl Into<String>) -> Self {
+        self.config.consumer_name = Some(v.into());
+        self
+    }
+    /// The lease timeout.
+    pub fn lease_timeout(mut self, v: Duration) -> Self {
+        self.config.lease_timeout = v;
+        self
+    }
+    /// How often expired leases are reclaimed.
+    pub fn reclaim_interval(mut self, v: Duration) -> Self {
+        self.config.reclaim_interval = Some(v);
+        self
+    }
+    /// Largest encoded envelope accepted.
+    pub fn max_envelope_bytes(mut self, v: usize) -> Self {
+        self.config.max_envelope_bytes = v;
+        self
+    }
+    /// Connections reserved for blocking reads.
+    pub fn block_connections(mut self, v: u32) -> Self {
+        self.config.block_connections = v;
+        self
+    }
+    /// How long an idempotency key is remembered.
+    pub fn idempotency_ttl(mut self, v: Duration) -> Self {
+        self.config.idempotency_ttl = v;
+        self
+    }
+    /// Timeout of one non-blocking command.
+    pub fn command_timeout(mut self, v: Duration) -> Self {
+        self.config.command_timeout = v;
+        self
+    }
+    /// Timeout for establishing a connection.
+    pub fn connect_timeout(mut self, v: Duration) -> Self {
+        self.config.connect_timeout = v;
+        self
+    }
+    /// Due delayed tasks moved per lease call.
+    pub fn promote_batch(mut self, v: usize) -> Self {
+        self.config.promote_batch = v;
+        self
+    }
+    /// Validates and returns the configuration ([`Error::InvalidConfig`]
+    /// names the field).
+    pub fn build(self) -> Result<RedisQueueConfig> {
+        self.config.validate()?;
+        Ok(self.config)
     }
 }
 
@@ -270,6 +380,69 @@ mod tests {
         ] {
             let e = c.validate().expect_err("invalid");
             assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn loads_from_toml_and_env_through_the_loader() {
+        use agentscale_core::config::ConfigLoader;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.toml");
+        std::fs::write(
+            &path,
+            "url = \"redis://r:6379/1\"\nqueue = \"jobs\"\nlease_timeout = \"45s\"\n",
+        )
+        .expect("write");
+        let c: RedisQueueConfig = ConfigLoader::new()
+            .file(&path)
+            .env_prefix("Q")
+            .env_vars([("Q_URL", "redis://:pw@r:6379/1"), ("Q_PROMOTE_BATCH", "50")])
+            .load()
+            .expect("load");
+        c.validate().expect("valid");
+        assert_eq!(c.queue, "jobs");
+        assert_eq!(c.lease_timeout, Duration::from_secs(45));
+        assert_eq!(c.promote_batch, 50);
+        assert!(!format!("{c:?}").contains("pw@"));
+        let b = RedisQueueConfig::builder()
+            .url("redis://r:6379/1")
+            .queue("jobs")
+            .lease_timeout(Duration::from_secs(45))
+            .promote_batch(50)
+            .build()
+            .expect("builder");
+        assert_eq!(
+            (b.queue, b.lease_timeout, b.promote_batch),
+            (c.queue, c.lease_timeout, 50)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors_naming_the_field() {
+        use agentscale_core::config::ConfigLoader;
+        let e = ConfigLoader::new()
+            .env_prefix("Q")
+            .env_vars([("Q_LEASE_TIMEOUT", "a while")])
+            .load::<RedisQueueConfig>()
+            .map(|_| ())
+            .expect_err("bad duration");
+        assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("lease_timeout"), "{e}");
+        for (b, field) in [
+            (RedisQueueConfig::builder().queue("a b"), "queue"),
+            (
+                RedisQueueConfig::builder().lease_timeout(Duration::ZERO),
+                "lease_timeout",
+            ),
+            (
+                RedisQueueConfig::builder().block_connections(0),
+                "block_connections",
+            ),
+            (RedisQueueConfig::builder().promote_batch(0), "promote_batch"),
+        ] {
+            let e = b.build().map(|_| ()).expect_err(field);
+            assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(field), "{field}: {e}");
         }
     }
 

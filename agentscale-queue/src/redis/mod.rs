@@ -9,7 +9,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P:{Q}:stream:high`, `…:normal`, `…:low` | stream | ready and leased tasks, field `task` = envelope |
-//! | `P:{Q}:delayed` | sorted set | retries and `not_before` tasks, score = due ms, member = priority digit + envelope |
+//! | `P:{Q}:delayed` | sorted set | retries and `not_before` tasks, score = due ms, member = priority digit + task id + `:` + a random nonce (two copies of one task never merge) |
+//! | `P:{Q}:delayed:tasks` | hash | member of `…:delayed` → envelope |
 //! | `P:{Q}:dead` | stream | dead letters: `task`, `reason`, `attempts`, `dead_at`, `raw` |
 //! | `P:{Q}:idem:<key>` | string | idempotency key → first task id, with a TTL |
 //!
@@ -40,36 +41,36 @@
 //!
 //! [`Error::LeaseLost`]: agentscale_core::Error::LeaseLost
 
+mod admin;
 mod config;
+mod lease;
+mod reply;
 mod scripts;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::config::redact_url;
 use agentscale_core::queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
 use agentscale_core::task::now_ms;
 use agentscale_core::{Error, Priority, Result, Task, TaskId};
+use agentscale_redis::{map_error as map_err, Redis};
 use async_trait::async_trait;
-use bb8_redis::RedisConnectionManager;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
 
-pub use config::RedisQueueConfig;
-
-/// Blocking reads wake up at least this often (to promote delayed tasks
-/// and reclaim expired leases).
-const MAX_BLOCK: Duration = Duration::from_secs(2);
+pub use config::{RedisQueueConfig, RedisQueueConfigBuilder};
+use reply::*;
 
 /// The Redis key names of one queue (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisQueueKeys {
     /// Ready/leased streams, indexed by [`Priority::index`] (high, normal, low).
     pub streams: [String; 3],
-    /// Sorted set of delayed tasks.
+    /// Sorted set of delayed tasks (members: priority digit, task id, nonce).
     pub delayed: String,
+    /// Hash from a delayed member to its envelope.
+    pub delayed_tasks: String,
     /// Dead-letter stream.
     pub dead: String,
     /// Prefix of idempotency keys (`<prefix><idempotency key>`).
@@ -87,6 +88,7 @@ impl RedisQueueKeys {
                 format!("{base}:stream:low"),
             ],
             delayed: format!("{base}:delayed"),
+            delayed_tasks: format!("{base}:delayed:tasks"),
             dead: format!("{base}:dead"),
             idempotency_prefix: format!("{base}:idem:"),
         }
@@ -103,6 +105,7 @@ struct Scripts {
     settle: Script,
     ack_batch: Script,
     enqueue_idempotent: Script,
+    delay: Script,
     depth: Script,
     replay: Script,
 }
@@ -111,11 +114,13 @@ struct Inner {
     config: RedisQueueConfig,
     consumer: String,
     keys: RedisQueueKeys,
-    conn: ConnectionManager,
-    block_pool: bb8::Pool<RedisConnectionManager>,
+    redis: Redis,
     scripts: Scripts,
     last_reclaim_ms: AtomicU64,
     cursors: parking_lot::Mutex<[String; 3]>,
+    /// Entries read into this consumer's pending list and not handed out
+    /// yet (a read's surplus, or the read of a dropped `lease` call).
+    stash: parking_lot::Mutex<std::collections::VecDeque<lease::Stashed>>,
 }
 
 /// A task queue on Redis Streams (see the [module docs](self) for the key
@@ -139,100 +144,10 @@ impl fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQueue")
             .field("queue", &self.inner.config.queue)
-            .field("url", &redact_url(self.inner.config.url.expose()))
+            .field("redis", &self.inner.redis)
             .field("consumer", &self.inner.consumer)
             .finish()
     }
-}
-
-/// Converts a redis error at the boundary: connection trouble is
-/// `Unavailable` (retry later), the rest `Backend`.
-fn map_err(what: &str, e: RedisError) -> Error {
-    let transient = e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::BusyLoadingError | redis::ErrorKind::TryAgain | redis::ErrorKind::ClusterDown
-        )
-        || e.code() == Some("MASTERDOWN");
-    if transient {
-        Error::unavailable(format!("redis {what}"), e)
-    } else {
-        Error::backend(format!("redis {what}"), e)
-    }
-}
-
-/// One stream entry handed out by the lease script or a blocking read.
-struct RawEntry {
-    prio: usize,
-    id: String,
-    deliveries: u64,
-    raw: bool,
-    payload: Vec<u8>,
-}
-
-fn value_i64(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        Value::Double(d) => Some(*d as i64),
-        _ => None,
-    }
-}
-
-fn value_bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn value_string(v: Value) -> Option<String> {
-    value_bytes(v).and_then(|b| String::from_utf8(b).ok())
-}
-
-fn bad_reply(what: &str) -> Error {
-    Error::Backend {
-        message: format!("redis {what}: unexpected reply shape"),
-        source: None,
-    }
-}
-
-fn parse_receipt(lease: &Lease) -> Result<(usize, &str)> {
-    let r = lease.receipt();
-    let bad = || Error::InvalidInput(format!("lease receipt {r:?} was not issued by a redis queue"));
-    let (p, id) = r.split_once(':').ok_or_else(bad)?;
-    let p: usize = p.parse().map_err(|_| bad())?;
-    if p > 2 || id.is_empty() {
-        return Err(bad());
-    }
-    Ok((p, id))
-}
-
-/// Parsed stream entry fields as (name, value) pairs.
-fn entry_fields(v: Value) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    if let Value::Array(items) = v {
-        let mut it = items.into_iter();
-        while let (Some(k), Some(val)) = (it.next(), it.next()) {
-            if let (Some(k), Some(val)) = (value_string(k), value_bytes(val)) {
-                out.push((k, val));
-            }
-        }
-    } else if let Value::Map(pairs) = v {
-        for (k, val) in pairs {
-            if let (Some(k), Some(val)) = (value_string(k), value_bytes(val)) {
-                out.push((k, val));
-            }
-        }
-    }
-    out
 }
 
 struct Prepared {
@@ -248,24 +163,17 @@ impl RedisQueue {
     /// each priority stream (`XGROUP CREATE … 0 MKSTREAM`, idempotent).
     pub async fn connect(config: RedisQueueConfig) -> Result<Self> {
         config.validate()?;
-        let client = redis::Client::open(config.url.expose()).map_err(|e| {
-            Error::InvalidConfig(format!("redis url {}: {e}", redact_url(config.url.expose())))
-        })?;
-        let cm_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.command_timeout)
-            .set_number_of_retries(4)
-            .set_max_delay(1000);
-        let conn = ConnectionManager::new_with_config(client, cm_config)
-            .await
-            .map_err(|e| map_err(&format!("connect to {}", redact_url(config.url.expose())), e))?;
-        let manager = RedisConnectionManager::new(config.url.expose())
-            .map_err(|e| Error::InvalidConfig(format!("redis url: {e}")))?;
-        let block_pool = bb8::Pool::builder()
-            .max_size(config.block_connections)
-            .connection_timeout(config.connect_timeout)
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+        let redis = Redis::connect(config.connection()).await?;
+        Self::new(redis, config).await
+    }
+
+    /// A queue on an existing [`Redis`] handle, sharing its connections
+    /// with other backends (a session store, a tool cache, other queues).
+    /// The connection settings of `config` (`url`, timeouts,
+    /// `block_connections`) are not used: `redis` has its own. Checks the
+    /// server answers and creates the consumer groups.
+    pub async fn new(redis: Redis, config: RedisQueueConfig) -> Result<Self> {
+        config.validate()?;
         let consumer = config
             .consumer_name
             .clone()
@@ -275,18 +183,19 @@ impl RedisQueue {
             inner: Arc::new(Inner {
                 consumer,
                 keys,
-                conn,
-                block_pool,
+                redis,
                 scripts: Scripts {
                     lease: Script::new(scripts::LEASE),
                     settle: Script::new(scripts::SETTLE),
                     ack_batch: Script::new(scripts::ACK_BATCH),
                     enqueue_idempotent: Script::new(scripts::ENQUEUE_IDEMPOTENT),
+                    delay: Script::new(scripts::DELAY),
                     depth: Script::new(scripts::DEPTH),
                     replay: Script::new(scripts::REPLAY),
                 },
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
+                stash: parking_lot::Mutex::new(std::collections::VecDeque::new()),
                 config,
             }),
         };
@@ -309,47 +218,18 @@ impl RedisQueue {
         &self.inner.consumer
     }
 
+    /// The Redis handle this queue uses (clone it to share the connection).
+    pub fn redis(&self) -> &Redis {
+        &self.inner.redis
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RedisQueueConfig {
         &self.inner.config
     }
 
-    /// Deletes every key of this queue (streams, delayed set, dead letters,
-    /// idempotency keys). For tests, benchmarks and decommissioning.
-    pub async fn destroy(&self) -> Result<()> {
-        let k = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
-        let mut del = redis::cmd("DEL");
-        del.arg(&k.streams[..]).arg(&k.delayed).arg(&k.dead);
-        let _: i64 = del.query_async(&mut conn).await.map_err(|e| map_err("DEL", e))?;
-        let pattern = format!("{}*", escape_glob(&k.idempotency_prefix));
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| map_err("SCAN", e))?;
-            if !found.is_empty() {
-                let _: i64 = redis::cmd("DEL")
-                    .arg(&found)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| map_err("DEL", e))?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
-    }
-
     async fn ensure_groups(&self) -> Result<()> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         for key in &self.inner.keys.streams {
             let r: std::result::Result<(), RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -389,10 +269,7 @@ impl RedisQueue {
         } else {
             &keys.streams[p.prio]
         };
-        let payload = match p.delayed_until {
-            Some(_) => delayed_member(p.prio, &p.envelope),
-            None => p.envelope.clone(),
-        };
+        let member = delayed_member(p.prio, &p.id);
         match &p.idempotency_key {
             Some(k) => {
                 let mut inv = self
@@ -401,19 +278,30 @@ impl RedisQueue {
                     .enqueue_idempotent
                     .key(format!("{}{k}", keys.idempotency_prefix));
                 inv.key(target)
+                    .key(&keys.delayed_tasks)
                     .arg(p.id.as_str())
                     .arg(self.inner.config.idempotency_ttl.as_millis() as u64)
                     .arg(if p.delayed_until.is_some() { "z" } else { "x" })
-                    .arg(payload)
-                    .arg(p.delayed_until.unwrap_or(0));
+                    .arg(&p.envelope[..])
+                    .arg(p.delayed_until.unwrap_or(0))
+                    .arg(&member);
                 pipe.invoke_script(&inv);
             }
             None => match p.delayed_until {
                 Some(score) => {
-                    pipe.cmd("ZADD").arg(target).arg(score).arg(payload);
+                    let mut inv = self.inner.scripts.delay.key(target);
+                    inv.key(&keys.delayed_tasks)
+                        .arg(&member)
+                        .arg(score)
+                        .arg(&p.envelope[..]);
+                    pipe.invoke_script(&inv);
                 }
                 None => {
-                    pipe.cmd("XADD").arg(target).arg("*").arg("task").arg(payload);
+                    pipe.cmd("XADD")
+                        .arg(target)
+                        .arg("*")
+                        .arg("task")
+                        .arg(&p.envelope[..]);
                 }
             },
         }
@@ -433,7 +321,7 @@ impl RedisQueue {
     }
 
     async fn run_pipeline(&self, pipe: &redis::Pipeline, what: &str) -> Result<Vec<Value>> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) => Err(map_err(what, e)),
@@ -446,7 +334,7 @@ impl RedisQueue {
         inv: &redis::ScriptInvocation<'_>,
         what: &str,
     ) -> Result<T> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         inv.invoke_async(&mut conn).await.map_err(|e| map_err(what, e))
     }
 
@@ -462,8 +350,11 @@ impl RedisQueue {
         extra: [&str; 4],
     ) -> Result<bool> {
         let mut inv = self.inner.scripts.settle.key(&self.inner.keys.streams[prio]);
-        inv.key(target)
-            .arg(&self.inner.config.consumer_group)
+        inv.key(target);
+        if action == "delay" {
+            inv.key(&self.inner.keys.delayed_tasks);
+        }
+        inv.arg(&self.inner.config.consumer_group)
             .arg(&self.inner.consumer)
             .arg(id)
             .arg(fence)
@@ -482,374 +373,13 @@ impl RedisQueue {
             lease.receipt()
         ))
     }
-
-    /// Moves an entry this consumer holds to the dead-letter stream.
-    #[allow(clippy::too_many_arguments)]
-    async fn dead_letter_entry(
-        &self,
-        prio: usize,
-        id: &str,
-        fence: u64,
-        payload: &[u8],
-        raw: bool,
-        reason: &str,
-        attempts: u32,
-    ) -> Result<bool> {
-        let attempts = attempts.to_string();
-        let at = now_ms().to_string();
-        self.settle(
-            prio,
-            id,
-            fence,
-            "dead",
-            &self.inner.keys.dead,
-            payload,
-            [reason, &attempts, &at, if raw { "1" } else { "0" }],
-        )
-        .await
-    }
-
-    /// A failed dead-lettering leaves the entry pending: it is reclaimed
-    /// after the lease timeout and tried again. Leases already read in the
-    /// same call are still returned.
-    fn dead_letter_failed(&self, entry: &str, err: &Error) -> bool {
-        tracing::warn!(queue = %self.inner.config.queue, %entry, error = %err, "could not dead-letter a malformed entry; it will be retried");
-        false
-    }
-
-    /// Turns entries into leases; dead-letters entries that are not
-    /// envelopes and tasks whose attempts are exhausted.
-    async fn to_leases(&self, entries: Vec<RawEntry>) -> Result<Vec<Lease>> {
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let fence = e.deliveries;
-            if e.raw {
-                tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, "dead-lettering a stream entry without a `task` field");
-                self.dead_letter_entry(
-                    e.prio,
-                    &e.id,
-                    fence,
-                    &e.payload,
-                    true,
-                    "stream entry is not a task envelope: no `task` field",
-                    e.deliveries as u32,
-                )
-                .await
-                .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
-                continue;
-            }
-            match Task::decode(&e.payload) {
-                Err(err) => {
-                    tracing::warn!(queue = %self.inner.config.queue, entry = %e.id, error = %err, "dead-lettering a malformed stream entry");
-                    self.dead_letter_entry(
-                        e.prio,
-                        &e.id,
-                        fence,
-                        &e.payload,
-                        true,
-                        &format!("stream entry is not a task envelope: {err}"),
-                        e.deliveries as u32,
-                    )
-                    .await
-                    .unwrap_or_else(|err| self.dead_letter_failed(&e.id, &err));
-                }
-                Ok(task) => {
-                    // Attempts beyond max_attempts are still delivered: the
-                    // worker runtime dead-letters them with its reason.
-                    let attempt = task
-                        .attempt
-                        .saturating_add(e.deliveries.min(u32::MAX as u64) as u32);
-                    out.push(Lease::new(task, attempt, format!("{}:{}", e.prio, e.id), fence));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn take_reclaim_turn(&self, now: u64) -> bool {
-        let every = self.inner.config.reclaim_every().as_millis() as u64;
-        let last = self.inner.last_reclaim_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= every
-            && self
-                .inner
-                .last_reclaim_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    /// One round of the lease script. Returns entries and the next due time
-    /// of the delayed set.
-    async fn lease_round(&self, max: usize) -> Result<(Vec<RawEntry>, Option<u64>)> {
-        let now = now_ms();
-        let reclaim = self.take_reclaim_turn(now);
-        let cursors = self.inner.cursors.lock().clone();
-        let keys = &self.inner.keys;
-        let mut inv = self.inner.scripts.lease.key(&keys.streams[..]);
-        inv.key(&keys.delayed)
-            .arg(&self.inner.config.consumer_group)
-            .arg(&self.inner.consumer)
-            .arg(max)
-            .arg(now)
-            .arg(if reclaim { "1" } else { "0" })
-            .arg(self.inner.config.lease_timeout.as_millis() as u64)
-            .arg(self.inner.config.promote_batch)
-            .arg(&cursors[..]);
-        let reply: Vec<Value> = match self.eval(&inv, "lease").await {
-            Ok(r) => r,
-            Err(e) => {
-                if reclaim {
-                    // Let the next call try the reclaim again.
-                    self.inner.last_reclaim_ms.store(0, Ordering::Relaxed);
-                }
-                return Err(e);
-            }
-        };
-        let mut it = reply.into_iter();
-        let next_due = it
-            .next()
-            .as_ref()
-            .and_then(value_i64)
-            .and_then(|d| u64::try_from(d).ok());
-        let mut new_cursors = cursors;
-        for c in new_cursors.iter_mut() {
-            if let Some(s) = it.next().and_then(value_string) {
-                *c = s;
-            }
-        }
-        if reclaim {
-            *self.inner.cursors.lock() = new_cursors;
-        }
-        let mut entries = Vec::new();
-        while let Some(p) = it.next() {
-            let (Some(id), Some(d), Some(raw), Some(payload)) = (it.next(), it.next(), it.next(), it.next())
-            else {
-                return Err(bad_reply("lease"));
-            };
-            let prio = value_i64(&p)
-                .and_then(|p| usize::try_from(p).ok())
-                .filter(|p| *p < 3);
-            let (Some(prio), Some(id), Some(deliveries), Some(raw)) =
-                (prio, value_string(id), value_i64(&d), value_i64(&raw))
-            else {
-                return Err(bad_reply("lease"));
-            };
-            entries.push(RawEntry {
-                prio,
-                id,
-                deliveries: deliveries.max(1) as u64,
-                raw: raw == 1,
-                payload: value_bytes(payload).unwrap_or_default(),
-            });
-        }
-        Ok((entries, next_due))
-    }
-
-    /// Blocks on a dedicated connection for new entries on any priority.
-    async fn block_read(&self, max: usize, block: Duration) -> Result<Vec<RawEntry>> {
-        let keys = &self.inner.keys;
-        let mut conn = self
-            .inner
-            .block_pool
-            .get()
-            .await
-            .map_err(|e| Error::unavailable("redis blocking connection", e.to_string()))?;
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.inner.config.consumer_group)
-            .arg(&self.inner.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&keys.streams[..])
-            .arg(&[">", ">", ">"][..]);
-        let limit = block + self.inner.config.command_timeout;
-        let reply: Value = match tokio::time::timeout(limit, cmd.query_async(&mut *conn)).await {
-            Err(_) => {
-                return Err(Error::Timeout(format!(
-                    "redis blocking XREADGROUP exceeded {limit:?}"
-                )))
-            }
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) if e.code() == Some("NOGROUP") => {
-                drop(conn);
-                tracing::info!(queue = %self.inner.config.queue, "consumer group missing (Redis restarted?); recreating");
-                self.ensure_groups().await?;
-                return Ok(Vec::new());
-            }
-            Ok(Err(e)) => return Err(map_err("XREADGROUP", e)),
-        };
-        let mut out = Vec::new();
-        let streams = match reply {
-            Value::Nil => return Ok(out),
-            Value::Array(s) => s
-                .into_iter()
-                .filter_map(|s| match s {
-                    Value::Array(mut kv) if kv.len() == 2 => {
-                        let entries = kv.pop()?;
-                        let key = value_string(kv.pop()?)?;
-                        Some((key, entries))
-                    }
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-            Value::Map(m) => m
-                .into_iter()
-                .filter_map(|(k, v)| Some((value_string(k)?, v)))
-                .collect(),
-            _ => return Err(bad_reply("XREADGROUP")),
-        };
-        for (key, entries) in streams {
-            let Some(prio) = keys.streams.iter().position(|s| *s == key) else {
-                continue;
-            };
-            let Value::Array(entries) = entries else { continue };
-            for e in entries {
-                let Value::Array(mut parts) = e else { continue };
-                if parts.len() != 2 {
-                    continue;
-                }
-                let fields = parts.pop().unwrap_or(Value::Nil);
-                let Some(id) = parts.pop().and_then(value_string) else {
-                    continue;
-                };
-                let fields = entry_fields(fields);
-                let (raw, payload) = match fields.iter().find(|(k, _)| k == "task") {
-                    Some((_, v)) => (false, v.clone()),
-                    None => (
-                        true,
-                        fields
-                            .iter()
-                            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.clone()])
-                            .collect::<Vec<_>>()
-                            .join(&b' '),
-                    ),
-                };
-                out.push(RawEntry {
-                    prio,
-                    id,
-                    deliveries: 1,
-                    raw,
-                    payload,
-                });
-            }
-        }
-        // COUNT applies per stream: hand back anything beyond `max`,
-        // uncharged, so callers never hold more than they asked for.
-        if out.len() > max {
-            for e in out.split_off(max) {
-                let target = keys.streams[e.prio].clone();
-                self.settle(e.prio, &e.id, 1, "xadd", &target, &e.payload, ["", "", "", ""])
-                    .await?;
-            }
-        }
-        Ok(out)
-    }
-
-    async fn lease_inner(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let (entries, next_due) = self.lease_round(max).await?;
-            let got = !entries.is_empty();
-            let leases = self.to_leases(entries).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-            if got {
-                // Everything read was dead-lettered; read again at once.
-                continue;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(Vec::new());
-            }
-            let mut block = (deadline - now)
-                .min(MAX_BLOCK)
-                .min(self.inner.config.reclaim_every());
-            if let Some(due) = next_due {
-                block = block.min(Duration::from_millis(due.saturating_sub(now_ms())));
-            }
-            if block < Duration::from_millis(1) {
-                continue;
-            }
-            let entries = self.block_read(max, block).await?;
-            let leases = self.to_leases(entries).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-        }
-    }
-
-    /// Lists dead letters from `start` (exclusive when `exclusive`).
-    async fn read_dead(&self, start: &str, end: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        let mut conn = self.inner.conn.clone();
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&self.inner.keys.dead)
-            .arg(start)
-            .arg(end)
-            .arg("COUNT")
-            .arg(max)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_err("XRANGE", e))?;
-        let Value::Array(entries) = reply else {
-            return Err(bad_reply("XRANGE"));
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let Value::Array(mut parts) = e else { continue };
-            if parts.len() != 2 {
-                continue;
-            }
-            let fields = entry_fields(parts.pop().unwrap_or(Value::Nil));
-            let Some(id) = parts.pop().and_then(value_string) else {
-                continue;
-            };
-            let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-            let text = |name: &str| {
-                get(name)
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default()
-            };
-            let bytes = get("task").unwrap_or_default();
-            let (task, raw) = if text("raw") == "1" {
-                (None, Some(bytes))
-            } else {
-                match Task::decode(&bytes) {
-                    Ok(t) => (Some(t), None),
-                    Err(_) => (None, Some(bytes)),
-                }
-            };
-            out.push(DeadLetter {
-                id,
-                task,
-                raw,
-                reason: text("reason"),
-                attempts: text("attempts").parse().unwrap_or(0),
-                dead_at_ms: text("dead_at").parse().unwrap_or(0),
-            });
-        }
-        Ok(out)
-    }
 }
 
-fn delayed_member(prio: usize, envelope: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(envelope.len() + 1);
-    m.push(b'0' + prio as u8);
-    m.extend_from_slice(envelope);
-    m
-}
-
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// A delayed-set member: priority digit, task id and a random nonce, so the
+/// same task delayed twice (enqueued twice, or two deliveries retried with
+/// the same delay) stays two entries.
+fn delayed_member(prio: usize, id: &TaskId) -> String {
+    format!("{prio}{}:{:016x}", id.as_str(), rand::random::<u64>())
 }
 
 #[async_trait]
@@ -876,12 +406,13 @@ impl TaskQueue for RedisQueue {
         let p = self.prepare(&task)?;
         let mut pipe = redis::pipe();
         self.push_enqueue(&mut pipe, &p);
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.redis.connection();
         let mut reply: Vec<Value> = match pipe.query_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+                pipe.load_script(&self.inner.scripts.delay).ignore();
                 self.push_enqueue(&mut pipe, &p);
                 self.run_pipeline(&pipe, "enqueue").await?
             }
@@ -903,6 +434,9 @@ impl TaskQueue for RedisQueue {
         let mut pipe = redis::pipe();
         if ok.iter().any(|p| p.idempotency_key.is_some()) {
             pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
+        }
+        if ok.iter().any(|p| p.delayed_until.is_some()) {
+            pipe.load_script(&self.inner.scripts.delay).ignore();
         }
         for p in &ok {
             self.push_enqueue(&mut pipe, p);
@@ -1023,15 +557,15 @@ impl TaskQueue for RedisQueue {
                     .await?
                 } else {
                     let due = (now_ms() + delay.as_millis() as u64).to_string();
-                    let member = delayed_member(target_prio, &env);
+                    let member = delayed_member(target_prio, &task.id);
                     self.settle(
                         prio,
                         id,
                         lease.fence(),
                         "delay",
                         &keys.delayed,
-                        &member,
-                        [&due, "", "", ""],
+                        &env,
+                        [&due, &member, "", ""],
                     )
                     .await?
                 }
@@ -1164,6 +698,7 @@ mod tests {
         assert_eq!(k.streams[0], "as:{jobs}:stream:high");
         assert_eq!(k.stream(Priority::Low), "as:{jobs}:stream:low");
         assert_eq!(k.delayed, "as:{jobs}:delayed");
+        assert_eq!(k.delayed_tasks, "as:{jobs}:delayed:tasks");
         assert_eq!(k.dead, "as:{jobs}:dead");
         assert_eq!(k.idempotency_prefix, "as:{jobs}:idem:");
     }

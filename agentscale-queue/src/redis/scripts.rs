@@ -5,7 +5,7 @@
 /// Promote due delayed tasks, optionally reclaim expired leases
 /// (`XAUTOCLAIM`), then read new entries highest priority first.
 ///
-/// KEYS: stream high, normal, low, delayed zset.
+/// KEYS: stream high, normal, low, delayed zset, delayed envelopes hash.
 /// ARGV: group, consumer, max, now_ms, reclaim (0/1), min_idle_ms,
 ///       promote_limit, cursor high, cursor normal, cursor low.
 /// Returns `{next_due_ms or -1, cursor0, cursor1, cursor2, (prio, id,
@@ -21,7 +21,14 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, promot
 for _, m in ipairs(due) do
   local p = tonumber(string.sub(m, 1, 1))
   if p == nil or p < 0 or p > 2 then p = 1 end
-  redis.call('XADD', KEYS[p + 1], '*', 'task', string.sub(m, 2))
+  local env = redis.call('HGET', KEYS[5], m)
+  if env then
+    redis.call('HDEL', KEYS[5], m)
+  else
+    -- A member written before envelopes moved to the hash: digit + envelope.
+    env = string.sub(m, 2)
+  end
+  redis.call('XADD', KEYS[p + 1], '*', 'task', env)
   redis.call('ZREM', KEYS[4], m)
 end
 local out = {-1, ARGV[8], ARGV[9], ARGV[10]}
@@ -87,11 +94,11 @@ return out
 /// owned by `consumer` with delivery count `fence`.
 ///
 /// KEYS: stream, target (stream, delayed zset or dead-letter stream; the
-/// stream itself for ack/extend).
+/// stream itself for ack/extend), for `delay` also the delayed envelopes hash.
 /// ARGV: group, consumer, id, fence, action, payload, a1, a2, a3, a4.
 /// Actions: `ack`; `extend` (a1 = idle ms to set); `xadd` (payload to
-/// target stream); `delay` (ZADD target a1 payload); `dead` (XADD target
-/// with reason a1, attempts a2, dead_at a3, raw flag a4).
+/// target stream); `delay` (HSET hash a2 payload, ZADD target a1 a2);
+/// `dead` (XADD target with reason a1, attempts a2, dead_at a3, raw flag a4).
 /// Returns 1 when done, 0 when the lease is lost.
 pub(crate) const SETTLE: &str = r#"
 local group, consumer, id = ARGV[1], ARGV[2], ARGV[3]
@@ -106,7 +113,8 @@ if action == 'extend' then
 elseif action == 'xadd' then
   redis.call('XADD', KEYS[2], '*', 'task', ARGV[6])
 elseif action == 'delay' then
-  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[6])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
 elseif action == 'dead' then
   redis.call('XADD', KEYS[2], '*', 'task', ARGV[6], 'reason', ARGV[7], 'attempts', ARGV[8],
     'dead_at', ARGV[9], 'raw', ARGV[10])
@@ -190,18 +198,32 @@ return out
 /// Idempotent enqueue: remember the key (SET NX PX) and add the task, or
 /// report the id stored first.
 ///
-/// KEYS: idempotency key, target (stream or delayed zset).
-/// ARGV: task id, ttl ms, mode (`x` stream / `z` zset), payload, score.
+/// KEYS: idempotency key, target (stream or delayed zset), delayed
+/// envelopes hash.
+/// ARGV: task id, ttl ms, mode (`x` stream / `z` zset), payload, score,
+/// delayed member.
 /// Returns nil when stored, else the first task id.
 pub(crate) const ENQUEUE_IDEMPOTENT: &str = r#"
 local prev = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if prev then return prev end
 if ARGV[3] == 'z' then
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[6], ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
 else
   redis.call('XADD', KEYS[2], '*', 'task', ARGV[4])
 end
 return false
+"#;
+
+/// Stores a delayed task: envelope in the hash under `member`, `member` in
+/// the sorted set at the due time. One script, so a promotion never sees a
+/// member without its envelope.
+///
+/// KEYS: delayed zset, delayed envelopes hash. ARGV: member, due ms, envelope.
+pub(crate) const DELAY: &str = r#"
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
 "#;
 
 /// Counts by state.

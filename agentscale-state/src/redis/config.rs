@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, Result};
+use agentscale_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of [`RedisSessionStore`](super::RedisSessionStore) and
 /// [`RedisToolCache`](super::RedisToolCache).
 ///
 /// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
-/// `"500ms"`, `"2m"`, `"24h"`). Build one with [`RedisStateConfig::new`] and
-/// set the public fields; `connect` calls [`validate`](Self::validate).
+/// `"500ms"`, `"2m"`, `"24h"`) through
+/// [`ConfigLoader`](agentscale_core::config::ConfigLoader), or built with
+/// [`RedisStateConfig::builder`]; `connect` calls [`validate`](Self::validate).
 /// `Debug` shows the URL with its password replaced by `***`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -173,6 +175,112 @@ impl RedisStateConfig {
     }
 }
 
+/// Builder of [`RedisStateConfig`] with one setter per field; validates at
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct RedisStateConfigBuilder {
+    config: RedisStateConfig,
+}
+
+impl RedisStateConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> RedisStateConfigBuilder {
+        RedisStateConfigBuilder {
+            config: RedisStateConfig::default(),
+        }
+    }
+}
+
+impl RedisStateConfigBuilder {
+    /// The server URL.
+    pub fn url(mut self, v: impl Into<Secret>) -> Self {
+        self.config.url = v.into();
+        self
+    }
+    /// Prefix of every key.
+    pub fn key_prefix(mut self, v: impl Into<String>) -> Self {
+        self.config.key_prefix = v.into();
+        self
+    }
+    /// Session TTL.
+    pub fn ttl(mut self, v: Duration) -> Self {
+        self.config.ttl = v;
+        self
+    }
+    /// Most history entries kept.
+    pub fn history_cap(mut self, v: usize) -> Self {
+        self.config.history_cap = v;
+        self
+    }
+    /// Whether reads restart the session TTL.
+    pub fn refresh_on_read(mut self, v: bool) -> Self {
+        self.config.refresh_on_read = v;
+        self
+    }
+    /// Timeout of one command.
+    pub fn command_timeout(mut self, v: Duration) -> Self {
+        self.config.command_timeout = v;
+        self
+    }
+    /// Timeout for establishing a connection.
+    pub fn connect_timeout(mut self, v: Duration) -> Self {
+        self.config.connect_timeout = v;
+        self
+    }
+    /// TTL of the in-process tool cache level.
+    pub fn tool_local_ttl(mut self, v: Duration) -> Self {
+        self.config.tool_local_ttl = v;
+        self
+    }
+    /// Bytes held by the in-process tool cache level.
+    pub fn tool_local_capacity_bytes(mut self, v: u64) -> Self {
+        self.config.tool_local_capacity_bytes = v;
+        self
+    }
+    /// How long a non-retryable tool failure stays cached.
+    pub fn tool_negative_ttl(mut self, v: Duration) -> Self {
+        self.config.tool_negative_ttl = v;
+        self
+    }
+    /// Largest tool value accepted.
+    pub fn tool_max_value_bytes(mut self, v: usize) -> Self {
+        self.config.tool_max_value_bytes = v;
+        self
+    }
+    /// Lease of the fleet-wide computation lock.
+    pub fn tool_lock_lease(mut self, v: Duration) -> Self {
+        self.config.tool_lock_lease = v;
+        self
+    }
+    /// Longest wait for another replica's computation.
+    pub fn tool_wait_timeout(mut self, v: Duration) -> Self {
+        self.config.tool_wait_timeout = v;
+        self
+    }
+    /// Validates and returns the configuration ([`Error::InvalidConfig`]
+    /// names the field).
+    pub fn build(self) -> Result<RedisStateConfig> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+impl RedisStateConfig {
+    /// The connection settings of this config as a [`RedisConfig`] (what
+    /// `connect` connects with).
+    pub fn connection(&self) -> RedisConfig {
+        let mut c = RedisConfig::default();
+        c.url = self.url.clone();
+        c.connect_timeout = self.connect_timeout;
+        c.command_timeout = self.command_timeout;
+        // Fail fast during an outage: one quick reconnect attempt, then
+        // `Unavailable`; the next call reconnects again.
+        c.reconnect_retries = 1;
+        c.reconnect_max_delay = Duration::from_millis(500);
+        c
+    }
+}
+
 /// Whole milliseconds, at least 1 (Redis `PX` takes milliseconds).
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -203,6 +311,40 @@ mod tests {
         c.validate().unwrap();
         assert!(serde_json::from_str::<RedisStateConfig>(r#"{"ttl":"5 parsecs"}"#).is_err());
         assert!(serde_json::from_str::<RedisStateConfig>(r#"{"unknown":1}"#).is_err());
+    }
+
+    #[test]
+    fn loads_from_toml_and_env_through_the_loader() {
+        use agentscale_core::config::ConfigLoader;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        std::fs::write(&path, "url = \"redis://s:6379\"\nttl = \"1h\"\n").unwrap();
+        let c: RedisStateConfig = ConfigLoader::new()
+            .file(&path)
+            .env_prefix("S")
+            .env_vars([("S_HISTORY_CAP", "7"), ("S_KEY_PREFIX", "svc")])
+            .load()
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(3600));
+        assert_eq!((c.history_cap, c.key_prefix.as_str()), (7, "svc"));
+        let b = RedisStateConfig::builder()
+            .url("redis://s:6379")
+            .ttl(Duration::from_secs(3600))
+            .history_cap(7)
+            .build()
+            .unwrap();
+        assert_eq!((b.ttl, b.history_cap), (c.ttl, 7));
+        let e = ConfigLoader::new()
+            .env_prefix("S")
+            .env_vars([("S_TOOL_LOCK_LEASE", "eventually")])
+            .load::<RedisStateConfig>()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig(_)));
+        assert!(e.to_string().contains("tool_lock_lease"), "{e}");
+        let e = RedisStateConfig::builder().history_cap(0).build().unwrap_err();
+        assert!(e.to_string().contains("history_cap"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! * [`RedisToolCache`]: in-process first level (moka) over Redis, with
 //!   single-flight across every replica sharing the Redis (a leased lock key).
 //!
-//! Both use a multiplexed, auto-reconnecting connection (redis-rs
-//! `ConnectionManager`); neither issues blocking commands. Connection
-//! failures and timeouts are [`Error::Unavailable`] (retryable), other Redis
-//! errors [`Error::Backend`].
+//! Both use the multiplexed, auto-reconnecting connection of an
+//! [`agentscale_redis::Redis`] handle (redis-rs `ConnectionManager`), which
+//! they can share with each other and with a `RedisQueue`; neither issues
+//! blocking commands. Connection failures, timeouts and transient server
+//! states (including `READONLY` after a failover) are
+//! [`Error::Unavailable`](agentscale_core::Error::Unavailable) (retryable),
+//! other Redis errors [`Error::Backend`](agentscale_core::Error::Backend).
 //!
 //! Keys (see `docs/state.md`) carry a Redis Cluster hash tag, so all keys of
 //! one session (or one tool entry) share a slot and the Lua scripts are
@@ -30,49 +33,21 @@ mod config;
 mod session;
 mod tool_cache;
 
-pub use config::RedisStateConfig;
+pub use config::{RedisStateConfig, RedisStateConfigBuilder};
 pub use session::RedisSessionStore;
 pub use tool_cache::RedisToolCache;
 
-use agentscale_core::config::redact_url;
-use agentscale_core::{Error, Result};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use agentscale_core::Result;
+use agentscale_redis::Redis;
 
-/// Converts a Redis error at the boundary: connection trouble and timeouts
-/// are retryable [`Error::Unavailable`], the rest [`Error::Backend`].
-pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> Error {
-    use redis::ErrorKind as K;
-    let transient = e.is_timeout()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_io_error()
-        || matches!(
-            e.kind(),
-            K::BusyLoadingError | K::TryAgain | K::ClusterDown | K::MasterDown | K::ReadOnly | K::IoError
-        );
-    if transient {
-        Error::unavailable(format!("redis {context}: {e}"), e)
-    } else {
-        Error::backend(format!("redis {context}: {e}"), e)
-    }
+/// Converts a Redis error at the boundary (one mapping for every Redis
+/// backend, see [`agentscale_redis::map_error`]).
+pub(crate) fn redis_error(context: &str, e: redis::RedisError) -> agentscale_core::Error {
+    agentscale_redis::map_error(context, e)
 }
 
-/// Opens a multiplexed, auto-reconnecting connection for `config`.
-pub(crate) async fn connect(config: &RedisStateConfig) -> Result<ConnectionManager> {
+/// Opens the shared connection for `config`.
+pub(crate) async fn connect(config: &RedisStateConfig) -> Result<Redis> {
     config.validate()?;
-    let shown = redact_url(config.url.expose());
-    let client = redis::Client::open(config.url.expose())
-        .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
-    // One quick reconnect attempt smooths over a dropped connection; during a
-    // real outage calls then fail fast with `Unavailable` (the caller's retry
-    // policy decides what next) instead of blocking for seconds. The next call
-    // after a failure starts a fresh reconnect, so recovery is automatic.
-    let mc = ConnectionManagerConfig::new()
-        .set_connection_timeout(config.connect_timeout)
-        .set_response_timeout(config.command_timeout)
-        .set_number_of_retries(1)
-        .set_max_delay(500);
-    ConnectionManager::new_with_config(client, mc)
-        .await
-        .map_err(|e| redis_error(&format!("connect to {shown}"), e))
+    Redis::connect(config.connection()).await
 }

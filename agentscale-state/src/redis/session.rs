@@ -10,6 +10,7 @@ use redis::Script;
 
 use super::config::{millis, RedisStateConfig};
 use super::{connect, redis_error};
+use agentscale_redis::Redis;
 
 /// `KEYS`: state hash, history list. `ARGV`: expected version, data, ttl ms.
 /// Returns the new version, -1 for a tombstone, or -2 - current version.
@@ -113,7 +114,16 @@ impl fmt::Debug for RedisSessionStore {
 impl RedisSessionStore {
     /// Validates `config`, connects and loads the scripts.
     pub async fn connect(config: RedisStateConfig) -> Result<Self> {
-        let conn = connect(&config).await?;
+        let redis = connect(&config).await?;
+        Self::new(redis, config).await
+    }
+
+    /// The same on an existing [`Redis`] handle, sharing its connection with
+    /// other backends; the connection settings of `config` (`url`,
+    /// timeouts) are not used.
+    pub async fn new(redis: Redis, config: RedisStateConfig) -> Result<Self> {
+        config.validate()?;
+        let conn = redis.connection();
         let store = RedisSessionStore {
             conn,
             prefix: config.key_prefix.clone(),

@@ -14,6 +14,7 @@ use super::config::{millis, RedisStateConfig};
 use super::{connect, redis_error};
 use crate::cached::{check_size, check_ttl, clone_error, Cached, Outcome};
 use crate::local::{compute_outcome, new_cache};
+use agentscale_redis::Redis;
 
 /// `KEYS`: value, lock. `ARGV`: token, lease ms.
 /// `{1, value, pttl}` on a hit, `{2}` if this caller took the lock, `{3}` if
@@ -97,10 +98,19 @@ enum Probe {
 }
 
 impl RedisToolCache {
-    /// Validates `config`, connects and loads the scripts. Each instance has
-    /// its own connection and its own level-1 cache.
+    /// Validates `config`, opens its own connection and loads the scripts.
+    /// Each instance has its own level-1 cache.
     pub async fn connect(config: RedisStateConfig) -> Result<Self> {
-        let conn = connect(&config).await?;
+        let redis = connect(&config).await?;
+        Self::new(redis, config).await
+    }
+
+    /// The same on an existing [`Redis`] handle, sharing its connection with
+    /// other backends; the connection settings of `config` (`url`,
+    /// timeouts) are not used.
+    pub async fn new(redis: Redis, config: RedisStateConfig) -> Result<Self> {
+        config.validate()?;
+        let conn = redis.connection();
         let cache = RedisToolCache {
             conn,
             local: new_cache(config.tool_local_capacity_bytes),

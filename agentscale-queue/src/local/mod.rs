@@ -36,11 +36,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentscale_core::queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
-use agentscale_core::task::{now_ms, Task, TaskId, DEFAULT_MAX_ENVELOPE_BYTES};
+use agentscale_core::task::{now_ms, Task, TaskId};
 use agentscale_core::{Error, Result};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+mod config;
+
+pub use config::{LocalQueueBuilder, LocalQueueConfig, LocalQueueConfigBuilder};
 
 /// Default lease timeout of a [`LocalQueue`].
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -260,70 +264,20 @@ fn lost(lease: &Lease) -> Error {
     ))
 }
 
-/// Builds a [`LocalQueue`]; see [`LocalQueue::builder`].
-#[derive(Debug, Clone)]
-pub struct LocalQueueBuilder {
-    name: String,
-    lease_timeout: Duration,
-    max_envelope_bytes: usize,
-    idempotency_window: Duration,
-}
-
-impl LocalQueueBuilder {
-    /// How long a lease lives unless extended (default 30 s).
-    pub fn lease_timeout(mut self, d: Duration) -> Self {
-        self.lease_timeout = d;
-        self
+impl LocalQueue {
+    /// A queue from a validated config.
+    pub fn from_config(config: LocalQueueConfig) -> Result<LocalQueue> {
+        config.validate()?;
+        Ok(Self::from_valid_config(config))
     }
 
-    /// Largest encoded envelope accepted at enqueue (default 1 MiB). The limit
-    /// is the same as the wire backends', so a task that fits here fits there.
-    pub fn max_envelope_bytes(mut self, n: usize) -> Self {
-        self.max_envelope_bytes = n;
-        self
-    }
-
-    /// How long an idempotency key is remembered after its enqueue (default
-    /// 24 h); a later enqueue with the same key stores a new task.
-    pub fn idempotency_window(mut self, d: Duration) -> Self {
-        self.idempotency_window = d;
-        self
-    }
-
-    /// Validates and builds. [`Error::InvalidConfig`] on an empty name, a zero
-    /// lease timeout, a zero envelope limit or a zero idempotency window.
-    pub fn build(self) -> Result<LocalQueue> {
-        if self.name.trim().is_empty() {
-            return Err(Error::InvalidConfig("memory queue: name is empty".into()));
-        }
-        if self.lease_timeout.is_zero() {
-            return Err(Error::InvalidConfig(format!(
-                "memory queue {}: lease_timeout is zero",
-                self.name
-            )));
-        }
-        if self.max_envelope_bytes == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "memory queue {}: max_envelope_bytes is zero",
-                self.name
-            )));
-        }
-        if self.idempotency_window.is_zero() {
-            return Err(Error::InvalidConfig(format!(
-                "memory queue {}: idempotency_window is zero",
-                self.name
-            )));
-        }
-        Ok(self.into_queue())
-    }
-
-    fn into_queue(self) -> LocalQueue {
+    fn from_valid_config(c: LocalQueueConfig) -> LocalQueue {
         LocalQueue {
             shared: Arc::new(Shared {
-                name: self.name,
-                lease_timeout: self.lease_timeout,
-                max_envelope_bytes: self.max_envelope_bytes,
-                idempotency_window: self.idempotency_window,
+                name: c.name,
+                lease_timeout: c.lease_timeout,
+                max_envelope_bytes: c.max_envelope_bytes,
+                idempotency_window: c.idempotency_window,
                 state: Mutex::new(State {
                     next_fence: 1,
                     next_seq: 1,
@@ -346,17 +300,15 @@ impl LocalQueue {
         } else {
             name
         };
-        LocalQueue::builder(name).into_queue()
+        Self::from_valid_config(LocalQueueConfig {
+            name,
+            ..LocalQueueConfig::default()
+        })
     }
 
     /// A builder for a queue named `name`.
     pub fn builder(name: impl Into<String>) -> LocalQueueBuilder {
-        LocalQueueBuilder {
-            name: name.into(),
-            lease_timeout: DEFAULT_LEASE_TIMEOUT,
-            max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
-            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
-        }
+        LocalQueueBuilder::new(name.into())
     }
 
     /// Validation done outside the lock: task shape and envelope size.

@@ -1,0 +1,248 @@
+//! Topics, watermarks and dead letters: admin calls and reads outside the group.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use agentscale_core::{Error, Result};
+
+use super::*;
+
+/// Returns whether the main topic was created by this call.
+pub(crate) async fn ensure_topics(config: &KafkaQueueConfig) -> Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(|e| Error::InvalidConfig(format!("kafka admin config: {e}")))?;
+    let names = config.all_topics();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(config.connect_timeout))
+        .request_timeout(Some(config.connect_timeout));
+    let results = admin
+        .create_topics(topics.iter(), &opts)
+        .await
+        .map_err(|e| Error::unavailable(format!("kafka create topics at {}", config.brokers), e))?;
+    let mut created = false;
+    for r in results {
+        match r {
+            Ok(name) => created |= name == config.topic,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Backend {
+                    message: format!("kafka create topic {name}: {code}"),
+                    source: None,
+                })
+            }
+        }
+    }
+    // Wait until metadata lists every topic with its partitions.
+    let timeout = config.connect_timeout;
+    let wanted = names.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = wanted
+                .iter()
+                .all(|w| match admin.inner().fetch_metadata(Some(w), timeout) {
+                    Ok(md) => md
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == w && t.error().is_none() && !t.partitions().is_empty()),
+                    Err(_) => false,
+                });
+            if ok {
+                return Ok(created);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    message: format!("kafka topics {wanted:?} not visible within {timeout:?}"),
+                    source: None,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .map_err(|e| Error::backend("kafka metadata task failed", e))?
+}
+
+pub(crate) fn reader(config: &KafkaQueueConfig) -> Result<BaseConsumer> {
+    config
+        .client_config()
+        .set("group.id", format!("{}.reader", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(|e| Error::InvalidConfig(format!("kafka reader config: {e}")))
+}
+
+pub(crate) fn partitions_of(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<i32>> {
+    let md = c
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::unavailable(format!("kafka metadata of {topic}"), e))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+/// Low and high watermark of a partition. The high watermark is verified by
+/// reading the last batch: some Kafka-protocol brokers (tansu 0.6) answer
+/// ListOffsets(latest) with the *base* offset of the last batch + 1, which
+/// undercounts when producers batch. On Kafka itself the read confirms the
+/// reported value.
+pub(crate) fn watermarks(
+    c: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    let (lo, hi) = c
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| Error::unavailable(format!("kafka watermarks of {topic}"), e))?;
+    if hi <= lo {
+        return Ok((lo, hi));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(hi - 1));
+    c.assign(&tpl)
+        .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
+    let deadline = Instant::now() + timeout;
+    let mut top = hi;
+    let mut seen = false;
+    loop {
+        let wait = if seen {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        match c.poll(wait) {
+            Some(Ok(m)) if m.topic() == topic && m.partition() == partition && m.offset() >= hi - 1 => {
+                top = top.max(m.offset() + 1);
+                seen = true;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka watermark read error"),
+            None if seen => break,
+            None if Instant::now() >= deadline => break,
+            None => {}
+        }
+    }
+    let _ = c.unassign();
+    Ok((lo, top))
+}
+
+/// Total records (high - low) of a topic.
+pub(crate) fn record_count(c: &BaseConsumer, topic: &str, timeout: Duration) -> Result<u64> {
+    let mut n = 0u64;
+    for p in partitions_of(c, topic, timeout)? {
+        let (lo, hi) = watermarks(c, topic, p, timeout)?;
+        n += (hi - lo).max(0) as u64;
+    }
+    Ok(n)
+}
+
+pub(crate) struct DltRecord {
+    pub(crate) id: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+    pub(crate) dead_at_ms: u64,
+}
+
+/// Reads every record of `topic` (all partitions, low to high watermark).
+pub(crate) fn read_all(
+    c: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for p in partitions_of(c, topic, timeout)? {
+        let (lo, hi) = watermarks(c, topic, p, timeout)?;
+        if hi > lo {
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(lo));
+            remaining.insert(p, hi);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(());
+    }
+    c.assign(&tpl)
+        .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
+    let deadline = Instant::now() + timeout;
+    let mut seen = HashSet::new();
+    while !remaining.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "reading {topic} did not finish within {timeout:?}"
+            )));
+        }
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if m.topic() != topic || !seen.insert((m.partition(), m.offset())) {
+                    continue;
+                }
+                f(&m);
+                if let Some(hi) = remaining.get(&m.partition()) {
+                    if m.offset() + 1 >= *hi {
+                        remaining.remove(&m.partition());
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka reader poll error"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn read_dead_letters(config: &KafkaQueueConfig) -> Result<(Vec<DltRecord>, HashSet<String>)> {
+    let timeout = config.connect_timeout;
+    let c = reader(config)?;
+    let mut replayed = HashSet::new();
+    read_all(&c, &config.replayed_topic(), timeout, |m| {
+        if let Some(id) = header_str(m, HEADER_REPLAYED_ID) {
+            replayed.insert(id.to_string());
+        }
+    })?;
+    let c = reader(config)?;
+    let mut out = Vec::new();
+    read_all(&c, &config.dead_letter_topic(), timeout, |m| {
+        out.push(DltRecord {
+            id: format!("{}:{}", m.partition(), m.offset()),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            reason: header_str(m, HEADER_REASON).unwrap_or_default().to_string(),
+            attempts: header_str(m, HEADER_ATTEMPT)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            dead_at_ms: header_str(m, HEADER_DEAD_AT_MS)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        });
+    })?;
+    out.sort_by_key(|r| r.dead_at_ms);
+    Ok((out, replayed))
+}

@@ -1,0 +1,198 @@
+//! # agentscale-redis
+//!
+//! The Redis connection every agentscale Redis backend shares: one
+//! [`RedisConfig`], one [`Redis`] handle, one mapping of Redis errors to
+//! [`agentscale_core::Error`].
+//!
+//! A [`Redis`] holds a multiplexed, auto-reconnecting connection (redis-rs
+//! `ConnectionManager`) for ordinary commands and a small pool (bb8) of
+//! dedicated connections for blocking commands. It is cheap to clone; clones
+//! share the connections, so one handle can serve a task queue, a session
+//! store and a tool cache together:
+//!
+//! ```no_run
+//! # async fn demo() -> agentscale_core::Result<()> {
+//! use agentscale_redis::{Redis, RedisConfig};
+//!
+//! let redis = Redis::connect(RedisConfig::builder().url("redis://127.0.0.1:6379").build()?).await?;
+//! // agentscale_queue::redis::RedisQueue::new(redis.clone(), queue_config).await?;
+//! // agentscale_state::redis::RedisSessionStore::new(redis.clone(), state_config).await?;
+//! # let _ = redis; Ok(()) }
+//! ```
+//!
+//! # Errors
+//!
+//! [`map_error`] is the one conversion: connection trouble, timeouts and
+//! server states that pass by themselves (`LOADING`, `TRYAGAIN`,
+//! `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY`, which a replica answers
+//! after a failover demoted the node we were talking to) are
+//! [`Error::Unavailable`] (retry later); everything else is
+//! [`Error::Backend`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+
+use std::fmt;
+
+use agentscale_core::config::redact_url;
+use agentscale_core::{Error, Result};
+use bb8_redis::RedisConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use config::{RedisConfig, RedisConfigBuilder};
+
+/// A connection pool entry for blocking commands.
+pub type BlockingConnection<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
+
+/// A handle on one Redis server: a shared multiplexed connection plus a pool
+/// of dedicated connections for blocking commands. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    config: RedisConfig,
+    conn: ConnectionManager,
+    blocking: bb8::Pool<RedisConnectionManager>,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &redact_url(self.config.url.expose()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Validates `config` and connects ([`Error::Unavailable`] when the
+    /// server does not answer within `connect_timeout`). The blocking pool
+    /// connects lazily, on first use.
+    pub async fn connect(config: RedisConfig) -> Result<Redis> {
+        config.validate()?;
+        let shown = redact_url(config.url.expose());
+        let info = config.connection_info()?;
+        let client = redis::Client::open(info.clone())
+            .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
+        let mc = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.command_timeout)
+            .set_number_of_retries(config.reconnect_retries)
+            .set_max_delay(config.reconnect_max_delay.as_millis().min(u64::MAX as u128) as u64);
+        let conn = ConnectionManager::new_with_config(client, mc)
+            .await
+            .map_err(|e| map_error(&format!("connect to {shown}"), e))?;
+        let manager = RedisConnectionManager::new(info)
+            .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
+        let blocking = bb8::Pool::builder()
+            .max_size(config.blocking_connections)
+            .connection_timeout(config.connect_timeout)
+            .test_on_check_out(false)
+            .build_unchecked(manager);
+        Ok(Redis {
+            config,
+            conn,
+            blocking,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The shared multiplexed connection (a redis-rs type: an escape hatch
+    /// for backends and for commands agentscale does not wrap). Clone it per
+    /// use; clones share one socket. Never send blocking commands on it.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A dedicated connection for one blocking command (a redis-rs type,
+    /// like [`connection`](Self::connection)). Waits up to `connect_timeout`
+    /// for a free one.
+    pub async fn blocking_connection(&self) -> Result<BlockingConnection<'_>> {
+        self.blocking.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => map_error("blocking connection", e),
+            bb8::RunError::TimedOut => Error::Unavailable {
+                message: format!(
+                    "redis blocking connection: none free within {:?}",
+                    self.config.connect_timeout
+                ),
+                source: None,
+            },
+        })
+    }
+}
+
+/// Converts a Redis error at the boundary (see the [crate docs](crate)):
+/// transient trouble is [`Error::Unavailable`], the rest [`Error::Backend`].
+pub fn map_error(context: &str, e: redis::RedisError) -> Error {
+    if is_transient(&e) {
+        Error::unavailable(format!("redis {context}: {e}"), e)
+    } else {
+        Error::backend(format!("redis {context}: {e}"), e)
+    }
+}
+
+/// Whether `e` is worth retrying later (connection trouble, timeouts,
+/// loading, failover in progress, a read-only replica after failover).
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind as K;
+    e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || matches!(
+            e.kind(),
+            K::BusyLoadingError | K::TryAgain | K::ClusterDown | K::MasterDown | K::ReadOnly | K::IoError
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentscale_core::ErrorKind;
+
+    fn server_error(code: &str) -> redis::RedisError {
+        // Parse a real error reply, the way the client sees one.
+        let reply = format!("-{code} something happened\r\n");
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_only_after_failover_is_transient() {
+        for code in ["READONLY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"] {
+            let e = map_error("SET", server_error(code));
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{code}: {e}");
+        }
+        for code in ["ERR", "WRONGTYPE", "NOSCRIPT"] {
+            let e = map_error("SET", server_error(code));
+            assert_eq!(e.kind(), ErrorKind::Backend, "{code}: {e}");
+        }
+        let io = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(map_error("GET", io).kind(), ErrorKind::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_unavailable() {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let cfg = RedisConfig::builder()
+            .url(format!("redis://127.0.0.1:{port}"))
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .reconnect_retries(0)
+            .build()
+            .expect("config");
+        let e = Redis::connect(cfg)
+            .await
+            .map(|_| ())
+            .expect_err("nothing listens");
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    }
+}
