@@ -33,6 +33,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 type Setup<P, F> = Arc<dyn Fn(P) -> BoxFuture<'static, SetupResult<F>> + Send + Sync>;
 type TestFn = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Whether a state store declares what a check needs: `Err(what it declares
+/// instead)` when it does not.
+pub(crate) type Declares<S> = fn(&S) -> Result<(), String>;
+
 /// One check of a state suite: how it adjusts the parameters, what the store
 /// built with them must declare, and its body (given the store and a fresh
 /// tenant).
@@ -43,7 +47,7 @@ pub(crate) struct StateCheck<P, S: ?Sized> {
     /// store declares instead)` when the store built with the check's
     /// parameters cannot do what the check needs (say, it declares another
     /// expiry mode than the one asked for): the check is then ignored.
-    pub(crate) requires: Option<fn(&S) -> Result<(), String>>,
+    pub(crate) requires: Option<Declares<S>>,
     pub(crate) run: fn(Arc<S>, String) -> BoxFuture<'static, ()>,
 }
 

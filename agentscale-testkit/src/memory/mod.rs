@@ -24,10 +24,8 @@
 //!   concurrent adders, and an id holding other content is a `Conflict`
 //!   (`add_is_idempotent`, `concurrent_adds_store_once`);
 //! * expired records are invisible to every read, and `purge_expired` keeps
-//!   them under [`ExpiryMode::Hide`](agentscale_core::ExpiryMode::Hide) and
-//!   deletes them under
-//!   [`ExpiryMode::Delete`](agentscale_core::ExpiryMode::Delete)
-//!   (`expiry_hides`, `expiry_deletes`).
+//!   them under [`ExpiryMode::Hide`] and deletes them under
+//!   [`ExpiryMode::Delete`] (`expiry_hides`, `expiry_deletes`).
 //!
 //! Three checks need something a store may not offer: `l2_matches_brute_force`
 //! needs [`Metric::L2`], `expiry_hides` and `expiry_deletes` their expiry
