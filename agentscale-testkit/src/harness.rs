@@ -33,11 +33,21 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 type Setup<P, F> = Arc<dyn Fn(P) -> BoxFuture<'static, SetupResult<F>> + Send + Sync>;
 type TestFn = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// One check of a state suite: how it adjusts the parameters, and its body
-/// (given the store and a fresh tenant).
+/// Whether a state store declares what a check needs: `Err(what it declares
+/// instead)` when it does not.
+pub(crate) type Declares<S> = fn(&S) -> Result<(), String>;
+
+/// One check of a state suite: how it adjusts the parameters, what the store
+/// built with them must declare, and its body (given the store and a fresh
+/// tenant).
 pub(crate) struct StateCheck<P, S: ?Sized> {
     pub(crate) name: &'static str,
     pub(crate) configure: fn(&mut P),
+    /// `None` for a check every store must pass; otherwise `Err(what the
+    /// store declares instead)` when the store built with the check's
+    /// parameters cannot do what the check needs (say, it declares another
+    /// expiry mode than the one asked for): the check is then ignored.
+    pub(crate) requires: Option<Declares<S>>,
     pub(crate) run: fn(Arc<S>, String) -> BoxFuture<'static, ()>,
 }
 
@@ -342,10 +352,20 @@ impl Suites {
 }
 
 trait StateFixture<S: ?Sized>: Send + Sync + 'static {
+    fn store(&self) -> &Arc<S>;
+    fn take_cleanup(&mut self) -> Option<Cleanup>;
     fn split(self) -> (Arc<S>, Option<Cleanup>);
 }
 
 impl<S: ?Sized + Send + Sync + 'static> StateFixture<S> for crate::setup::Fixture<S> {
+    fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    fn take_cleanup(&mut self) -> Option<Cleanup> {
+        self.cleanup.take()
+    }
+
     fn split(mut self) -> (Arc<S>, Option<Cleanup>) {
         let cleanup = self.cleanup.take();
         (self.store, cleanup)
@@ -376,9 +396,24 @@ fn state_trials<P, S, F>(
     });
     report_broken(suite, backend, &probed);
     for check in checks {
-        let ignore = ignore_reason(&probed, ci, |_| Ok(()));
+        let (name, configure, requires, run) = (check.name, check.configure, check.requires, check.run);
+        let mut ignore = ignore_reason(&probed, ci, |_| Ok(()));
+        if let (Some(requires), Probe::Ready(_)) = (requires, &probed) {
+            // What the store declares depends on the check's parameters: build
+            // one with them (in a throwaway namespace) and ask it.
+            let mut params = fresh(&format!("probe_{name}"));
+            configure(&mut params);
+            let declared = probe(rt, &setup, params, move |fx: &mut F| {
+                (requires(fx.store()), fx.take_cleanup())
+            });
+            match declared {
+                Probe::Ready(Ok(())) => {}
+                Probe::Ready(Err(what)) => ignore = Some(format!("backend declares {what}")),
+                Probe::Missing(e) => ignore = (!ci).then(|| e.to_string()),
+                Probe::Broken(why) => eprintln!("{suite}::{backend}::{name}: {why} (the check will fail)"),
+            }
+        }
         let setup = setup.clone();
-        let (name, configure, run) = (check.name, check.configure, check.run);
         let trial = guarded_trial(
             format!("{suite}::{backend}::{name}"),
             ignore.clone(),
@@ -392,16 +427,25 @@ fn state_trials<P, S, F>(
                 }
                 .boxed()
             },
-            move |store: Arc<Arc<S>>| run(Arc::clone(&*store), crate::setup::unique_name("tenant")),
+            move |store: Arc<Arc<S>>| {
+                let store = Arc::clone(&*store);
+                // Reached only when the probe could not ask the store: a check
+                // that does not apply fails.
+                if let Some(Err(what)) = requires.map(|r| r(&store)) {
+                    return async move { panic!("the backend declares {what}: this check does not apply") }
+                        .boxed();
+                }
+                run(store, crate::setup::unique_name("tenant"))
+            },
         );
         out.push((trial, ignore));
     }
 }
 
-/// What the one setup call made while building the trial list found.
-enum Probe {
-    /// The backend was built; its capabilities, if it declares any.
-    Ready(Option<Capabilities>),
+/// What a setup call made while building the trial list found.
+enum Probe<T = Option<Capabilities>> {
+    /// The backend was built; what it declares (its capabilities, if any).
+    Ready(T),
     /// The service is not configured.
     Missing(SetupError),
     /// Setup failed; the checks run (and fail) anyway.
@@ -410,15 +454,16 @@ enum Probe {
 
 /// Builds one fixture (in a throwaway namespace) to learn whether the service
 /// is there and what the backend declares, then cleans it up.
-fn probe<P, F>(
+fn probe<P, F, T>(
     rt: &Runtime,
     setup: &Setup<P, F>,
     params: P,
-    inspect: impl FnOnce(&mut F) -> (Option<Capabilities>, Option<Cleanup>) + Send + 'static,
-) -> Probe
+    inspect: impl FnOnce(&mut F) -> (T, Option<Cleanup>) + Send + 'static,
+) -> Probe<T>
 where
     P: Send + 'static,
     F: Send + 'static,
+    T: Send + 'static,
 {
     let setup = setup.clone();
     rt.block_on(async move {

@@ -39,51 +39,61 @@ pub(crate) fn checks() -> Vec<StateCheck<SessionParams, dyn SessionStore>> {
         StateCheck {
             name: "create_only_with_zero",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(create_only_with_zero(s, t)),
         },
         StateCheck {
             name: "version_increments",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(version_increments(s, t)),
         },
         StateCheck {
             name: "cas_single_winner",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(cas_single_winner(s, t)),
         },
         StateCheck {
             name: "no_lost_updates",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(no_lost_updates(s, t)),
         },
         StateCheck {
             name: "ttl_expiry",
             configure: short_ttl,
+            requires: None,
             run: |s, t| Box::pin(ttl_expiry(s, t)),
         },
         StateCheck {
             name: "history_cap",
             configure: history_cap_5,
+            requires: None,
             run: |s, t| Box::pin(history_cap(s, t)),
         },
         StateCheck {
             name: "tombstone_refuses_late_writes",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(tombstone_refuses_late_writes(s, t)),
         },
         StateCheck {
             name: "tombstone_expires",
             configure: short_ttl,
+            requires: None,
             run: |s, t| Box::pin(tombstone_expires(s, t)),
         },
         StateCheck {
             name: "tenant_isolation",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(tenant_isolation(s, t)),
         },
         StateCheck {
             name: "binary_data_round_trips",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(binary_data_round_trips(s, t)),
         },
     ]

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::{MemoryStore, Metric, SessionStore, TaskQueue, ToolCache};
+use agentscale_core::{ExpiryMode, MemoryStore, Metric, SessionStore, TaskQueue, ToolCache};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -280,6 +280,8 @@ pub struct MemoryParams {
     pub dimensions: usize,
     /// Similarity metric.
     pub metric: Metric,
+    /// What the store does with expired records (`MemoryStore::expiry_mode`).
+    pub expiry_mode: ExpiryMode,
 }
 
 impl MemoryParams {
@@ -288,6 +290,7 @@ impl MemoryParams {
             namespace: namespace("mem", check),
             dimensions: 2,
             metric: Metric::Cosine,
+            expiry_mode: ExpiryMode::Hide,
         }
     }
 }

@@ -60,36 +60,43 @@ pub(crate) fn checks() -> Vec<StateCheck<ToolCacheParams, dyn ToolCache>> {
         StateCheck {
             name: "hit_and_miss",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(hit_and_miss(s, t)),
         },
         StateCheck {
             name: "ttl_expiry",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(ttl_expiry(s, t)),
         },
         StateCheck {
             name: "single_flight",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(single_flight(s, t)),
         },
         StateCheck {
             name: "negative_caching",
             configure: short_negative_ttl,
+            requires: None,
             run: |s, t| Box::pin(negative_caching(s, t)),
         },
         StateCheck {
             name: "retryable_not_cached",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(retryable_not_cached(s, t)),
         },
         StateCheck {
             name: "size_limit",
             configure: max_value_1024,
+            requires: None,
             run: |s, t| Box::pin(size_limit(s, t)),
         },
         StateCheck {
             name: "canonical_args",
             configure: unchanged,
+            requires: None,
             run: |s, t| Box::pin(canonical_args(s, t)),
         },
     ]

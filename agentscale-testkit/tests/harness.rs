@@ -1,5 +1,5 @@
-//! Tests of the harness itself: capabilities and missing services give
-//! ignored trials (failed ones under `CI=true`), a hanging check times out,
+//! Tests of the harness itself: capabilities, what a memory store declares
+//! and missing services give ignored trials (failed ones under `CI=true`), a hanging check times out,
 //! and cleanup runs after a failing or hanging check.
 //!
 //! Each test runs the harness on a small set of trials and checks the
@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::{Capabilities, Depth, Enqueued, Lease, Nack, Task, TaskQueue};
+use agentscale_core::{Capabilities, Depth, Enqueued, ExpiryMode, Lease, Metric, Nack, Task, TaskQueue};
 use agentscale_queue::LocalQueue;
+use agentscale_state::local::LocalMemoryStore;
 use agentscale_testkit::libtest_mimic::{self, Arguments, Conclusion, Failed, Trial};
-use agentscale_testkit::{service_env, QueueFixture, QueueOptions, SessionFixture, SetupResult, Suites};
+use agentscale_testkit::{
+    service_env, MemoryFixture, MemoryParams, QueueFixture, QueueOptions, SessionFixture, SetupResult, Suites,
+};
 use async_trait::async_trait;
 
 /// How a [`Faulty`] queue departs from the local queue it wraps.
@@ -114,6 +117,22 @@ fn missing_service() -> Suites {
     )
 }
 
+/// A local memory store that only hides expired records and has no L2: it
+/// is built with cosine when asked for L2 and with hide when asked for delete.
+async fn hide_only_no_l2(p: MemoryParams) -> SetupResult<MemoryFixture> {
+    let metric = if p.metric == Metric::L2 {
+        Metric::Cosine
+    } else {
+        p.metric
+    };
+    let store = LocalMemoryStore::builder()
+        .dimensions(p.dimensions)
+        .metric(metric)
+        .expiry_mode(ExpiryMode::Hide)
+        .build()?;
+    Ok(MemoryFixture::new(Arc::new(store)))
+}
+
 fn args(filter: &str) -> Arguments {
     Arguments {
         filter: Some(filter.to_string()),
@@ -166,6 +185,16 @@ fn capabilities_rule_out_checks() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A memory check needing a metric or expiry mode the store does not declare
+/// is ignored; the rest of the suite runs and passes.
+fn declarations_rule_out_memory_checks() -> Result<(), Failed> {
+    let c = Suites::new()
+        .memory("hide_only", hide_only_no_l2)
+        .run_with(&args("memory::"));
+    // 15 checks: l2_matches_brute_force and expiry_deletes do not apply.
+    expect("hide only, no L2", counts(&c), (13, 0, 2))
+}
+
 /// A failing check and a hanging check both fail, and both fixtures are
 /// cleaned up (as is the probe's).
 fn failures_and_hangs_are_cleaned_up() -> Result<(), Failed> {
@@ -213,6 +242,10 @@ fn main() {
     args.test_threads = Some(1);
     let trials = vec![
         Trial::test("capabilities_rule_out_checks", capabilities_rule_out_checks),
+        Trial::test(
+            "declarations_rule_out_memory_checks",
+            declarations_rule_out_memory_checks,
+        ),
         Trial::test(
             "failures_and_hangs_are_cleaned_up",
             failures_and_hangs_are_cleaned_up,

@@ -22,6 +22,7 @@ async fn memory(p: MemoryParams) -> SetupResult<MemoryFixture> {
         LocalMemoryStore::builder()
             .dimensions(p.dimensions)
             .metric(p.metric)
+            .expiry_mode(p.expiry_mode)
             .build()?,
     )))
 }

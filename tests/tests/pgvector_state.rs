@@ -1,18 +1,15 @@
 //! The memory conformance suite against PostgreSQL + pgvector
 //! (`AGENTSCALE_PGVECTOR_URL`, started by `scripts/dev-services`), plus
-//! pgvector-specific checks: schema versioning, dimension mismatch, rows as
+//! pgvector-specific tests: schema versioning, dimension mismatch, rows as
 //! stored (hide vs delete), isolation seen in the table itself.
 
 use std::sync::Arc;
 
 use agentscale_core::{ErrorKind, ExpiryMode, Filter, MemoryRecord, MemoryStore, Metric, Namespace};
 use agentscale_state::pgvector::{PgVectorConfig, PgVectorMemoryStore, SearchOptions};
-use agentscale_tests::state_suite::{Fixture, MemoryParams};
-use agentscale_tests::{service_env, unique_name};
+use agentscale_testkit::{service_env, unique_name, MemoryFixture, MemoryParams, SetupResult, Suites};
 
-fn pg_url() -> Option<String> {
-    service_env("AGENTSCALE_PGVECTOR_URL")
-}
+const URL_VAR: &str = "AGENTSCALE_PGVECTOR_URL";
 
 async fn raw(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -27,6 +24,16 @@ fn table() -> String {
     unique_name("t").replace('-', "_")
 }
 
+/// The table for a suite check: its namespace, shortened to the 40
+/// characters a table name may have (keeping the random tail).
+fn suite_table(namespace: &str) -> String {
+    if namespace.len() <= 40 {
+        namespace.to_string()
+    } else {
+        format!("{}{}", &namespace[..23], &namespace[namespace.len() - 17..])
+    }
+}
+
 async fn drop_table(url: String, table: String) {
     let c = raw(&url).await;
     c.batch_execute(&format!(
@@ -36,13 +43,19 @@ async fn drop_table(url: String, table: String) {
     .expect("drop");
 }
 
-fn config(url: &str, table: &str, p: &MemoryParams) -> PgVectorConfig {
+fn config(
+    url: &str,
+    table: &str,
+    dimensions: usize,
+    metric: Metric,
+    expiry_mode: ExpiryMode,
+) -> PgVectorConfig {
     PgVectorConfig::builder()
         .url(url)
         .table(table)
-        .dimensions(p.dimensions)
-        .metric(p.metric)
-        .expiry_mode(p.expiry_mode)
+        .dimensions(dimensions)
+        .metric(metric)
+        .expiry_mode(expiry_mode)
         // The suite compares with brute force: search wide on its small tables.
         .ef_search(1000)
         .pool_size(8)
@@ -50,32 +63,33 @@ fn config(url: &str, table: &str, p: &MemoryParams) -> PgVectorConfig {
         .expect("config")
 }
 
-async fn memory(p: MemoryParams) -> Option<Fixture<dyn MemoryStore>> {
-    let url = pg_url()?;
-    let table = table();
-    let store = PgVectorMemoryStore::connect(config(&url, &table, &p))
-        .await
-        .expect("connect");
-    Some(Fixture::with_cleanup(Arc::new(store), drop_table(url, table)))
+/// A cosine store config of `dimensions` that hides expired records.
+fn cosine(url: &str, table: &str, dimensions: usize) -> PgVectorConfig {
+    config(url, table, dimensions, Metric::Cosine, ExpiryMode::Hide)
 }
 
-agentscale_tests::memory_store_conformance!(memory);
-
-fn params(dimensions: usize) -> MemoryParams {
-    MemoryParams {
-        dimensions,
-        metric: Metric::Cosine,
-        ..Default::default()
-    }
+async fn memory(p: MemoryParams) -> SetupResult<MemoryFixture> {
+    let url = service_env(URL_VAR)?;
+    let table = suite_table(&p.namespace);
+    let cfg = PgVectorConfig::builder()
+        .url(url.as_str())
+        .table(table.as_str())
+        .dimensions(p.dimensions)
+        .metric(p.metric)
+        .expiry_mode(p.expiry_mode)
+        // The suite compares with brute force: search wide on its small tables.
+        .ef_search(1000)
+        .pool_size(8)
+        .build()?;
+    let store = PgVectorMemoryStore::connect(cfg).await?;
+    Ok(MemoryFixture::new(Arc::new(store)).with_cleanup(move || drop_table(url, table)))
 }
 
 /// Connecting twice (and concurrently) applies the schema once; a store of
 /// another dimension on the same table is refused.
-#[tokio::test(flavor = "multi_thread")]
-async fn schema_is_versioned_and_idempotent() {
-    let Some(url) = pg_url() else { return };
+async fn schema_is_versioned_and_idempotent(url: String) {
     let table = table();
-    let cfg = config(&url, &table, &params(4));
+    let cfg = cosine(&url, &table, 4);
     let stores = futures::future::join_all((0..4).map(|_| PgVectorMemoryStore::connect(cfg.clone()))).await;
     for s in &stores {
         assert!(s.is_ok(), "{:?}", s.as_ref().err());
@@ -89,7 +103,7 @@ async fn schema_is_versioned_and_idempotent() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, vec![1]);
-    let err = PgVectorMemoryStore::connect(config(&url, &table, &params(5)))
+    let err = PgVectorMemoryStore::connect(cosine(&url, &table, 5))
         .await
         .expect_err("other dimension");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
@@ -108,11 +122,9 @@ async fn schema_is_versioned_and_idempotent() {
 }
 
 /// Searches use the HNSW index (EXPLAIN), per-query ef_search and exact mode work.
-#[tokio::test(flavor = "multi_thread")]
-async fn searches_use_the_index() {
-    let Some(url) = pg_url() else { return };
+async fn searches_use_the_index(url: String) {
     let table = table();
-    let store = PgVectorMemoryStore::connect(config(&url, &table, &params(3)))
+    let store = PgVectorMemoryStore::connect(cosine(&url, &table, 3))
         .await
         .expect("connect");
     let ns = Namespace::new(unique_name("tenant"), "n").expect("ns");
@@ -153,16 +165,10 @@ async fn searches_use_the_index() {
 }
 
 /// Hide keeps expired rows in the table; delete removes them.
-#[tokio::test(flavor = "multi_thread")]
-async fn expiry_modes_in_the_table() {
-    let Some(url) = pg_url() else { return };
+async fn expiry_modes_in_the_table(url: String) {
     for mode in [ExpiryMode::Hide, ExpiryMode::Delete] {
         let table = table();
-        let p = MemoryParams {
-            expiry_mode: mode,
-            ..params(2)
-        };
-        let store = PgVectorMemoryStore::connect(config(&url, &table, &p))
+        let store = PgVectorMemoryStore::connect(config(&url, &table, 2, Metric::Cosine, mode))
             .await
             .expect("connect");
         let ns = Namespace::new(unique_name("tenant"), "n").expect("ns");
@@ -183,11 +189,9 @@ async fn expiry_modes_in_the_table() {
 
 /// Isolation seen from the table: a cross-tenant delete leaves the other
 /// tenant's rows, counted in SQL.
-#[tokio::test(flavor = "multi_thread")]
-async fn cross_tenant_delete_touches_no_row() {
-    let Some(url) = pg_url() else { return };
+async fn cross_tenant_delete_touches_no_row(url: String) {
     let table = table();
-    let store = PgVectorMemoryStore::connect(config(&url, &table, &params(2)))
+    let store = PgVectorMemoryStore::connect(cosine(&url, &table, 2))
         .await
         .expect("connect");
     let a = Namespace::new(unique_name("a"), "n").expect("ns");
@@ -214,7 +218,6 @@ async fn cross_tenant_delete_touches_no_row() {
 }
 
 /// An unreachable server is Unavailable or Timeout, within the deadline.
-#[tokio::test(flavor = "multi_thread")]
 async fn unreachable_server_is_a_typed_error() {
     // A port nothing listens on (bound, then released).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -233,4 +236,27 @@ async fn unreachable_server_is_a_typed_error() {
         matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
         "{err}"
     );
+}
+
+fn main() {
+    agentscale_testkit::run(|| {
+        Suites::new()
+            .memory("pgvector", memory)
+            .service_test(
+                URL_VAR,
+                "schema_is_versioned_and_idempotent",
+                schema_is_versioned_and_idempotent,
+            )
+            .service_test(URL_VAR, "searches_use_the_index", searches_use_the_index)
+            .service_test(URL_VAR, "expiry_modes_in_the_table", expiry_modes_in_the_table)
+            .service_test(
+                URL_VAR,
+                "cross_tenant_delete_touches_no_row",
+                cross_tenant_delete_touches_no_row,
+            )
+            .test(
+                "unreachable_server_is_a_typed_error",
+                unreachable_server_is_a_typed_error,
+            )
+    })
 }

@@ -1,27 +1,79 @@
-//! The long-term memory suite: 6 checks every
+//! The long-term memory suite: 15 checks every
 //! [`MemoryStore`] backend runs.
 //!
 //! Each check gets a store built from [`MemoryParams`] (a fresh namespace,
-//! the dimension and metric the check needs) and a fresh random tenant. A
-//! backend passes only if top-k search equals brute force, order and scores
-//! included, for cosine and dot product; filters are conjunctions of
-//! metadata equalities; wrong vector lengths and NaN are refused with
-//! `InvalidInput` and store nothing; namespaces (tenant + name) never see
-//! each other's records; and upsert replaces by id, delete counts what
-//! existed and `k` bounds the results.
+//! the dimension, metric and expiry mode the check needs) and a fresh
+//! random tenant. A backend passes only if
+//!
+//! * top-k search equals brute force, order and scores included, for cosine,
+//!   dot product and L2 (`cosine_matches_brute_force`,
+//!   `dot_matches_brute_force`, `l2_matches_brute_force`), also when a filter
+//!   matches 1 % of the rows (`selective_filter_returns_k`);
+//! * filters are conjunctions of metadata equalities (`filters`);
+//! * bad input — wrong vector lengths, NaN, infinities, zero vectors under
+//!   cosine, empty or oversized text and ids, NUL characters, oversized
+//!   metadata, a huge `k` — is refused with `InvalidInput` and stores nothing
+//!   of the batch, while SQL-looking strings are plain data
+//!   (`dimension_mismatch`, `bad_input_stores_nothing`);
+//! * namespaces (tenant + name) never see, rank, read, update or delete each
+//!   other's records (`namespace_isolation`, `tenant_isolation_adversarial`);
+//! * upsert replaces by id, delete counts what existed and `k` bounds the
+//!   results (`upsert_delete_and_k`); `update` replaces existing records only
+//!   and `get` keeps the order asked (`update_and_get`);
+//! * `add` stores each content once and reports its id, also for 100
+//!   concurrent adders, and an id holding other content is a `Conflict`
+//!   (`add_is_idempotent`, `concurrent_adds_store_once`);
+//! * expired records are invisible to every read, and `purge_expired` keeps
+//!   them under [`ExpiryMode::Hide`] and deletes them under
+//!   [`ExpiryMode::Delete`] (`expiry_hides`, `expiry_deletes`).
+//!
+//! Three checks need something a store may not offer: `l2_matches_brute_force`
+//! needs [`Metric::L2`], `expiry_hides` and `expiry_deletes` their expiry
+//! mode. The harness builds a store with each one's parameters before running
+//! anything; if the store then declares another metric
+//! ([`MemoryStore::metric`]) or expiry mode ([`MemoryStore::expiry_mode`]),
+//! the check is reported as ignored with what the store declared.
 
 use std::sync::Arc;
 
-use agentscale_core::{ErrorKind, Filter, MemoryRecord, MemoryStore, Metric, Namespace};
+use agentscale_core::{ErrorKind, ExpiryMode, Filter, MemoryRecord, MemoryStore, Metric, Namespace};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::StateCheck;
 use crate::setup::MemoryParams;
 
+mod more;
+
 fn dims(p: &mut MemoryParams, dimensions: usize, metric: Metric) {
     p.dimensions = dimensions;
     p.metric = metric;
+}
+
+fn expiry(p: &mut MemoryParams, mode: ExpiryMode) {
+    dims(p, 2, Metric::Cosine);
+    p.expiry_mode = mode;
+}
+
+/// The store must use the metric the check asked for.
+fn declares_metric(s: &dyn MemoryStore, want: Metric) -> Result<(), String> {
+    if s.metric() == want {
+        Ok(())
+    } else {
+        Err(format!("metric {:?} when asked for {want:?}", s.metric()))
+    }
+}
+
+/// The store must use the expiry mode the check asked for.
+fn declares_expiry(s: &dyn MemoryStore, want: ExpiryMode) -> Result<(), String> {
+    if s.expiry_mode() == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "expiry mode {:?} when asked for {want:?}",
+            s.expiry_mode()
+        ))
+    }
 }
 
 /// Every MemoryStore check, in the order they are listed.
@@ -30,32 +82,92 @@ pub(crate) fn checks() -> Vec<StateCheck<MemoryParams, dyn MemoryStore>> {
         StateCheck {
             name: "cosine_matches_brute_force",
             configure: |p| dims(p, BRUTE_FORCE_DIM, Metric::Cosine),
+            requires: None,
             run: |s, t| Box::pin(cosine_matches_brute_force(s, t)),
         },
         StateCheck {
             name: "dot_matches_brute_force",
             configure: |p| dims(p, BRUTE_FORCE_DIM, Metric::Dot),
+            requires: None,
             run: |s, t| Box::pin(dot_matches_brute_force(s, t)),
         },
         StateCheck {
             name: "filters",
             configure: |p| dims(p, 2, Metric::Cosine),
+            requires: None,
             run: |s, t| Box::pin(filters(s, t)),
         },
         StateCheck {
             name: "dimension_mismatch",
             configure: |p| dims(p, 3, Metric::Cosine),
+            requires: None,
             run: |s, t| Box::pin(dimension_mismatch(s, t)),
         },
         StateCheck {
             name: "namespace_isolation",
             configure: |p| dims(p, 2, Metric::Dot),
+            requires: None,
             run: |s, t| Box::pin(namespace_isolation(s, t)),
         },
         StateCheck {
             name: "upsert_delete_and_k",
             configure: |p| dims(p, 2, Metric::Cosine),
+            requires: None,
             run: |s, t| Box::pin(upsert_delete_and_k(s, t)),
+        },
+        StateCheck {
+            name: "l2_matches_brute_force",
+            configure: |p| dims(p, BRUTE_FORCE_DIM, Metric::L2),
+            requires: Some(|s| declares_metric(s, Metric::L2)),
+            run: |s, t| Box::pin(more::l2_matches_brute_force(s, t)),
+        },
+        StateCheck {
+            name: "selective_filter_returns_k",
+            configure: |p| dims(p, more::SELECTIVE_DIM, Metric::Cosine),
+            requires: None,
+            run: |s, t| Box::pin(more::selective_filter_returns_k(s, t)),
+        },
+        StateCheck {
+            name: "add_is_idempotent",
+            configure: |p| dims(p, 2, Metric::Cosine),
+            requires: None,
+            run: |s, t| Box::pin(more::add_is_idempotent(s, t)),
+        },
+        StateCheck {
+            name: "concurrent_adds_store_once",
+            configure: |p| dims(p, 4, Metric::Dot),
+            requires: None,
+            run: |s, t| Box::pin(more::concurrent_adds_store_once(s, t)),
+        },
+        StateCheck {
+            name: "update_and_get",
+            configure: |p| dims(p, 2, Metric::Cosine),
+            requires: None,
+            run: |s, t| Box::pin(more::update_and_get(s, t)),
+        },
+        StateCheck {
+            name: "bad_input_stores_nothing",
+            configure: |p| dims(p, 3, Metric::Cosine),
+            requires: None,
+            run: |s, t| Box::pin(more::bad_input_stores_nothing(s, t)),
+        },
+        StateCheck {
+            name: "tenant_isolation_adversarial",
+            configure: |p| dims(p, 2, Metric::Dot),
+            requires: None,
+            run: |s, t| Box::pin(more::tenant_isolation_adversarial(s, t)),
+        },
+        StateCheck {
+            name: "expiry_hides",
+            configure: |p| expiry(p, ExpiryMode::Hide),
+            requires: Some(|s| declares_expiry(s, ExpiryMode::Hide)),
+            run: |s, t| Box::pin(more::expiry_hides(s, t)),
+        },
+        StateCheck {
+            name: "expiry_deletes",
+            configure: |p| expiry(p, ExpiryMode::Delete),
+            requires: Some(|s| declares_expiry(s, ExpiryMode::Delete)),
+            run: |s, t| Box::pin(more::expiry_deletes(s, t)),
         },
     ]
 }
@@ -74,19 +186,12 @@ fn record(id: &str, vector: Vec<f32>, md: &[(&str, &str)]) -> MemoryRecord {
         vector,
         text: Some(format!("text of {id}")),
         metadata: md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        expires_at_ms: None,
     }
 }
 
 fn score(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    match metric {
-        Metric::Dot => dot,
-        Metric::Cosine => {
-            let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            dot / (na * nb)
-        }
-    }
+    metric.score(a, b)
 }
 
 /// Brute-force top-k ids over `records` that match `filter`.
