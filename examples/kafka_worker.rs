@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale_core::worker::{Handler, TaskContext, Worker};
-use agentscale_core::{Error, Task, TaskQueue};
+use agentscale_core::{Error, Output, Task, TaskQueue};
 use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
 use async_trait::async_trait;
 use clap::Parser;
@@ -41,11 +41,11 @@ struct Research;
 
 #[async_trait]
 impl Handler for Research {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let question: serde_json::Value = task.payload_json()?;
         tracing::info!(task = %task.id, attempt = cx.attempt(), %question, "handling");
         tokio::time::sleep(Duration::from_millis(20)).await; // the agent's work
-        Ok(())
+        Ok(Output::none())
     }
 }
 

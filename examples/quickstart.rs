@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use agentscale_core::metrics::{Exporter, Metrics};
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
 use agentscale_core::{
-    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore, Task,
-    TaskId, TaskQueue, ToolCache, ToolKey,
+    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, Output, SessionKey, SessionStore,
+    Task, TaskId, TaskQueue, ToolCache, ToolKey,
 };
 use agentscale_queue::LocalQueue;
 use agentscale_state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
@@ -116,7 +116,7 @@ const CITIES: [&str; 8] = [
 
 #[async_trait::async_trait]
 impl Handler for Agent {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let job: AgentJob = task.payload_json()?; // malformed → dead-lettered, not retried
         let tenant = task.tenant.as_deref().unwrap_or("default");
         let session = task.session_id.as_deref().unwrap_or("anonymous");
@@ -192,7 +192,7 @@ impl Handler for Agent {
         let mut done = self.ledger.completions.lock();
         let entry = done.entry(task.id.clone()).or_insert((0, latency));
         entry.0 += 1;
-        Ok(())
+        Ok(Output::none())
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use agentscale_core::metrics::{Exporter, Metrics};
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale_core::{Error, Priority, Task, TaskQueue};
+use agentscale_core::{Error, Output, Priority, Task, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -77,12 +77,12 @@ struct Agent {
 
 #[async_trait::async_trait]
 impl Handler for Agent {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         // A malformed payload is InvalidInput: dead-lettered at once, no retry.
         let q: Question = task.payload_json()?;
         tracing::info!(session = %q.session, attempt = cx.attempt(), "thinking about {:?}", q.text);
         tokio::time::sleep(self.work).await;
-        Ok(())
+        Ok(Output::none())
     }
 }
 

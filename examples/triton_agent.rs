@@ -19,7 +19,7 @@ use std::time::Duration;
 use agentscale_core::queue::TaskQueue;
 use agentscale_core::task::Task;
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale_core::{Error, Result};
+use agentscale_core::{Error, Output, Result};
 use agentscale_infer::{LlmClient, TritonPool};
 use agentscale_queue::LocalQueue;
 use async_trait::async_trait;
@@ -40,7 +40,7 @@ struct LlmHandler {
 
 #[async_trait]
 impl Handler for LlmHandler {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<()> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output> {
         let job: Job = task.payload_json()?;
         if job.prompt.trim().is_empty() {
             return Err(Error::invalid_input("empty prompt"));
@@ -54,7 +54,7 @@ impl Handler for LlmHandler {
         if self.done.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
             self.finished.notify_one();
         }
-        Ok(())
+        Ok(Output::bytes(text))
     }
 }
 

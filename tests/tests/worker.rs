@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentscale_core::metrics::{Exporter, Metrics};
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
-use agentscale_core::{Error, ErrorKind, Task, TaskId, TaskQueue};
+use agentscale_core::{Error, ErrorKind, Output, Task, TaskId, TaskQueue};
 use agentscale_queue::LocalQueue;
 use agentscale_tests::unique_name;
 use std::sync::Mutex;
@@ -60,7 +60,7 @@ impl<F> Handler for Probe<F>
 where
     F: Fn(&Task, u32) -> BoxFut + Send + Sync + 'static,
 {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -69,7 +69,7 @@ where
             .push(cx.attempt());
         self.started.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
-        (self.behave)(task, cx.attempt()).await
+        (self.behave)(task, cx.attempt()).await.map(Output::from)
     }
 }
 
