@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
+pub mod orchestration_suite;
 pub mod queue_suite;
 pub mod redis_server;
 pub mod state_suite;

@@ -155,7 +155,9 @@ impl RedisJoinStoreBuilder {
     /// Validates, connects and loads the scripts.
     pub async fn connect(self) -> Result<RedisJoinStore> {
         if self.ttl < Duration::from_millis(1) {
-            return Err(Error::InvalidConfig("join store ttl must be greater than zero".into()));
+            return Err(Error::InvalidConfig(
+                "join store ttl must be greater than zero".into(),
+            ));
         }
         let conn = connect(&self.config).await?;
         let client = redis::Client::open(self.config.url.expose())
@@ -212,7 +214,12 @@ fn malformed(m: impl Into<String>) -> Error {
 }
 
 fn parse_reported(join: &JoinId, reply: Vec<Vec<u8>>) -> Result<Reported> {
-    let text = |i: usize| reply.get(i).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let text = |i: usize| {
+        reply
+            .get(i)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
     match text(0).as_str() {
         "unknown" => return Err(Error::NotFound(format!("join {join} is unknown or expired"))),
         "stranger" => return Err(Error::NotFound(format!("task is not a child of join {join}"))),
@@ -353,7 +360,11 @@ impl JoinStore for RedisJoinStore {
         if meta.is_empty() {
             return Ok(None);
         }
-        let text = |f: &str| meta.get(f).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let text = |f: &str| {
+            meta.get(f)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
         let num = |f: &str| text(f).parse::<u64>().unwrap_or(0);
         let policy = match text("p").as_str() {
             "all" => JoinPolicy::All,
@@ -365,8 +376,9 @@ impl JoinStore for RedisJoinStore {
             "" => None,
             d => Some(Decision::parse(d)?),
         };
-        let kids: Vec<(String, String)> = serde_json::from_slice(meta.get("c").map(Vec::as_slice).unwrap_or(b"[]"))
-            .map_err(|e| malformed(format!("join children: {e}")))?;
+        let kids: Vec<(String, String)> =
+            serde_json::from_slice(meta.get("c").map(Vec::as_slice).unwrap_or(b"[]"))
+                .map_err(|e| malformed(format!("join children: {e}")))?;
         let mut children = Vec::with_capacity(kids.len());
         for (id, label) in kids {
             let status = match slots.get(&id) {
@@ -398,9 +410,13 @@ impl JoinStore for RedisJoinStore {
         if timeout.is_zero() {
             return Ok(self.is_decided(join).await?.is_some());
         }
-        let got = wait_for(&self.wakeups, self.channel(join), timeout, Duration::from_secs(5), || {
-            self.is_decided(join)
-        })
+        let got = wait_for(
+            &self.wakeups,
+            self.channel(join),
+            timeout,
+            Duration::from_secs(5),
+            || self.is_decided(join),
+        )
         .await?;
         Ok(got.is_some())
     }

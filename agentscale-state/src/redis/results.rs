@@ -85,7 +85,9 @@ impl RedisResultStoreBuilder {
             ));
         }
         if self.max_output_bytes > 512 << 20 {
-            return Err(Error::InvalidConfig("result store max_output_bytes is over Redis' 512 MiB".into()));
+            return Err(Error::InvalidConfig(
+                "result store max_output_bytes is over Redis' 512 MiB".into(),
+            ));
         }
         let conn = connect(&self.config).await?;
         let client = redis::Client::open(self.config.url.expose())
@@ -156,7 +158,11 @@ impl ResultStore for RedisResultStore {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| redis_error("record result", e))?;
-        Ok(if stored == 1 { Recorded::First } else { Recorded::Duplicate })
+        Ok(if stored == 1 {
+            Recorded::First
+        } else {
+            Recorded::Duplicate
+        })
     }
 
     async fn get(&self, id: &TaskId) -> Result<Option<TaskResult>> {
@@ -171,6 +177,13 @@ impl ResultStore for RedisResultStore {
     }
 
     async fn wait(&self, id: &TaskId, timeout: Duration) -> Result<Option<TaskResult>> {
-        wait_for(&self.wakeups, self.channel(id), timeout, Duration::from_secs(5), || self.get(id)).await
+        wait_for(
+            &self.wakeups,
+            self.channel(id),
+            timeout,
+            Duration::from_secs(5),
+            || self.get(id),
+        )
+        .await
     }
 }

@@ -130,7 +130,9 @@ impl Wakeups {
         let live = self.live().await?;
         let (notify, first) = {
             let mut w = live.waiters.lock();
-            let e = w.entry(channel.clone()).or_insert_with(|| (Arc::new(Notify::new()), 0));
+            let e = w
+                .entry(channel.clone())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
             e.1 += 1;
             (e.0.clone(), e.1 == 1)
         };
@@ -185,7 +187,8 @@ where
         let _ = tokio::time::timeout_at((now + recheck).min(deadline), notified).await;
         if !Wakeups::is_alive(&sub) {
             // Give a restarting server a moment before resubscribing.
-            let pause = Duration::from_millis(100).min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let pause = Duration::from_millis(100)
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             tokio::time::sleep(pause).await;
             sub = wakeups.subscribe(channel.clone()).await?;
         }
