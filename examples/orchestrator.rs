@@ -114,8 +114,14 @@ impl Handler for Specialists {
     async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let topic: String = task.payload_json()?;
         let (work, text) = match task.kind.as_str() {
-            "research" => (Duration::from_millis(150), format!("two prior designs found for {topic:?}")),
-            "code" => (Duration::from_millis(250), "a 40-line patch with exponential backoff and jitter".into()),
+            "research" => (
+                Duration::from_millis(150),
+                format!("two prior designs found for {topic:?}"),
+            ),
+            "code" => (
+                Duration::from_millis(250),
+                "a 40-line patch with exponential backoff and jitter".into(),
+            ),
             "critique" => (self.critique, "cap the retries and honour Retry-After".into()),
             other => return Err(Error::invalid_input(format!("no specialist for {other}"))),
         };
@@ -180,7 +186,10 @@ async fn main() -> agentscale_core::Result<()> {
     let pending = client.submit(request).await?;
     let out: serde_json::Value = pending.output(Duration::from_secs(30)).await?.parse_json()?;
     println!("{}", out["answer"].as_str().unwrap_or_default());
-    println!("join report: {}", serde_json::to_string_pretty(&out["join"]).unwrap_or_default());
+    println!(
+        "join report: {}",
+        serde_json::to_string_pretty(&out["join"]).unwrap_or_default()
+    );
 
     let _ = stop.send(true);
     for w in workers {
