@@ -188,7 +188,7 @@ impl ChildStatus {
     /// Decodes [`ChildStatus::encode_slot`].
     pub fn decode_slot(v: &[u8]) -> Result<Self> {
         match v.split_first() {
-            Some((b'o', rest)) if rest.is_empty() => Ok(ChildStatus::Ok(Output::none())),
+            Some((b'o', [])) => Ok(ChildStatus::Ok(Output::none())),
             Some((b'o', rest)) => Ok(ChildStatus::Ok(Output::bytes(rest.to_vec()))),
             Some((b'f', rest)) => Ok(ChildStatus::Failed(String::from_utf8_lossy(rest).into_owned())),
             _ => Err(Error::Codec(CodecError::Malformed(

@@ -51,7 +51,7 @@ impl Output {
     /// [`Error::InvalidInput`].
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
         serde_json::to_vec(value)
-            .map(|v| Output::bytes(v))
+            .map(Output::bytes)
             .map_err(|e| Error::InvalidInput(format!("output is not serialisable as JSON: {e}")))
     }
 
