@@ -50,9 +50,14 @@
 //!   task deadline, so a nested fan-out inherits it: a deadline on the parent
 //!   bounds the whole tree.
 //! * Once decided, the remaining children are cancelled, best effort: a
-//!   child not yet started is skipped (recorded as cancelled), a running one
-//!   sees [`TaskContext::is_cancelled`](crate::worker::TaskContext::is_cancelled).
+//!   child not yet started is skipped (reported as cancelled) when its
+//!   worker process already saw the decision, or, on a redelivery, after
+//!   asking the join store; a running one sees
+//!   [`TaskContext::is_cancelled`](crate::worker::TaskContext::is_cancelled).
 //!   Late reports are ignored and counted.
+//! * A child's output (or failure reason) lives in its join slot, which is
+//!   what the continuation reads; it is not recorded again in the result
+//!   store. The coordinator's result (written by the continuation) is.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -89,6 +94,31 @@ pub struct Orchestrator {
     results: Arc<dyn ResultStore>,
     joins: Arc<dyn JoinStore>,
     queues: BTreeMap<String, Arc<dyn TaskQueue>>,
+    /// Joins this process saw decided (bounded), so their children not yet
+    /// started are skipped without a round trip.
+    decided: parking_lot::Mutex<DecidedCache>,
+}
+
+/// Most decided join ids remembered in process.
+const DECIDED_CACHE: usize = 4096;
+
+#[derive(Debug, Default)]
+struct DecidedCache {
+    set: std::collections::HashSet<JoinId>,
+    order: std::collections::VecDeque<JoinId>,
+}
+
+impl DecidedCache {
+    fn insert(&mut self, id: &JoinId) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id.clone());
+            while self.order.len() > DECIDED_CACHE {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Orchestrator {
@@ -137,6 +167,7 @@ impl OrchestratorBuilder {
             results: self.results,
             joins: self.joins,
             queues,
+            decided: parking_lot::Mutex::default(),
         })
     }
 }
@@ -199,6 +230,9 @@ impl Orchestrator {
     /// Enqueues the continuation handed out by a decided join and marks it
     /// enqueued (the re-drive step; safe to repeat).
     pub async fn redrive(&self, join: &JoinId, reported: &Reported) -> Result<()> {
+        if reported.decision.is_some() {
+            self.decided.lock().insert(join);
+        }
         if let Some((queue, task)) = &reported.continuation {
             let q = self.queue(queue)?;
             let e = q.enqueue(task.clone()).await?;
@@ -213,10 +247,12 @@ impl Orchestrator {
     /// decided. Used by the worker; an unknown join (expired) is logged and
     /// ignored, other errors are returned so the task is retried.
     pub(crate) async fn finish(&self, task: &Task, outcome: TaskOutcome) -> Result<()> {
-        finish_result(&*self.results, task, &outcome).await?;
         let Some(join) = task.headers.get(HEADER_JOIN) else {
-            return Ok(());
+            return finish_result(&*self.results, task, &outcome).await;
         };
+        // A child's output lives in its join slot (what the continuation
+        // reads); it is not recorded a second time in the result store.
+        outcome.check_size(self.results.max_output_bytes())?;
         let join = JoinId::new(join.clone());
         let child = task
             .headers
@@ -262,16 +298,20 @@ impl Orchestrator {
     }
 
     /// True when `task` is a child whose join is already decided (it need
-    /// not run).
-    pub(crate) async fn is_cancelled(&self, task: &Task) -> Result<bool> {
-        match task.headers.get(HEADER_JOIN) {
-            Some(join) => {
-                self.joins
-                    .wait_decided(&JoinId::new(join.clone()), Duration::ZERO)
-                    .await
-            }
-            None => Ok(false),
+    /// not run): known in process when this process saw the decision; asked
+    /// of the store on a redelivery (`attempt > 1`).
+    pub(crate) async fn is_cancelled(&self, task: &Task, attempt: u32) -> Result<bool> {
+        let Some(join) = task.headers.get(HEADER_JOIN) else {
+            return Ok(false);
+        };
+        let join = JoinId::new(join.clone());
+        if self.decided.lock().set.contains(&join) {
+            return Ok(true);
         }
+        if attempt > 1 {
+            return self.joins.wait_decided(&join, Duration::ZERO).await;
+        }
+        Ok(false)
     }
 }
 

@@ -844,7 +844,7 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
             return Box::pin(run_deadline(shared, orch, lease)).await;
         }
         if task.headers.contains_key(HEADER_JOIN) {
-            match orch.is_cancelled(task).await {
+            match orch.is_cancelled(task, attempt).await {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::debug!("join already decided; skipping the child");
