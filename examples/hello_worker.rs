@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale::{async_trait, Error, Handler, LocalQueue, Task, TaskContext, TaskQueue, Worker};
+use agentscale::{async_trait, Error, Handler, LocalQueue, Output, Task, TaskContext, TaskQueue, Worker};
 
 /// The agent: turns a name into a greeting.
 #[derive(Debug)]
@@ -19,11 +19,11 @@ struct Greeter;
 
 #[async_trait]
 impl Handler for Greeter {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         // A payload that is not a JSON string is dead-lettered with the reason.
         let name: String = task.payload_json()?;
         println!("attempt {}: hello, {name}!", cx.attempt());
-        Ok(()) // acknowledged only now; an Err is retried with backoff
+        Output::json(&format!("hello, {name}!")) // acked only now; an Err is retried
     }
 }
 

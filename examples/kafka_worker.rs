@@ -15,7 +15,7 @@ use std::time::Duration;
 use agentscale::async_trait;
 use agentscale::queue::kafka::{KafkaQueue, KafkaQueueConfig};
 use agentscale::worker::{Handler, TaskContext, Worker};
-use agentscale::{Error, Task, TaskQueue};
+use agentscale::{Error, Output, Task, TaskQueue};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -41,11 +41,11 @@ struct Research;
 
 #[async_trait]
 impl Handler for Research {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let question: serde_json::Value = task.payload_json()?;
         tracing::info!(task = %task.id, attempt = cx.attempt(), %question, "handling");
         tokio::time::sleep(Duration::from_millis(20)).await; // the agent's work
-        Ok(())
+        Ok(Output::none())
     }
 }
 

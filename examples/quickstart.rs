@@ -38,7 +38,7 @@ use agentscale::state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
 use agentscale::Bytes;
 use agentscale::{
-    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey, SessionStore,
+    Embedder, Error, Filter, MemoryRecord, MemoryStore, Metric, Namespace, Output, SessionKey, SessionStore,
     SessionStoreExt, Task, TaskId, TaskQueue, ToolCache, ToolKey,
 };
 use clap::Parser;
@@ -121,7 +121,7 @@ const CITIES: [&str; 8] = [
 
 #[agentscale::async_trait]
 impl Handler for Agent {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let job: AgentJob = task.payload_json()?; // malformed → dead-lettered, not retried
         let tenant = task.tenant.as_deref().unwrap_or("default");
         let session = task.session_id.as_deref().unwrap_or("anonymous");
@@ -211,7 +211,7 @@ impl Handler for Agent {
         let mut done = self.ledger.completions.lock();
         let entry = done.entry(task.id.clone()).or_insert((0, latency));
         entry.0 += 1;
-        Ok(())
+        Ok(Output::none())
     }
 }
 

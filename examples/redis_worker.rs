@@ -29,7 +29,7 @@ use agentscale::config::{ConfigLoader, Secret};
 use agentscale::metrics::{Exporter, Metrics};
 use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale::{Error, Priority, Task, TaskQueue};
+use agentscale::{Error, Output, Priority, Task, TaskQueue};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -81,12 +81,12 @@ struct Agent {
 
 #[agentscale::async_trait]
 impl Handler for Agent {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         // A malformed payload is InvalidInput: dead-lettered at once, no retry.
         let q: Question = task.payload_json()?;
         tracing::info!(session = %q.session, attempt = cx.attempt(), "thinking about {:?}", q.text);
         tokio::time::sleep(self.work).await;
-        Ok(())
+        Ok(Output::none())
     }
 }
 

@@ -22,7 +22,7 @@ use agentscale::queue::LocalQueue;
 use agentscale::queue::TaskQueue;
 use agentscale::task::Task;
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale::{Error, Result};
+use agentscale::{Error, Output, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,7 +40,7 @@ struct LlmHandler {
 
 #[async_trait]
 impl Handler for LlmHandler {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<()> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output> {
         let job: Job = task.payload_json()?;
         if job.prompt.trim().is_empty() {
             return Err(Error::invalid_input("empty prompt"));
@@ -54,7 +54,7 @@ impl Handler for LlmHandler {
         if self.done.fetch_add(1, Ordering::Relaxed) + 1 == self.total {
             self.finished.notify_one();
         }
-        Ok(())
+        Ok(Output::bytes(text))
     }
 }
 

@@ -14,6 +14,8 @@
 //! * [`balance::Policy`]: endpoint selection.
 //! * [`worker::Worker`]: N concurrent handlers over any queue, with retries,
 //!   heartbeats and graceful shutdown.
+//! * [`Output`], [`ResultStore`], [`Client`]: task results and request/response.
+//! * [`Orchestrator`], [`JoinStore`]: fan-out / fan-in with continuations.
 //! * [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` exporter.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -22,15 +24,23 @@
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod join;
 pub mod metrics;
+pub mod orchestrate;
+pub mod output;
 pub mod queue;
+pub mod results;
 pub mod state;
 pub mod task;
 pub mod typed;
 pub mod worker;
 
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
+pub use join::{JoinId, JoinPolicy, JoinStore};
+pub use orchestrate::Orchestrator;
+pub use output::Output;
 pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
+pub use results::{Client, Pending, Recorded, ResultStore, TaskOutcome, TaskResult};
 pub use state::{
     now_ms, validate_ident, validate_records, validate_search, validate_vector, Added, ComputeFuture,
     Embedder, ExpiryMode, Filter, Hit, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey,

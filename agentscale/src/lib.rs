@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use agentscale::{async_trait, Error, Handler, LocalQueue, Task, TaskContext, TaskQueue, Worker};
+//! use agentscale::{async_trait, Error, Handler, LocalQueue, Output, Task, TaskContext, TaskQueue, Worker};
 //! # use std::sync::Arc;
 //!
 //! #[derive(Debug)]
@@ -31,10 +31,9 @@
 //!
 //! #[async_trait]
 //! impl Handler for Greeter {
-//!     async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<(), Error> {
+//!     async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<Output, Error> {
 //!         let name: String = task.payload_json()?; // malformed input: dead letter, no retry
-//!         tracing::info!("hello, {name}");
-//!         Ok(())
+//!         Output::json(&format!("hello, {name}"))
 //!     }
 //! }
 //!
@@ -53,12 +52,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use agentscale_core::{balance, config, error, metrics, task, worker};
 pub use agentscale_core::{
-    Backoff, BoxError, CacheOutcome, Cached, Capabilities, CodecError, DeadLetter, Depth, Embedder, Enqueued,
-    Error, ErrorKind, Filter, Handler, Hit, Lease, MemoryRecord, MemoryStore, Metric, Nack, Namespace,
-    Priority, Result, SessionKey, SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId,
-    TaskQueue, ToolCache, ToolCacheExt, ToolKey, Updated, Worker, WorkerReport, WorkerStats,
+    balance, config, error, join, metrics, orchestrate, output, results, task, typed, worker,
+};
+pub use agentscale_core::{
+    Backoff, BoxError, CacheOutcome, Cached, Capabilities, Client, CodecError, DeadLetter, Depth, Embedder,
+    Enqueued, Error, ErrorKind, Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, Lease, MemoryRecord,
+    MemoryStore, Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, Recorded, Result,
+    ResultStore, SessionKey, SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId,
+    TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt, ToolKey, Updated, Worker, WorkerReport,
+    WorkerStats,
 };
 
 /// Task queues: the [`queue::TaskQueue`] contract and its
@@ -85,7 +88,9 @@ pub mod infer {
 }
 
 pub use agentscale_queue::LocalQueue;
-pub use agentscale_state::local::{HashEmbedder, LocalMemoryStore, LocalSessionStore, LocalToolCache};
+pub use agentscale_state::local::{
+    HashEmbedder, LocalJoinStore, LocalMemoryStore, LocalResultStore, LocalSessionStore, LocalToolCache,
+};
 
 /// `#[async_trait]`, re-exported so a handler needs no extra dependency (and
 /// no version to guess).

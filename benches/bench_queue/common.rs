@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentscale_core::worker::{Handler, TaskContext, Worker, WorkerReport};
-use agentscale_core::{Error, Result, Task, TaskQueue};
+use agentscale_core::{Error, Output, Result, Task, TaskQueue};
 use bytes::Bytes;
 
 /// A handler that does nothing: the benchmark measures the runtime and queue.
@@ -15,9 +15,9 @@ pub struct NoopHandler;
 
 #[async_trait::async_trait]
 impl Handler for NoopHandler {
-    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<Output, Error> {
         std::hint::black_box(task.payload.len());
-        Ok(())
+        Ok(Output::none())
     }
 }
 

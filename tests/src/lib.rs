@@ -6,6 +6,7 @@
 #![allow(missing_docs)]
 
 pub mod net_cut;
+pub mod orchestration_suite;
 pub mod redis_server;
 pub mod tansu_server;
 pub mod triton_replica;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentscale_core::worker::{Handler, TaskContext, Worker};
-use agentscale_core::{Error, Task, TaskQueue};
+use agentscale_core::{Error, Output, Task, TaskQueue};
 use agentscale_queue::kafka::{AssignmentStrategy, KafkaQueue, KafkaQueueConfig};
 use async_trait::async_trait;
 use std::sync::Mutex;
@@ -83,7 +83,7 @@ struct Recorder(Arc<Ledger>);
 
 #[async_trait]
 impl Handler for Recorder {
-    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<Output, Error> {
         *self
             .0
             .done
@@ -91,7 +91,7 @@ impl Handler for Recorder {
             .expect("ledger")
             .entry(task.id.to_string())
             .or_default() += 1;
-        Ok(())
+        Ok(Output::none())
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentscale_core::metrics::{Exporter, Metrics};
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker, WorkerReport};
-use agentscale_core::{Error, ErrorKind, Task, TaskId, TaskQueue};
+use agentscale_core::{Error, ErrorKind, Output, Task, TaskId, TaskQueue};
 use agentscale_queue::LocalQueue;
 use agentscale_tests::unique_name;
 use std::sync::Mutex;
@@ -60,7 +60,7 @@ impl<F> Handler for Probe<F>
 where
     F: Fn(&Task, u32) -> BoxFut + Send + Sync + 'static,
 {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -69,7 +69,7 @@ where
             .push(cx.attempt());
         self.started.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
-        (self.behave)(task, cx.attempt()).await
+        (self.behave)(task, cx.attempt()).await.map(Output::from)
     }
 }
 
@@ -670,4 +670,95 @@ async fn exporter_serves_metrics_health_and_readiness() {
     }
     assert_eq!(http_get(addr, "/readyz").await.0, 503, "not ready after shutdown");
     exporter.shutdown().await;
+}
+
+/// Fault injection around the real local queue: the first `fail` calls of
+/// `ack_batch` fail with `Unavailable` (a transient queue fault).
+#[derive(Debug)]
+struct FlakyAcks {
+    inner: Arc<LocalQueue>,
+    fail: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl TaskQueue for FlakyAcks {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> agentscale_core::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn enqueue(&self, task: Task) -> agentscale_core::Result<agentscale_core::Enqueued> {
+        self.inner.enqueue(task).await
+    }
+    async fn lease(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> agentscale_core::Result<Vec<agentscale_core::Lease>> {
+        self.inner.lease(max, wait).await
+    }
+    async fn ack(&self, lease: &agentscale_core::Lease) -> agentscale_core::Result<()> {
+        self.inner.ack(lease).await
+    }
+    async fn ack_batch(&self, leases: &[agentscale_core::Lease]) -> Vec<agentscale_core::Result<()>> {
+        let left = self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if left.is_ok() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return leases
+                .iter()
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        message: "injected: queue briefly unreachable".into(),
+                        source: None,
+                    })
+                })
+                .collect();
+        }
+        self.inner.ack_batch(leases).await
+    }
+    async fn nack(
+        &self,
+        lease: &agentscale_core::Lease,
+        nack: agentscale_core::Nack,
+    ) -> agentscale_core::Result<()> {
+        self.inner.nack(lease, nack).await
+    }
+    async fn extend(&self, lease: &agentscale_core::Lease, by: Duration) -> agentscale_core::Result<()> {
+        self.inner.extend(lease, by).await
+    }
+    async fn depth(&self) -> agentscale_core::Result<agentscale_core::Depth> {
+        self.inner.depth().await
+    }
+}
+
+/// Transient `ack_batch` failures are retried within the lease: every task
+/// runs once and is acked, none comes back after its lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_ack_failures_are_retried() {
+    let inner = queue(Duration::from_secs(2));
+    let flaky = Arc::new(FlakyAcks {
+        inner: inner.clone(),
+        fail: AtomicU64::new(3),
+        failed: AtomicU64::new(0),
+    });
+    let ids = enqueue_n(&inner, 50, 5).await;
+    let probe = Probe::new(|_: &Task, _| ok());
+    let worker = Worker::builder(flaky.clone(), probe.clone())
+        .concurrency(8)
+        .build()
+        .expect("build");
+    let report = run_until_counts(worker, |r| r.completed + r.queue_errors >= 50).await;
+    assert_eq!(flaky.failed.load(Ordering::SeqCst), 3, "the faults were injected");
+    assert_eq!((report.completed, report.queue_errors), (50, 0));
+    assert!(report.ack_retries >= 1);
+    // Past the lease timeout, nothing was redelivered: the acks went through.
+    let depth = inner.depth().await.expect("depth");
+    assert_eq!((depth.ready, depth.in_flight, depth.delayed), (0, 0, 0));
+    for id in &ids {
+        assert_eq!(probe.attempts_of(id), vec![1], "task {id} ran other than once");
+    }
 }

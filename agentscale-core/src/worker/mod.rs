@@ -4,15 +4,15 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use agentscale_core::worker::{Handler, TaskContext, Worker, Backoff};
-//! use agentscale_core::{Error, Task, TaskQueue};
+//! use agentscale_core::{Error, Output, Task, TaskQueue};
 //!
 //! struct Echo;
 //!
 //! #[async_trait::async_trait]
 //! impl Handler for Echo {
-//!     async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+//!     async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
 //!         tracing::info!(kind = %task.kind, attempt = cx.attempt(), "working");
-//!         Ok(())
+//!         Ok(Output::bytes(task.payload.clone()))
 //!     }
 //! }
 //!
@@ -92,24 +92,29 @@ use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, Outcome};
+use crate::orchestrate::{finish_result, Orchestrator, DEADLINE_KIND, HEADER_JOIN};
+use crate::output::Output;
 use crate::queue::{Lease, Nack, TaskQueue};
+use crate::results::{ResultStore, TaskOutcome};
 use crate::task::{now_ms, Task};
 
 /// The user's task logic.
 ///
-/// Return `Ok(())` when the task is done (the worker acks it), an error that
+/// Return `Ok(output)` when the task is done (the worker records the output
+/// when it has a result store, then acks the task; [`Output::none`] when there
+/// is nothing to return), an error that
 /// is not [`Error::is_retryable`] (for example [`Error::invalid_input`]) to
 /// dead-letter it at once, or a retryable one (for example
 /// [`Error::handler`]) to have it retried with backoff.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt of `task`.
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error>;
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error>;
 }
 
 #[async_trait]
 impl<H: Handler + ?Sized> Handler for Arc<H> {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         (**self).handle(task, cx).await
     }
 }
@@ -122,6 +127,7 @@ pub struct TaskContext {
     started: Instant,
     timeout: Duration,
     flags: Arc<RunFlags>,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl TaskContext {
@@ -134,6 +140,7 @@ impl TaskContext {
             started: Instant::now(),
             timeout,
             flags: Arc::default(),
+            cancelled: Arc::default(),
         }
     }
 
@@ -172,6 +179,15 @@ impl TaskContext {
     pub fn is_shutting_down(&self) -> bool {
         self.flags.draining.load(Ordering::Acquire)
     }
+
+    /// True once this task's join was decided without it (a fan-out child
+    /// whose siblings already settled the join, or whose deadline passed):
+    /// its result will be ignored, so a long handler may stop early. Best
+    /// effort; only set on workers with an
+    /// [`orchestrator`](WorkerBuilder::orchestrator).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +213,8 @@ pub struct WorkerBuilder<H> {
     metrics: Option<Metrics>,
     name: Option<String>,
     shards: Option<usize>,
+    results: Option<Arc<dyn ResultStore>>,
+    orchestrator: Option<Arc<Orchestrator>>,
 }
 
 impl<H> fmt::Debug for WorkerBuilder<H> {
@@ -289,6 +307,26 @@ impl<H: Handler> WorkerBuilder<H> {
         self
     }
 
+    /// Records every task's terminal state in `store` (the handler's output,
+    /// or the dead-letter reason, or that it expired), before acking it. An
+    /// output over the store's size limit dead-letters the task with that
+    /// reason. Results are recorded under the task's id, or under the
+    /// coordinator's id for a continuation (see [`crate::orchestrate`]).
+    pub fn results(mut self, store: Arc<dyn ResultStore>) -> Self {
+        self.results = Some(store);
+        self
+    }
+
+    /// Runs fan-out bookkeeping for the tasks of this worker: records results
+    /// in the orchestrator's result store, reports children into their joins
+    /// (enqueuing continuations when a join is decided), handles deadline
+    /// tasks, skips children of decided joins and sets
+    /// [`TaskContext::is_cancelled`] on running ones.
+    pub fn orchestrator(mut self, orchestrator: Arc<Orchestrator>) -> Self {
+        self.orchestrator = Some(orchestrator);
+        self
+    }
+
     /// A name for this worker in logs (default: the queue name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -361,6 +399,10 @@ impl<H: Handler> WorkerBuilder<H> {
         };
         let seed = self.rng_seed.unwrap_or_else(rand::random);
         let name = self.name.unwrap_or_else(|| self.queue.name().to_owned());
+        let results = self
+            .results
+            .or_else(|| self.orchestrator.as_ref().map(|o| o.results().clone()));
+        let ack_retry_budget = caps.lease_timeout / 2;
         Ok(Worker {
             shared: Arc::new(Shared {
                 queue: self.queue,
@@ -374,6 +416,9 @@ impl<H: Handler> WorkerBuilder<H> {
                 flags: Arc::new(RunFlags::default()),
                 slots: Semaphore::new(self.concurrency),
                 name,
+                results,
+                orchestrator: self.orchestrator,
+                ack_retry_budget,
             }),
             concurrency: self.concurrency,
             shards,
@@ -405,6 +450,10 @@ struct Shared<H> {
     /// only after the task's ack or nack completed.
     slots: Semaphore,
     name: String,
+    results: Option<Arc<dyn ResultStore>>,
+    orchestrator: Option<Arc<Orchestrator>>,
+    /// How long failed acks are retried (half the lease timeout).
+    ack_retry_budget: Duration,
 }
 
 /// N concurrent handlers over a [`TaskQueue`]. Build with
@@ -432,7 +481,7 @@ impl<H> fmt::Debug for Worker<H> {
 
 /// How one attempt ended.
 enum Attempt {
-    Done,
+    Done(Output),
     Failed(Error),
     Panicked(String),
     TimedOut,
@@ -458,6 +507,8 @@ impl<H: Handler> Worker<H> {
             metrics: None,
             name: None,
             shards: None,
+            results: None,
+            orchestrator: None,
         }
     }
 
@@ -574,9 +625,13 @@ async fn run_shard<H: Handler>(
         }
         if ack_call.is_none() && !to_ack.is_empty() {
             let batch = std::mem::replace(&mut to_ack, std::mem::take(&mut spare));
-            let queue = shared.queue.clone();
+            let (queue, stats, budget) = (
+                shared.queue.clone(),
+                shared.stats.clone(),
+                shared.ack_retry_budget,
+            );
             ack_call = Some(Box::pin(async move {
-                let results = queue.ack_batch(&batch).await;
+                let results = ack_with_retry(&*queue, &batch, budget, &stats).await;
                 (batch, results)
             }));
         }
@@ -664,6 +719,52 @@ async fn run_shard<H: Handler>(
     }
 }
 
+/// Acks `batch`, retrying the acks that failed with a retryable error (not a
+/// lost lease) with backoff for up to `budget`, so a transient queue fault
+/// does not make finished tasks run again once their leases expire.
+async fn ack_with_retry(
+    queue: &dyn TaskQueue,
+    batch: &[Lease],
+    budget: Duration,
+    stats: &WorkerStats,
+) -> Vec<Result<()>> {
+    let mut results = queue.ack_batch(batch).await;
+    results.truncate(batch.len());
+    while results.len() < batch.len() {
+        results.push(Err(Error::Backend {
+            message: "ack_batch returned too few results".into(),
+            source: None,
+        }));
+    }
+    let give_up = Instant::now() + budget;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.is_retryable() && e.kind() != ErrorKind::LeaseLost))
+            .map(|(i, _)| i)
+            .collect();
+        if failed.is_empty() || Instant::now() + delay > give_up {
+            return results;
+        }
+        tracing::debug!(failed = failed.len(), retry_in = ?delay, "ack failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        stats.add(&stats.ack_retries, 1);
+        let retry: Vec<Lease> = failed.iter().map(|&i| batch[i].clone()).collect();
+        let mut again = queue.ack_batch(&retry).await.into_iter();
+        for &i in &failed {
+            results[i] = again.next().unwrap_or_else(|| {
+                Err(Error::Backend {
+                    message: "ack_batch returned too few results".into(),
+                    source: None,
+                })
+            });
+        }
+    }
+}
+
 /// Counts the results of one `ack_batch` call and frees the batch's slots.
 fn settle_acks<H>(shared: &Shared<H>, batch: &[Lease], results: &[Result<()>]) {
     let mut ok = 0u64;
@@ -736,7 +837,7 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
             "delivered {attempt} times, more than max_attempts {} (leases lost or workers crashed)",
             task.max_attempts
         );
-        return Box::pin(settle(shared, &lease, Nack::DeadLetter(reason))).await;
+        return Box::pin(dead_letter(shared, &lease, reason, false)).await;
     }
     if let Some(deadline) = task.deadline_ms {
         let now = now_ms();
@@ -746,7 +847,23 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
                 "deadline passed {} ms before attempt {attempt} could start",
                 now - deadline
             );
-            return Box::pin(settle(shared, &lease, Nack::DeadLetter(reason))).await;
+            return Box::pin(dead_letter(shared, &lease, reason, true)).await;
+        }
+    }
+    if let Some(orch) = &shared.orchestrator {
+        if task.kind == DEADLINE_KIND {
+            return Box::pin(run_deadline(shared, orch, lease)).await;
+        }
+        if task.headers.contains_key(HEADER_JOIN) {
+            match orch.is_cancelled(task, attempt).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::debug!("join already decided; skipping the child");
+                    let outcome = TaskOutcome::Cancelled("its join was decided before it ran".into());
+                    return Box::pin(finish_then_ack(shared, lease, outcome, attempt)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "join state unavailable; running the child anyway"),
+            }
         }
     }
 
@@ -757,14 +874,24 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
         started,
         timeout: shared.task_timeout,
         flags: shared.flags.clone(),
+        cancelled: Arc::default(),
     };
     let outcome = run_attempt(shared, &lease, &cx).await;
     if let Some(m) = &shared.metrics {
         m.observe_duration(started.elapsed());
     }
     let error = match outcome {
-        Attempt::Done => {
-            return Some(lease);
+        Attempt::Done(output) => {
+            if output.is_deferred() || shared.results.is_none() {
+                return Some(lease);
+            }
+            return Box::pin(finish_then_ack(
+                shared,
+                lease,
+                TaskOutcome::Completed(output),
+                attempt,
+            ))
+            .await;
         }
         Attempt::Aborted => {
             tracing::info!("cancelled at shutdown; releasing the task uncharged");
@@ -808,7 +935,85 @@ async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option
         Nack::Retry(delay)
     };
     // Boxed: the failure path is cold, and this keeps the per-task future small.
-    Box::pin(settle(shared, &lease, nack)).await
+    match nack {
+        Nack::DeadLetter(reason) => Box::pin(dead_letter(shared, &lease, reason, false)).await,
+        other => Box::pin(settle(shared, &lease, other)).await,
+    }
+}
+
+/// Records a terminal state (and reports it to the task's join), then hands
+/// the lease back for acking. An oversize output dead-letters the task with
+/// that reason; any other recording failure is a failed attempt.
+async fn finish_then_ack<H>(
+    shared: &Shared<H>,
+    lease: Lease,
+    outcome: TaskOutcome,
+    attempt: u32,
+) -> Option<Lease> {
+    match finish(shared, lease.task(), outcome).await {
+        Ok(()) => Some(lease),
+        Err(Error::Codec(crate::error::CodecError::TooLarge { size, limit })) => {
+            let reason = format!("output of {size} bytes exceeds the result limit of {limit} bytes");
+            dead_letter(shared, &lease, reason, false).await
+        }
+        Err(e) => {
+            let task = lease.task();
+            let nack = if attempt >= task.max_attempts {
+                Nack::DeadLetter(format!("could not record the result on the last attempt: {e}"))
+            } else {
+                tracing::warn!(error = %e, "recording the result failed; retrying the task");
+                Nack::Retry(shared.backoff.delay(attempt, shared.rng.next_u64()))
+            };
+            match nack {
+                Nack::DeadLetter(reason) => dead_letter(shared, &lease, reason, false).await,
+                other => settle(shared, &lease, other).await,
+            }
+        }
+    }
+}
+
+/// Records the terminal state through the orchestrator or the result store.
+async fn finish<H>(shared: &Shared<H>, task: &Task, outcome: TaskOutcome) -> Result<()> {
+    match (&shared.orchestrator, &shared.results) {
+        (Some(o), _) => o.finish(task, outcome).await,
+        (None, Some(r)) => finish_result(&**r, task, &outcome).await,
+        (None, None) => Ok(()),
+    }
+}
+
+/// Dead-letters a task after recording its terminal state (dead-lettered, or
+/// expired when `expired`). If the record fails the task is left leased: it
+/// is redelivered after the lease expires and dead-lettered again then, so
+/// its result and its join report are never lost.
+async fn dead_letter<H>(shared: &Shared<H>, lease: &Lease, reason: String, expired: bool) -> Option<Lease> {
+    if shared.results.is_some() {
+        let outcome = if expired {
+            TaskOutcome::Expired(reason.clone())
+        } else {
+            TaskOutcome::DeadLettered(reason.clone())
+        };
+        if let Err(e) = finish(shared, lease.task(), outcome).await {
+            shared.stats.add(&shared.stats.queue_errors, 1);
+            tracing::warn!(error = %e, "recording a dead letter failed; leaving the task to be redelivered");
+            release_slot(shared);
+            return None;
+        }
+    }
+    settle(shared, lease, Nack::DeadLetter(reason)).await
+}
+
+/// Handles a join's deadline task: decides the join if still open and
+/// re-drives its continuation.
+async fn run_deadline<H>(shared: &Shared<H>, orch: &Orchestrator, lease: Lease) -> Option<Lease> {
+    match orch.on_deadline(lease.task()).await {
+        Ok(None) => Some(lease),
+        Ok(Some(early)) => settle(shared, &lease, Nack::Retry(early)).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "join deadline could not be applied; retrying");
+            let delay = shared.backoff.delay(lease.attempt(), shared.rng.next_u64());
+            settle(shared, &lease, Nack::Retry(delay)).await
+        }
+    }
 }
 
 /// Runs the handler with the timeout, panic catching, heartbeats and the
@@ -824,7 +1029,7 @@ async fn run_attempt<H: Handler>(shared: &Shared<H>, lease: &Lease, cx: &TaskCon
     // Fast path: a handler that finishes on its first poll needs no timer.
     if let std::task::Poll::Ready(r) = futures::poll!(handler.as_mut()) {
         return match r {
-            Ok(Ok(())) => Attempt::Done,
+            Ok(Ok(out)) => Attempt::Done(out),
             Ok(Err(e)) => Attempt::Failed(e),
             Err(panic) => Attempt::Panicked(panic_message(&*panic)),
         };
@@ -836,16 +1041,27 @@ async fn run_attempt<H: Handler>(shared: &Shared<H>, lease: &Lease, cx: &TaskCon
             None => futures::future::pending().await,
         }
     };
+    // A fan-out child learns when its join is decided without it.
+    let cancel_watch = async {
+        if let (Some(orch), Some(join)) = (&shared.orchestrator, lease.task().headers.get(HEADER_JOIN)) {
+            let join = crate::join::JoinId::new(join.clone());
+            if let Ok(true) = orch.joins().wait_decided(&join, shared.task_timeout).await {
+                cx.cancelled.store(true, Ordering::Release);
+            }
+        }
+        futures::future::pending::<()>().await
+    };
     // Biased: a handler that is ready at once never arms the heartbeat timer.
     tokio::select! {
         biased;
         r = run => match r {
-            Ok(Ok(Ok(()))) => Attempt::Done,
+            Ok(Ok(Ok(out))) => Attempt::Done(out),
             Ok(Ok(Err(e))) => Attempt::Failed(e),
             Ok(Err(panic)) => Attempt::Panicked(panic_message(&*panic)),
             Err(_) => Attempt::TimedOut,
         },
         e = heartbeat => Attempt::LeaseLost(e),
+        _ = cancel_watch => Attempt::Aborted,
         _ = abort => Attempt::Aborted,
     }
 }

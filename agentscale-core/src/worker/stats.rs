@@ -37,6 +37,8 @@ pub struct WorkerReport {
     pub queue_errors: u64,
     /// Tasks in a handler slot right now (0 in the final report).
     pub in_flight: u64,
+    /// `ack_batch` calls repeated after a retryable failure.
+    pub ack_retries: u64,
 }
 
 impl WorkerReport {
@@ -61,6 +63,7 @@ pub struct WorkerStats {
     pub(crate) timed_out: AtomicU64,
     pub(crate) queue_errors: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    pub(crate) ack_retries: AtomicU64,
     changed: Notify,
 }
 
@@ -79,6 +82,7 @@ impl WorkerStats {
             timed_out: r(&self.timed_out),
             queue_errors: r(&self.queue_errors),
             in_flight: r(&self.in_flight),
+            ack_retries: r(&self.ack_retries),
         }
     }
 

@@ -5,11 +5,15 @@
 //! against. State is lost when the process exits.
 
 mod embedder;
+mod joins;
+mod results;
 mod session;
 mod tool_cache;
 mod vector;
 
 pub use embedder::HashEmbedder;
+pub use joins::{LocalJoinStore, LocalJoinStoreBuilder, DEFAULT_MAX_JOINS};
+pub use results::{LocalResultStore, LocalResultStoreBuilder, DEFAULT_MAX_RESULTS};
 pub use session::{LocalSessionStore, LocalSessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL};
 #[cfg(feature = "redis")]
 pub(crate) use tool_cache::{compute_outcome, new_cache, validate as validate_tool_cache};

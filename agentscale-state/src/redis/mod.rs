@@ -1,10 +1,15 @@
-//! Redis backends: a session store and a two-level tool cache.
+//! Redis backends: a session store, a two-level tool cache, task results and
+//! fan-out joins.
 //!
 //! * [`RedisSessionStore`]: versioned compare-and-set in one Lua script, TTL
 //!   set atomically with every write on all of a session's keys, capped
 //!   append-only history, tombstoned deletes.
 //! * [`RedisToolCache`]: in-process first level (moka) over Redis, with
 //!   single-flight across every replica sharing the Redis (a leased lock key).
+//! * [`RedisResultStore`]: task results, first record wins (Lua), waiters
+//!   woken through pub/sub.
+//! * [`RedisJoinStore`]: fan-out joins, one slot per child, decided once by
+//!   one Lua script.
 //!
 //! Both use the multiplexed, auto-reconnecting connection of an
 //! [`agentscale_redis::Redis`] handle (redis-rs `ConnectionManager`), which
@@ -30,10 +35,15 @@
 //! ```
 
 mod config;
+mod joins;
+mod results;
 mod session;
 mod tool_cache;
+mod wakeups;
 
 pub use config::{RedisStateConfig, RedisStateConfigBuilder};
+pub use joins::{RedisJoinStore, RedisJoinStoreBuilder};
+pub use results::{RedisResultStore, RedisResultStoreBuilder};
 pub use session::RedisSessionStore;
 pub use tool_cache::RedisToolCache;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale_core::worker::{Backoff, Handler, TaskContext, Worker};
-use agentscale_core::{Error, Task, TaskQueue};
+use agentscale_core::{Error, Output, Task, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 
 #[derive(serde::Deserialize)]
@@ -36,7 +36,7 @@ struct Recorder {
 
 #[async_trait::async_trait]
 impl Handler for Recorder {
-    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<(), Error> {
+    async fn handle(&self, task: &Task, cx: &TaskContext) -> Result<Output, Error> {
         let work: Work = task.payload_json()?;
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("SADD")
@@ -60,7 +60,7 @@ impl Handler for Recorder {
             .query_async(&mut conn)
             .await
             .map_err(|e| Error::handler(format!("record completion: {e}")))?;
-        Ok(())
+        Ok(Output::none())
     }
 }
 
