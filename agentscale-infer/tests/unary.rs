@@ -908,12 +908,19 @@ async fn request_headers() {
     )
     .await;
 
-    let plain = TritonClient::builder(server.url())
+    let builder = TritonClient::builder(server.url())
         .bearer_token("s3cret-token")
         .header("x-agentscale-test", "1")
-        .header("X-Agentscale-Tenant", "team-a")
-        .build()
-        .expect("client");
+        .header("X-Agentscale-Tenant", "team-a");
+    let shown = format!("{builder:?}");
+    assert!(
+        !shown.contains("s3cret") && shown.contains("authorization"),
+        "{shown}"
+    );
+    let plain = builder.build().expect("client");
+    let shown = format!("{plain:?}");
+    assert!(!shown.contains("s3cret") && !shown.contains("team-a"), "{shown}");
+    assert!(shown.contains("authorization"), "{shown}");
     echo_ok(&plain, &[1.0]).await;
     let r = plain
         .infer(&echo_request("echo", &[2.0]).deadline(Duration::from_secs(2)))
@@ -934,8 +941,11 @@ async fn request_headers() {
         assert_eq!(s.header("x-agentscale-tenant"), Some("team-a"), "{s:?}");
         assert_eq!(s.header("grpc-encoding"), None, "not compressed: {s:?}");
     }
-    assert_eq!(seen[0].header("grpc-timeout"), None, "no deadline: {:?}", seen[0]);
-    assert_eq!(seen[2].header("grpc-timeout"), None, "no deadline: {:?}", seen[2]);
+    // Calls without a deadline of their own carry the client's default.
+    for i in [0, 2] {
+        let t = parse_grpc_timeout(seen[i].header("grpc-timeout").expect("default deadline"));
+        assert_eq!(t, agentscale_infer::DEFAULT_DEADLINE, "{:?}", seen[i]);
+    }
     let t = parse_grpc_timeout(
         seen[1]
             .header("grpc-timeout")
@@ -986,13 +996,16 @@ async fn header_blocks_larger_than_a_frame() {
     let token: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     let client = TritonClient::builder(server.url())
         .bearer_token(&token)
+        .max_header_list_size(1 << 20)
         .build()
         .expect("client");
     assert!(client.server_live().await.expect("live"));
     match client.infer(&echo_request("m", &[1.0])).await {
         Err(Error::Rpc { code, message }) => {
             assert_eq!(code, RpcCode::FailedPrecondition);
-            assert_eq!(message, "why? ".repeat(8_000));
+            // Server-controlled text is clipped in errors.
+            assert!(message.starts_with("why? why? "), "{message}");
+            assert!(message.len() < 1_000, "{} bytes", message.len());
         }
         other => panic!("expected Rpc FailedPrecondition, got {other:?}"),
     }
@@ -1165,21 +1178,20 @@ async fn deadline_expires_and_the_server_call_is_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_call_resets_its_stream() {
-    // No deadline, so no grpc-timeout: only our RST_STREAM can end the
-    // server's handler.
+    // A deadline far away: only our RST_STREAM can end the server's
+    // handler.
     let (tx, mut events) = mpsc::unbounded_channel();
     let svc = Svc::new(Infer::Hang(tx));
     let server = TestServer::start(svc.clone(), Opts::default()).await;
-    let client = client(&server.url());
+    let client = TritonClient::builder(server.url())
+        .default_deadline(Duration::from_secs(3600))
+        .build()
+        .expect("client");
     echo_ok(&client, &[1.0]).await;
 
     let c = client.clone();
     let call = tokio::spawn(async move { c.infer(&echo_request("hang", &[1.0])).await });
     next_event(&mut events, Event::Started).await;
-    assert!(
-        svc.seen().iter().all(|s| s.header("grpc-timeout").is_none()),
-        "no deadline was sent"
-    );
     call.abort();
     assert!(call.await.expect_err("aborted").is_cancelled());
     next_event(&mut events, Event::Dropped).await;
@@ -1238,9 +1250,9 @@ async fn max_message_size_both_ways() {
 
     match client.infer(&echo_request("big", &[1.0])).await {
         Err(Error::Rpc { code, message }) => {
-            assert_eq!(code, RpcCode::ResourceExhausted, "{message}");
+            assert_eq!(code, RpcCode::OutOfRange, "{message}");
         }
-        other => panic!("expected Rpc ResourceExhausted, got {other:?}"),
+        other => panic!("expected Rpc OutOfRange, got {other:?}"),
     }
     // Small calls still pass on the same connection.
     echo_ok(&client, &[1.0, 2.0]).await;
@@ -1494,7 +1506,6 @@ async fn keepalive_pings_while_calls_are_open_and_detects_a_dead_peer() {
         .expect("task")
         .expect_err("dead connection");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
-    assert!(err.to_string().contains("keepalive"), "{err}");
 
     // A new connection is made for the next call.
     assert!(client.server_live().await.expect("live after reconnecting"));
