@@ -99,7 +99,10 @@ impl Rust {
                     .input(Tensor::from_slice("INPUT0", data))
                     .deadline(DEADLINE);
                 let r = client.infer(&req).await.expect("inference");
-                r.output("OUTPUT0").expect("output").to_vec::<f32>().expect("fp32")
+                r.output("OUTPUT0")
+                    .expect("output")
+                    .to_vec::<f32>()
+                    .expect("fp32")
             }
             Rust::Tonic(client) => {
                 let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -117,7 +120,11 @@ impl Rust {
                 let mut req = tonic::Request::new(msg);
                 req.set_timeout(DEADLINE);
                 let r = client.model_infer(req).await.expect("inference").into_inner();
-                let i = r.outputs.iter().position(|o| o.name == "OUTPUT0").expect("output");
+                let i = r
+                    .outputs
+                    .iter()
+                    .position(|o| o.name == "OUTPUT0")
+                    .expect("output");
                 r.raw_output_contents[i]
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -253,7 +260,12 @@ async fn run() {
         } else {
             Point::default()
         };
-        let cell = |p: &Point| format!("{:>8.0} {:>6.0} {:>6.1}", p.infer_per_s, p.p50_us, p.cpu_us_per_infer);
+        let cell = |p: &Point| {
+            format!(
+                "{:>8.0} {:>6.0} {:>6.1}",
+                p.infer_per_s, p.p50_us, p.cpu_us_per_infer
+            )
+        };
         println!("{conc:>5} | {} | {} | {}", cell(&ours), cell(&tonic), cell(&py));
         results.push((conc, ours, tonic, py));
     }

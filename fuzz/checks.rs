@@ -23,7 +23,9 @@ fn decode<T: Element>(t: &Tensor) {
 /// and shapes: validation and every decoder return a value or an error,
 /// never panic, and agree with each other.
 pub fn tensor_decode(input: &[u8]) {
-    let Some((&head, rest)) = input.split_first() else { return };
+    let Some((&head, rest)) = input.split_first() else {
+        return;
+    };
     let dt = DataType::ALL[usize::from(head & 0x0f) % DataType::ALL.len()];
     // Up to three dimensions from the next bytes (signed, so negative and
     // huge ones occur), then the data.
@@ -61,7 +63,9 @@ pub fn tensor_decode(input: &[u8]) {
 /// A server's `ModelInferResponse` (protobuf bytes) converted to an
 /// `InferResponse`: an error or outputs that all validate, never a panic.
 pub fn infer_response(input: &[u8]) {
-    let Ok(msg) = pb::ModelInferResponse::decode(input) else { return };
+    let Ok(msg) = pb::ModelInferResponse::decode(input) else {
+        return;
+    };
     if let Ok(r) = InferResponse::try_from(msg) {
         for t in &r.outputs {
             assert!(t.validate().is_ok(), "an accepted output must validate");
@@ -141,8 +145,18 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
     // task_envelope: encoded tasks.
     let task = Task::new("research", b"{\"q\":\"why\"}".to_vec());
-    push(&mut out, "task_envelope", "plain", &task.encode().expect("encode"));
+    push(
+        &mut out,
+        "task_envelope",
+        "plain",
+        &task.encode().expect("encode"),
+    );
     let task = Task::new("k", Vec::new()).with_priority(Priority::High);
-    push(&mut out, "task_envelope", "attempts", &task.encode().expect("encode"));
+    push(
+        &mut out,
+        "task_envelope",
+        "attempts",
+        &task.encode().expect("encode"),
+    );
     out
 }
