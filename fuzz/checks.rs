@@ -107,7 +107,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     push(&mut out, "tensor_decode", "BYTES_strings", &seed);
 
     // infer_response: real responses, raw and typed contents.
-    let out = |name: &str, dt: &str, shape: Vec<i64>| pb::model_infer_response::InferOutputTensor {
+    let tensor = |name: &str, dt: &str, shape: Vec<i64>| pb::model_infer_response::InferOutputTensor {
         name: name.into(),
         datatype: dt.into(),
         shape,
@@ -119,21 +119,21 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         model_version: "1".into(),
         id: "r1".into(),
         parameters: Default::default(),
-        outputs: vec![out("OUTPUT0", "FP32", vec![2]), out("S", "BYTES", vec![3])],
+        outputs: vec![tensor("OUTPUT0", "FP32", vec![2]), tensor("S", "BYTES", vec![3])],
         raw_output_contents: vec![
             Tensor::from_slice("x", &[1.0f32, 2.0]).raw().clone(),
             strings.raw().clone(),
         ],
     };
     push(&mut out, "infer_response", "raw", &raw.encode_to_vec());
-    let mut typed = out("T", "INT32", vec![3]);
+    let mut typed = tensor("T", "INT32", vec![3]);
     typed.contents = Some(pb::InferTensorContents {
         int_contents: vec![1, -2, 3],
         ..Default::default()
     });
-    let mut b = out("B", "BYTES", vec![2]);
+    let mut b = tensor("B", "BYTES", vec![2]);
     b.contents = Some(pb::InferTensorContents {
-        bytes_contents: vec![b"hi".to_vec(), vec![]],
+        bytes_contents: vec![Bytes::from_static(b"hi"), Bytes::new()],
         ..Default::default()
     });
     let typed = pb::ModelInferResponse {

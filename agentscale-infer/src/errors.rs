@@ -5,7 +5,7 @@ use agentscale_core::{Error, RpcCode};
 
 /// The most bytes of server-controlled text (grpc-message, GOAWAY debug
 /// data, a stream's error message) copied into an error.
-pub(crate) const MAX_SERVER_TEXT: usize = 512;
+pub(crate) const MAX_SERVER_TEXT: usize = 4096;
 
 /// `s` cut to at most `max` bytes (on a character boundary), with a note of
 /// how much was left out.
@@ -75,7 +75,7 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         chain.push_str(&e.to_string());
         cur = e.source();
     }
-    clip(&chain, 4 * MAX_SERVER_TEXT)
+    clip(&chain, 2 * MAX_SERVER_TEXT)
 }
 
 /// A gRPC status (from the server, from tonic's codec, or wrapping a

@@ -44,7 +44,13 @@ async fn deadline_expires_and_the_server_call_is_cancelled() {
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
     next_event(&mut events, Event::Started).await;
     next_event(&mut events, Event::Dropped).await;
-    echo_ok(&with_default, &[6.0]).await;
+    // A call's own deadline overrides the default (the proxy's latency
+    // alone is 200 ms a round trip).
+    let r = with_default
+        .infer(&echo_request("echo", &[6.0]).deadline(Duration::from_secs(60)))
+        .await
+        .expect("echo with its own deadline");
+    assert_same(&output(&r), &[6.0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
