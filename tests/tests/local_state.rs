@@ -75,7 +75,12 @@ fn invalid_configs_are_refused() {
     use std::time::Duration;
     let kind = |r: agentscale_core::Result<()>| r.expect_err("refused").kind();
     assert_eq!(
-        kind(LocalSessionStore::builder().ttl(Duration::ZERO).build().map(drop)),
+        kind(
+            LocalSessionStore::builder()
+                .ttl(Duration::ZERO)
+                .build()
+                .map(drop)
+        ),
         ErrorKind::InvalidConfig
     );
     assert_eq!(

@@ -10,7 +10,9 @@ mod tool_cache;
 mod vector;
 
 pub use embedder::HashEmbedder;
-pub use session::{LocalSessionStore, LocalSessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL};
+pub use session::{
+    LocalSessionStore, LocalSessionStoreBuilder, DEFAULT_HISTORY_CAP, DEFAULT_SESSION_TTL,
+};
 #[cfg(feature = "redis")]
 pub(crate) use tool_cache::{compute_outcome, new_cache, validate as validate_tool_cache};
 pub use tool_cache::{
