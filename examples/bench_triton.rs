@@ -241,7 +241,19 @@ async fn run() {
     );
     println!(
         "{:>5} | {:>8} {:>6} {:>6} {:>6} | {:>8} {:>6} {:>6} {:>6} | {:>8} {:>6} {:>6} {:>6}",
-        "", "inf/s", "p50µs", "p99µs", "cpuµs", "inf/s", "p50µs", "p99µs", "cpuµs", "inf/s", "p50µs", "p99µs", "cpuµs"
+        "",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs"
     );
     let concs: Vec<usize> = std::env::var("BENCH_CONCS")
         .ok()
@@ -258,8 +270,8 @@ async fn run() {
         };
         let cell = |p: &Point| {
             format!(
-                "{:>8.0} {:>6.0} {:>6.1}",
-                p.infer_per_s, p.p50_us, p.cpu_us_per_infer
+                "{:>8.0} {:>6.0} {:>6.0} {:>6.1}",
+                p.infer_per_s, p.p50_us, p.p99_us, p.cpu_us_per_infer
             )
         };
         println!("{conc:>5} | {} | {} | {}", cell(&ours), cell(&tonic), cell(&py));
