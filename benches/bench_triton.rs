@@ -13,16 +13,29 @@
 //!
 //! For each concurrency 1/4/16/64: throughput, p50/p99 latency and client
 //! CPU time per inference (user+sys of the client process / inferences, from
-//! /proc/self/stat), ours then Python's. Then both clients against an
-//! in-process no-op `GRPCInferenceService` (the client's own ceiling).
+//! /proc/self/stat) of three clients doing the same work per call — build
+//! the request (a 16-float input) anew, send it with a deadline, decode the
+//! output to floats:
+//! * ours: `TritonClient::infer`;
+//! * `tonic_channel`: the same generated client on tonic's default
+//!   `transport::Channel` (what a Rust user would write first);
+//! * `python_tritonclient`: NVIDIA's Python client.
+//!
+//! Then ours and Python's against an in-process no-op
+//! `GRPCInferenceService` (the client's own ceiling).
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentscale_infer::pb;
+use agentscale_infer::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use agentscale_infer::testing::NoopServer;
 use agentscale_infer::{InferRequest, Tensor, TritonClient};
 use hdrhistogram::Histogram;
+
+/// The per-call deadline both Rust clients send.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Point {
@@ -30,14 +43,6 @@ struct Point {
     p50_us: f64,
     p99_us: f64,
     cpu_us_per_infer: f64,
-    /// The user-time part of `cpu_us_per_infer` (ours only).
-    user_us_per_infer: f64,
-}
-
-/// user+sys CPU time of this process, in µs (from /proc/self/stat).
-fn process_cpu_us() -> f64 {
-    let (user, sys) = process_user_sys_us();
-    user + sys
 }
 
 /// (user, sys) CPU time of this process, in µs (from /proc/self/stat).
@@ -61,23 +66,85 @@ fn process_user_sys_us() -> (f64, f64) {
     (field(11) * 1e6 / hz, field(12) * 1e6 / hz)
 }
 
-async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
-    let client = TritonClient::new(url).expect("client");
-    let data: Vec<f32> = (0..16).map(|i| i as f32).collect();
-    let req = InferRequest::new("identity_fp32")
-        .input(Tensor::from_slice("INPUT0", &data))
-        .output("OUTPUT0");
-    for _ in 0..20 {
-        client.infer(&req).await.expect("warm-up inference");
+/// Which Rust client a run measures.
+#[derive(Clone)]
+enum Rust {
+    Ours(TritonClient),
+    Tonic(GrpcInferenceServiceClient<tonic::transport::Channel>),
+}
+
+impl Rust {
+    fn ours(url: &str) -> Rust {
+        Rust::Ours(TritonClient::new(url).expect("client"))
     }
-    process_cpu_us();
+
+    fn tonic(url: &str) -> Rust {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .expect("url")
+            .connect_lazy();
+        Rust::Tonic(
+            GrpcInferenceServiceClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+    }
+
+    /// One inference: build the request, send it, decode the output.
+    async fn infer(&mut self, data: &[f32]) -> Vec<f32> {
+        match self {
+            Rust::Ours(client) => {
+                let req = InferRequest::new("identity_fp32")
+                    .input(Tensor::from_slice("INPUT0", data))
+                    .deadline(DEADLINE);
+                let r = client.infer(&req).await.expect("inference");
+                r.output("OUTPUT0")
+                    .expect("output")
+                    .to_vec::<f32>()
+                    .expect("fp32")
+            }
+            Rust::Tonic(client) => {
+                let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let msg = pb::ModelInferRequest {
+                    model_name: "identity_fp32".into(),
+                    inputs: vec![pb::model_infer_request::InferInputTensor {
+                        name: "INPUT0".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![data.len() as i64],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![raw.into()],
+                    ..Default::default()
+                };
+                let mut req = tonic::Request::new(msg);
+                req.set_timeout(DEADLINE);
+                let r = client.model_infer(req).await.expect("inference").into_inner();
+                let i = r
+                    .outputs
+                    .iter()
+                    .position(|o| o.name == "OUTPUT0")
+                    .expect("output");
+                r.raw_output_contents[i]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+        }
+    }
+}
+
+async fn run_rust(client: Rust, conc: usize, secs: f64) -> Point {
+    let data: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let mut warm = client.clone();
+    for _ in 0..20 {
+        warm.infer(&data).await;
+    }
     let (user0, sys0) = process_user_sys_us();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
-    let req = Arc::new(req);
+    let data = Arc::new(data);
     let tasks: Vec<_> = (0..conc)
         .map(|_| {
-            let (client, req) = (client.clone(), Arc::clone(&req));
+            let (mut client, data) = (client.clone(), Arc::clone(&data));
             tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
                 loop {
@@ -85,12 +152,7 @@ async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
                     if s >= end {
                         return h;
                     }
-                    let r = client.infer(&req).await.expect("inference");
-                    let out = r
-                        .output("OUTPUT0")
-                        .expect("output")
-                        .to_vec::<f32>()
-                        .expect("fp32");
+                    let out = client.infer(&data).await;
                     debug_assert_eq!(out.len(), 16);
                     h.record(s.elapsed().as_micros() as u64).ok();
                 }
@@ -103,14 +165,13 @@ async fn run_ours(url: &str, conc: usize, secs: f64) -> Point {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let (user1, sys1) = process_user_sys_us();
-    let (user, cpu) = (user1 - user0, (user1 - user0) + (sys1 - sys0));
+    let cpu = (user1 - user0) + (sys1 - sys0);
     let n = h.len() as f64;
     Point {
         infer_per_s: n / elapsed,
         p50_us: h.value_at_quantile(0.5) as f64,
         p99_us: h.value_at_quantile(0.99) as f64,
         cpu_us_per_infer: cpu / n.max(1.0),
-        user_us_per_infer: user / n.max(1.0),
     }
 }
 
@@ -140,7 +201,6 @@ async fn run_python(python: &str, url: &str, conc: usize, secs: f64) -> Point {
         p50_us: f("p50_us"),
         p99_us: f("p99_us"),
         cpu_us_per_infer: f("cpu_us_per_infer"),
-        user_us_per_infer: f("user_us_per_infer"),
     }
 }
 
@@ -176,18 +236,24 @@ async fn run() {
     let mut results = Vec::new();
     println!("Triton identity_fp32 (16 floats), {secs} s per point, server {url}");
     println!(
-        "{:>5} | {:>10} {:>9} {:>9} {:>9} {:>8} | {:>10} {:>9} {:>9} {:>9} {:>8}",
-        "conc",
-        "ours inf/s",
-        "p50 µs",
-        "p99 µs",
-        "cpu µs",
-        "user µs",
-        "py inf/s",
-        "p50 µs",
-        "p99 µs",
-        "cpu µs",
-        "user µs"
+        "{:>5} | {:>29} | {:>29} | {:>29}",
+        "conc", "ours", "tonic Channel", "python tritonclient"
+    );
+    println!(
+        "{:>5} | {:>8} {:>6} {:>6} {:>6} | {:>8} {:>6} {:>6} {:>6} | {:>8} {:>6} {:>6} {:>6}",
+        "",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs",
+        "inf/s",
+        "p50µs",
+        "p99µs",
+        "cpuµs"
     );
     let concs: Vec<usize> = std::env::var("BENCH_CONCS")
         .ok()
@@ -195,60 +261,67 @@ async fn run() {
         .unwrap_or_else(|| vec![1, 4, 16, 64]);
     let with_python = std::env::var("BENCH_PYTHON").map_or(true, |v| v != "0");
     for conc in concs {
-        let ours = run_ours(&url, conc, secs).await;
+        let ours = run_rust(Rust::ours(&url), conc, secs).await;
+        let tonic = run_rust(Rust::tonic(&url), conc, secs).await;
         let py = if with_python {
             run_python(&python, &url, conc, secs).await
         } else {
             Point::default()
         };
-        println!(
-            "{conc:>5} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>8.1} | {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>8.1}",
-            ours.infer_per_s,
-            ours.p50_us,
-            ours.p99_us,
-            ours.cpu_us_per_infer,
-            ours.user_us_per_infer,
-            py.infer_per_s,
-            py.p50_us,
-            py.p99_us,
-            py.cpu_us_per_infer,
-            py.user_us_per_infer
-        );
-        results.push((conc, ours, py));
+        let cell = |p: &Point| {
+            format!(
+                "{:>8.0} {:>6.0} {:>6.0} {:>6.1}",
+                p.infer_per_s, p.p50_us, p.p99_us, p.cpu_us_per_infer
+            )
+        };
+        println!("{conc:>5} | {} | {} | {}", cell(&ours), cell(&tonic), cell(&py));
+        results.push((conc, ours, tonic, py));
     }
-    // Client ceiling: both clients against an in-process no-op server.
-    let server = NoopServer::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("noop server");
     if !with_python && std::env::var("BENCH_NOOP").is_ok_and(|v| v == "0") {
         return;
     }
+    // Client ceiling: the clients against an in-process no-op server.
+    let server = NoopServer::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("noop server");
     let noop_conc = 16;
-    let ours_noop = run_ours(&server.url(), noop_conc, secs).await;
+    let ours_noop = run_rust(Rust::ours(&server.url()), noop_conc, secs).await;
+    let tonic_noop = run_rust(Rust::tonic(&server.url()), noop_conc, secs).await;
+    println!(
+        "no-op server, concurrency {noop_conc} (CPU incl. the in-process server): ours {:.0} inf/s {:.1} µs CPU/inf, tonic Channel {:.0} inf/s {:.1} µs CPU/inf",
+        ours_noop.infer_per_s, ours_noop.cpu_us_per_infer, tonic_noop.infer_per_s, tonic_noop.cpu_us_per_infer
+    );
     if !with_python {
-        println!(
-            "no-op server, concurrency {noop_conc}: ours {:.0} inf/s, {:.1} µs CPU/inf incl. the in-process server",
-            ours_noop.infer_per_s, ours_noop.cpu_us_per_infer
-        );
         return;
     }
     let py_noop = run_python(&python, &server.url(), noop_conc, secs).await;
     println!(
-        "no-op server, concurrency {noop_conc}: ours {:.0} inf/s (p50 {:.0} µs, {:.1} µs CPU/inf incl. the in-process server), python {:.0} inf/s ({:.1} µs CPU/inf)",
-        ours_noop.infer_per_s, ours_noop.p50_us, ours_noop.cpu_us_per_infer, py_noop.infer_per_s, py_noop.cpu_us_per_infer
+        "no-op server, concurrency {noop_conc}: python {:.0} inf/s ({:.1} µs CPU/inf)",
+        py_noop.infer_per_s, py_noop.cpu_us_per_infer
     );
-    for (conc, ours, py) in &results {
+    for (conc, ours, _, py) in &results {
         result_line(
             &format!("triton_client_cpu_us_c{conc}"),
             ours.cpu_us_per_infer,
+            "python_tritonclient",
             py.cpu_us_per_infer,
             1,
         );
     }
-    for (conc, ours, py) in &results {
+    for (conc, ours, tonic, _) in &results {
+        result_line(
+            &format!("triton_client_cpu_vs_tonic_c{conc}"),
+            ours.cpu_us_per_infer,
+            "tonic_channel",
+            tonic.cpu_us_per_infer,
+            1,
+        );
+    }
+    for (conc, ours, _, py) in &results {
         result_line(
             &format!("triton_infer_per_s_c{conc}"),
             ours.infer_per_s,
+            "python_tritonclient",
             py.infer_per_s,
             0,
         );
@@ -256,16 +329,17 @@ async fn run() {
     result_line(
         "triton_noop_server_infer_per_s",
         ours_noop.infer_per_s,
+        "python_tritonclient",
         py_noop.infer_per_s,
         0,
     );
 }
 
-/// `RESULT <name> ours=… baseline=python_tritonclient:… ratio=…` with
-/// `decimals` digits for the two values.
-fn result_line(name: &str, ours: f64, python: f64, decimals: usize) {
+/// `RESULT <name> ours=… baseline=<baseline>:… ratio=…` with `decimals`
+/// digits for the two values.
+fn result_line(name: &str, ours: f64, baseline: &str, theirs: f64, decimals: usize) {
     println!(
-        "RESULT {name} ours={ours:.decimals$} baseline=python_tritonclient:{python:.decimals$} ratio={:.3}",
-        ours / python.max(1e-9)
+        "RESULT {name} ours={ours:.decimals$} baseline={baseline}:{theirs:.decimals$} ratio={:.3}",
+        ours / theirs.max(1e-9)
     );
 }

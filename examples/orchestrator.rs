@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale::join::{ChildStatus, JoinPolicy};
-use agentscale::worker::{Handler, TaskContext, Worker};
-use agentscale::{Client, Error, Orchestrator, Output, Task, TaskQueue};
 use agentscale::queue::LocalQueue;
 use agentscale::state::local::{LocalJoinStore, LocalResultStore};
+use agentscale::worker::{Handler, TaskContext, Worker};
+use agentscale::{Client, Error, Orchestrator, Output, Task, TaskQueue};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 

@@ -2,33 +2,31 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale_core::{Error, Result, RpcCode};
+use http::uri::PathAndQuery;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
+use crate::errors::{status_to_call_error, CallError};
 use crate::pb;
-use crate::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::request::{InferRequest, InferResponse};
 use crate::stream::{InferStream, ResponseStream};
-use crate::transport::{Channel, ChannelConfig, Tls};
-use crate::unary::{UnaryChannel, UnaryConfig};
+use crate::tls::{tls_connector, TlsConfig};
+use crate::transport::{Channel, ChannelConfig};
 
-type Grpc = GrpcInferenceServiceClient<Channel>;
-
-/// A unary method of `GRPCInferenceService`: request, response and name.
-trait UnaryMethod: prost::Message {
-    type Response: prost::Message + Default;
-    const NAME: &'static str;
+/// A unary method of `GRPCInferenceService`: request, response and path.
+trait UnaryMethod: prost::Message + Send + Sync + 'static {
+    type Response: prost::Message + Default + Send + Sync + 'static;
+    const PATH: &'static str;
 }
 
 macro_rules! unary_methods {
     ($($name:ident: $req:ident => $resp:ident;)*) => {
         $(impl UnaryMethod for pb::$req {
             type Response = pb::$resp;
-            const NAME: &'static str = stringify!($name);
+            const PATH: &'static str = concat!("/inference.GRPCInferenceService/", stringify!($name));
         })*
     };
 }
@@ -47,100 +45,85 @@ unary_methods! {
     ModelInfer: ModelInferRequest => ModelInferResponse;
 }
 
-/// TLS settings (PEM). Without a CA, `https://` URLs cannot be verified, so
-/// `ca_pem` is required for TLS.
-#[derive(Clone, Default)]
-pub struct TlsConfig {
-    /// CA certificate(s) that sign the server's certificate.
-    pub ca_pem: Vec<u8>,
-    /// Server name to verify (default: the URL's host).
-    pub domain: Option<String>,
-    /// Client certificate and key for mutual TLS.
-    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfig")
-            .field("ca_pem_bytes", &self.ca_pem.len())
-            .field("domain", &self.domain)
-            .field(
-                "client_identity",
-                &self.client_identity.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-/// A rustls connector (ALPN `h2`) trusting `tls.ca_pem`, with the client
-/// identity for mutual TLS if given.
-fn tls_connector(tls: &TlsConfig, host: &str) -> Result<Tls> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let bad = |what: &str, e: &dyn std::fmt::Display| Error::InvalidConfig(format!("tls: {what}: {e}"));
-    if tls.ca_pem.is_empty() {
-        return Err(Error::InvalidConfig("tls: ca_pem is required".into()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    let mut found = 0;
-    for cert in CertificateDer::pem_slice_iter(&tls.ca_pem) {
-        let cert = cert.map_err(|e| bad("ca_pem", &e))?;
-        roots.add(cert).map_err(|e| bad("ca_pem", &e))?;
-        found += 1;
-    }
-    if found == 0 {
-        return Err(Error::InvalidConfig(
-            "tls: ca_pem holds no PEM certificate".into(),
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("protocol versions", &e))?
-        .with_root_certificates(roots);
-    let mut config = match &tls.client_identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| bad("client certificate", &e))?;
-            if chain.is_empty() {
-                return Err(Error::InvalidConfig(
-                    "tls: client certificate holds no PEM certificate".into(),
-                ));
-            }
-            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("client key", &e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| bad("client identity", &e))?
-        }
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = tls.domain.as_deref().unwrap_or(host);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    let server_name = ServerName::try_from(name.to_string()).map_err(|e| bad("server name", &e))?;
-    Ok(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        server_name,
-    })
-}
+const STREAM_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// Builds a [`TritonClient`]; see [`TritonClient::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TritonClientBuilder {
     url: String,
     tls: Option<TlsConfig>,
     headers: Vec<(String, String)>,
     gzip: bool,
     connect_timeout: Duration,
-    default_deadline: Option<Duration>,
+    default_deadline: Duration,
+    stream_deadline: Duration,
     keepalive: Option<(Duration, Duration)>,
     max_message_size: usize,
+    max_header_list_size: u32,
+    stream_buffer: usize,
 }
 
-/// Triton's default maximum gRPC message size (`INT32_MAX`), used instead of
-/// tonic's 4 MiB so large tensors pass.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = i32::MAX as usize;
+/// Header names shown in `Debug` output; every value is redacted (header
+/// values carry credentials such as `authorization: Bearer …`).
+struct RedactedHeaders<'a>(&'a [(AsciiMetadataKey, Redact)]);
+
+/// A header value that `Debug` never prints.
+#[derive(Clone)]
+pub(crate) struct Redact(pub(crate) AsciiMetadataValue);
+
+impl std::fmt::Debug for Redact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k.as_str(), v)))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TritonClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("TritonClientBuilder")
+            .field("url", &self.url)
+            .field("tls", &self.tls)
+            .field("header_names (values redacted)", &names)
+            .field("gzip", &self.gzip)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("default_deadline", &self.default_deadline)
+            .field("stream_deadline", &self.stream_deadline)
+            .field("keepalive", &self.keepalive)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_header_list_size", &self.max_header_list_size)
+            .field("stream_buffer", &self.stream_buffer)
+            .finish()
+    }
+}
+
+/// Default maximum gRPC message size in both directions (64 MiB). Raise it
+/// with [`TritonClientBuilder::max_message_size`] for larger tensors.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Default limit on a response's decoded header list (16 KiB), enforced by
+/// h2 while decoding HPACK, so a small header block cannot expand past it.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Default deadline of a unary call that sets none (30 s), covering the
+/// wait for a connection and a stream slot as well as the answer.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Default deadline of a streamed request that sets none (10 min, for long
+/// generations): it bounds the whole response stream.
+pub const DEFAULT_STREAM_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Default number of responses buffered per streamed request before the
+/// stream stops reading from the server (HTTP/2 flow control then slows the
+/// server down).
+pub const DEFAULT_STREAM_BUFFER: usize = 16;
 
 /// Default HTTP/2 keepalive: a ping every 5 min 10 s, only while calls are
 /// open. Triton's defaults punish pings more often than every 5 min without
@@ -149,6 +132,8 @@ pub const DEFAULT_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(310), D
 
 impl TritonClientBuilder {
     /// Adds a header sent with every call (for example `authorization`).
+    /// Values never appear in `Debug` output and are sent HPACK
+    /// never-indexed.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((key.into().to_ascii_lowercase(), value.into()));
         self
@@ -166,7 +151,8 @@ impl TritonClientBuilder {
         self
     }
 
-    /// Gzip-compresses requests and accepts gzip responses.
+    /// Gzip-compresses requests and accepts gzip responses (inflated output
+    /// is capped at the message size limit).
     pub fn gzip(mut self, enabled: bool) -> Self {
         self.gzip = enabled;
         self
@@ -178,9 +164,16 @@ impl TritonClientBuilder {
         self
     }
 
-    /// Deadline for calls that set none (default: none).
+    /// Deadline for unary calls that set none (default [`DEFAULT_DEADLINE`]).
     pub fn default_deadline(mut self, deadline: Duration) -> Self {
-        self.default_deadline = Some(deadline);
+        self.default_deadline = deadline;
+        self
+    }
+
+    /// Deadline for streamed requests that set none (default
+    /// [`DEFAULT_STREAM_DEADLINE`]).
+    pub fn stream_deadline(mut self, deadline: Duration) -> Self {
+        self.stream_deadline = deadline;
         self
     }
 
@@ -191,9 +184,25 @@ impl TritonClientBuilder {
         self
     }
 
-    /// Maximum message size in both directions (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
+    /// Maximum message size in both directions (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`]). A response whose length prefix is
+    /// larger is refused before it is buffered.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Maximum decoded size of a response's header list (default
+    /// [`DEFAULT_MAX_HEADER_LIST_SIZE`]).
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.max_header_list_size = bytes;
+        self
+    }
+
+    /// Responses buffered per streamed request (default
+    /// [`DEFAULT_STREAM_BUFFER`]); when full, the stream stops reading.
+    pub fn stream_buffer(mut self, responses: usize) -> Self {
+        self.stream_buffer = responses;
         self
     }
 
@@ -215,8 +224,16 @@ impl TritonClientBuilder {
                 "triton url '{url}': use https:// together with .tls(...), http:// without"
             )));
         }
-        if self.max_message_size == 0 {
-            return Err(Error::InvalidConfig("max_message_size must be positive".into()));
+        if self.max_message_size == 0 || self.max_header_list_size == 0 || self.stream_buffer == 0 {
+            return Err(Error::InvalidConfig(
+                "max_message_size, max_header_list_size and stream_buffer must be positive".into(),
+            ));
+        }
+        if self.default_deadline.is_zero() || self.stream_deadline.is_zero() || self.connect_timeout.is_zero()
+        {
+            return Err(Error::InvalidConfig(
+                "default_deadline, stream_deadline and connect_timeout must be positive".into(),
+            ));
         }
         let origin: http::Uri = url
             .parse()
@@ -240,24 +257,19 @@ impl TritonClientBuilder {
             let key = AsciiMetadataKey::from_str(k).map_err(|_| {
                 Error::InvalidConfig(format!("header name '{k}' is not a valid gRPC metadata key"))
             })?;
-            let val = AsciiMetadataValue::from_str(v)
+            let mut val = AsciiMetadataValue::from_str(v)
                 .map_err(|_| Error::InvalidConfig(format!("header '{k}': value is not printable ASCII")))?;
-            headers.push((key, val));
+            val.set_sensitive(true);
+            headers.push((key, Redact(val)));
         }
-        let config = ChannelConfig {
+        let channel = Channel::new(ChannelConfig {
             origin,
             tls,
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,
-        };
-        let unary = UnaryChannel::new(UnaryConfig {
-            channel: config.clone(),
-            headers: self.headers.clone(),
-            gzip: self.gzip,
-            max_message_size: self.max_message_size,
+            max_header_list_size: self.max_header_list_size,
         });
-        let channel = Channel::new(config);
-        let mut grpc = GrpcInferenceServiceClient::new(channel)
+        let mut grpc = tonic::client::Grpc::new(channel.clone())
             .max_decoding_message_size(self.max_message_size)
             .max_encoding_message_size(self.max_message_size);
         if self.gzip {
@@ -267,9 +279,13 @@ impl TritonClientBuilder {
         }
         Ok(TritonClient {
             grpc,
-            unary,
+            channel,
             headers,
             default_deadline: self.default_deadline,
+            stream_deadline: self.stream_deadline,
+            max_message_size: self.max_message_size,
+            stream_buffer: self.stream_buffer,
+            gzip: self.gzip,
             url,
         })
     }
@@ -277,96 +293,40 @@ impl TritonClientBuilder {
 
 /// A client for one Triton server (KServe v2 gRPC protocol).
 ///
-/// Cheap to clone (all clones share one HTTP/2 connection for unary calls,
-/// and one more opened when a stream is first used); use it from many
-/// tasks at once. Errors: a gRPC status becomes [`Error::Rpc`] with the code
-/// and Triton's message (an unknown model is `Rpc { code: NotFound | InvalidArgument | Unavailable, .. }`
-/// depending on the Triton version), an expired deadline [`Error::Timeout`],
-/// a failed connection [`Error::Unavailable`], and a tensor that does not
-/// match its shape or datatype [`Error::InvalidInput`] before anything is sent.
-#[derive(Debug, Clone)]
+/// Cheap to clone (all clones share one HTTP/2 connection); use it from
+/// many tasks at once. Every call has a deadline (its own, else the
+/// client's default). Errors: a gRPC status becomes [`Error::Rpc`] with the
+/// code and Triton's message (an unknown model is `Rpc { code: NotFound |
+/// InvalidArgument | Unavailable, .. }` depending on the Triton version), an
+/// expired deadline [`Error::Timeout`], a failed or broken connection
+/// [`Error::Unavailable`], a response over the size limit `Rpc {
+/// code: ResourceExhausted, .. }`, and a tensor that does not match its
+/// shape or datatype (or a request over the size limit)
+/// [`Error::InvalidInput`] before anything is sent.
+#[derive(Clone)]
 pub struct TritonClient {
-    /// Streaming calls and [`TritonClient::raw_grpc`] (h2; connects on first use).
-    grpc: Grpc,
-    /// Every unary call.
-    unary: UnaryChannel,
-    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
-    default_deadline: Option<Duration>,
+    grpc: tonic::client::Grpc<Channel>,
+    #[cfg_attr(not(feature = "raw"), allow(dead_code))]
+    channel: Channel,
+    headers: Vec<(AsciiMetadataKey, Redact)>,
+    default_deadline: Duration,
+    stream_deadline: Duration,
+    max_message_size: usize,
+    pub(crate) stream_buffer: usize,
+    gzip: bool,
     url: String,
 }
 
-/// An error with whether repeating the call elsewhere is safe (the request
-/// never reached a server).
-#[derive(Debug)]
-pub(crate) struct CallError {
-    pub(crate) error: Error,
-    pub(crate) retry_safe: bool,
-}
-
-impl From<Error> for CallError {
-    fn from(error: Error) -> Self {
-        CallError {
-            error,
-            retry_safe: false,
-        }
-    }
-}
-
-/// Whether a transport error happened while connecting (nothing was sent).
-fn is_connect_failure(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        let s = e.to_string();
-        if s.contains("tcp connect error") || s.contains("dns error") || s.contains("Connection refused") {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// An error and its sources, joined by `": "`.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        chain.push_str(": ");
-        chain.push_str(&e.to_string());
-        cur = e.source();
-    }
-    chain
-}
-
-pub(crate) fn status_to_call_error(s: tonic::Status, what: &str) -> CallError {
-    if let Some(src) = std::error::Error::source(&s) {
-        let connect = is_connect_failure(src);
-        return CallError {
-            error: Error::Unavailable {
-                message: format!("{what}: {}: {}", s.message(), error_chain(src)),
-                source: None,
-            },
-            retry_safe: connect,
-        };
-    }
-    let code = RpcCode::from_i32(s.code() as i32);
-    let error = match code {
-        RpcCode::DeadlineExceeded => Error::Timeout(format!("{what}: {}", s.message())),
-        _ => Error::Rpc {
-            code,
-            message: s.message().to_string(),
-        },
-    };
-    CallError {
-        error,
-        retry_safe: false,
+impl std::fmt::Debug for TritonClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TritonClient")
+            .field("url", &self.url)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("default_deadline", &self.default_deadline)
+            .field("stream_deadline", &self.stream_deadline)
+            .field("max_message_size", &self.max_message_size)
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
     }
 }
 
@@ -380,9 +340,12 @@ impl TritonClient {
             headers: Vec::new(),
             gzip: false,
             connect_timeout: Duration::from_secs(5),
-            default_deadline: None,
+            default_deadline: DEFAULT_DEADLINE,
+            stream_deadline: DEFAULT_STREAM_DEADLINE,
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            stream_buffer: DEFAULT_STREAM_BUFFER,
         }
     }
 
@@ -396,47 +359,110 @@ impl TritonClient {
         &self.url
     }
 
-    /// The generated tonic client (escape hatch for calls this type does not wrap).
-    pub fn raw_grpc(&self) -> GrpcInferenceServiceClient<Channel> {
-        self.grpc.clone()
+    /// The generated tonic client on this client's connection, with the
+    /// same message size limits and compression (an escape hatch for calls
+    /// this type does not wrap). Headers and deadlines are not added: set
+    /// them on each `tonic::Request`.
+    #[cfg(feature = "raw")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "raw")))]
+    pub fn raw_grpc(&self) -> pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel> {
+        let mut c = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_message_size)
+            .max_encoding_message_size(self.max_message_size);
+        if self.gzip {
+            c = c
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        c
     }
 
-    pub(crate) fn request<T>(&self, msg: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    /// A request carrying the client's headers and the deadline as
+    /// `grpc-timeout`.
+    fn request<T>(&self, msg: T, deadline: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         for (k, v) in &self.headers {
-            req.metadata_mut().insert(k.clone(), v.clone());
+            req.metadata_mut().insert(k.clone(), v.0.clone());
         }
-        if let Some(d) = deadline.or(self.default_deadline) {
-            req.set_timeout(d);
-        }
+        req.set_timeout(deadline);
         req
     }
 
-    pub(crate) fn deadline(&self, d: Option<Duration>) -> Option<Duration> {
-        d.or(self.default_deadline)
+    /// The deadline of a unary call.
+    pub(crate) fn deadline(&self, d: Option<Duration>) -> Duration {
+        d.unwrap_or(self.default_deadline)
     }
 
-    /// One unary call of `GRPCInferenceService/<method>` on the lean
-    /// transport ([`crate::unary`]), bounded by the call's deadline.
+    /// The deadline of a streamed request.
+    pub(crate) fn stream_deadline(&self, d: Option<Duration>) -> Duration {
+        d.unwrap_or(self.stream_deadline)
+    }
+
+    /// Refuses a message over the size limit before anything is sent.
+    pub(crate) fn check_size(&self, msg: &impl prost::Message, what: &str) -> Result<()> {
+        let len = msg.encoded_len();
+        if len > self.max_message_size {
+            return Err(Error::InvalidInput(format!(
+                "{what}: request of {len} bytes exceeds max_message_size {}",
+                self.max_message_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens `ModelStreamInfer` with `requests` as the request stream.
+    pub(crate) async fn open_stream<S>(
+        &self,
+        requests: S,
+    ) -> std::result::Result<tonic::Streaming<pb::ModelStreamInferResponse>, tonic::Status>
+    where
+        S: futures::Stream<Item = pb::ModelInferRequest> + Send + 'static,
+    {
+        let mut req = tonic::Request::new(requests);
+        for (k, v) in &self.headers {
+            req.metadata_mut().insert(k.clone(), v.0.clone());
+        }
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("ModelStreamInfer: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<pb::ModelInferRequest, pb::ModelStreamInferResponse>::default();
+        grpc.streaming(req, PathAndQuery::from_static(STREAM_PATH), codec)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One unary call of `GRPCInferenceService/<method>`, bounded by the
+    /// call's deadline (connecting and waiting for a stream slot included).
     async fn unary<Req: UnaryMethod>(
         &self,
         msg: Req,
         deadline: Option<Duration>,
     ) -> std::result::Result<Req::Response, CallError> {
-        let method = Req::NAME;
-        let deadline = self.deadline(deadline);
-        let fut = self.unary.call(method, &msg, deadline);
-        let Some(d) = deadline else { return fut.await };
+        let method = Req::PATH.rsplit('/').next().unwrap_or(Req::PATH);
+        self.check_size(&msg, method)?;
+        let d = self.deadline(deadline);
+        let req = self.request(msg, d);
+        let mut grpc = self.grpc.clone();
+        let fut = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{method}: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<Req, Req::Response>::default();
+            grpc.unary(req, PathAndQuery::from_static(Req::PATH), codec).await
+        };
         let start = tokio::time::Instant::now();
         let expired = || CallError {
             error: Error::Timeout(format!("{method}: deadline of {d:?} expired")),
             retry_safe: false,
         };
         match tokio::time::timeout(d, fut).await {
-            // The server enforces `grpc-timeout` too, and a server that
-            // answers CANCELLED (tonic does) may beat our own timer.
             Err(_) => Err(expired()),
-            Ok(Err(e))
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => {
+                let e = status_to_call_error(s, method);
+                // The server enforces `grpc-timeout` too, and a server that
+                // answers CANCELLED (tonic does) may beat our own timer.
                 if start.elapsed() >= d
                     && matches!(
                         e.error,
@@ -444,11 +470,12 @@ impl TritonClient {
                             code: RpcCode::Cancelled,
                             ..
                         }
-                    ) =>
-            {
-                Err(expired())
+                    )
+                {
+                    return Err(expired());
+                }
+                Err(e)
             }
-            Ok(r) => r,
         }
     }
 
@@ -517,6 +544,8 @@ impl TritonClient {
     }
 
     /// A model's configuration (the protocol message; see [`pb::ModelConfig`]).
+    #[cfg(feature = "raw")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "raw")))]
     pub async fn model_config(&self, model: &str, version: &str) -> Result<pb::ModelConfig> {
         let msg = pb::ModelConfigRequest {
             name: model.into(),
@@ -533,6 +562,8 @@ impl TritonClient {
     }
 
     /// Inference statistics of one model (`model` empty: all models).
+    #[cfg(feature = "raw")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "raw")))]
     pub async fn model_statistics(&self, model: &str, version: &str) -> Result<Vec<pb::ModelStatistics>> {
         let msg = pb::ModelStatisticsRequest {
             name: model.into(),

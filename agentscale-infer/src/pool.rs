@@ -9,7 +9,8 @@ use agentscale_core::{Error, Result, RpcCode};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{CallError, TritonClient};
+use crate::client::TritonClient;
+use crate::errors::CallError;
 use crate::request::{InferRequest, InferResponse};
 use crate::stream::ResponseStream;
 

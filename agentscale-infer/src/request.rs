@@ -349,7 +349,12 @@ impl InferResponse {
             } else {
                 contents_to_raw(datatype, o.contents.unwrap_or_default())
             };
-            outputs.push(Tensor::from_raw(o.name, datatype, o.shape, data));
+            let t = Tensor::from_raw(o.name, datatype, o.shape, data);
+            t.validate().map_err(|e| Error::Backend {
+                message: format!("malformed response from the server: {e}"),
+                source: None,
+            })?;
+            outputs.push(t);
         }
         Ok(InferResponse {
             model_name: r.model_name,
@@ -358,6 +363,18 @@ impl InferResponse {
             parameters,
             outputs,
         })
+    }
+}
+
+#[cfg(feature = "raw")]
+#[cfg_attr(docsrs, doc(cfg(feature = "raw")))]
+impl TryFrom<pb::ModelInferResponse> for InferResponse {
+    type Error = Error;
+
+    /// Converts a protocol response, checking every output against its
+    /// shape and datatype (a malformed one is [`Error::Backend`]).
+    fn try_from(r: pb::ModelInferResponse) -> Result<InferResponse> {
+        InferResponse::from_pb(r)
     }
 }
 

@@ -1,19 +1,18 @@
 //! The HTTP/2 transport under [`TritonClient`](crate::TritonClient): one
-//! h2 connection per client, driven by one task, with requests written
-//! straight onto it from the calling task.
+//! [`h2`] connection per client, driven by one task, with requests written
+//! straight onto it from the calling task. Every call — unary, streaming,
+//! admin — runs on it through tonic's generated gRPC client and codec; no
+//! frame is parsed or written here, h2 does all of HTTP/2 (HPACK, flow
+//! control, SETTINGS, PING, GOAWAY) and enforces the limits set below.
 //!
-//! tonic's `Channel` puts a `tower::buffer` worker task and hyper's
+//! tonic's own `Channel` puts a `tower::buffer` worker task and hyper's
 //! dispatch task between the caller and the connection, and hyper pipes
-//! every request body through another spawned task, so a unary call's
-//! HEADERS and DATA frames leave in two writes after four task hand-offs.
-//! Here a unary call encodes its body in the calling task (tonic's encoder
-//! is ready at once for a single message), hands HEADERS and DATA to h2
-//! together, and the connection task writes them in one go. Streaming
-//! request bodies (`ModelStreamInfer`) are piped by a task per call, with
-//! flow-control backpressure; dropping the response cancels the stream.
-//!
-//! gRPC framing, status, metadata and compression stay tonic's (the
-//! generated client runs over [`Channel`] as its `GrpcService`).
+//! every request body through another spawned task. Here a unary call
+//! encodes its body in the calling task (tonic's encoder is ready at once
+//! for a single message) and hands HEADERS and DATA to h2 together.
+//! Streaming request bodies (`ModelStreamInfer`) are piped by a task per
+//! call, with flow-control backpressure; dropping the response cancels the
+//! stream.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -35,9 +34,11 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// hyper's client defaults: a 2 MiB stream window and a 5 MiB connection
 /// window, so large tensors do not wait on WINDOW_UPDATE round trips.
-pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-pub(crate) const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
-pub(crate) const USER_AGENT: &str = concat!("agentscale-infer/", env!("CARGO_PKG_VERSION"));
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// How often a refused, fully buffered request is sent again.
+const MAX_REFUSALS: u32 = 3;
+const USER_AGENT: &str = concat!("agentscale-infer/", env!("CARGO_PKG_VERSION"));
 
 /// TLS for a [`Channel`]: a rustls connector (ALPN `h2`) and the server name.
 #[derive(Clone)]
@@ -55,6 +56,9 @@ pub(crate) struct ChannelConfig {
     pub(crate) connect_timeout: Duration,
     /// Ping interval and ack timeout; pings are sent only while calls are open.
     pub(crate) keepalive: Option<(Duration, Duration)>,
+    /// Largest decoded response header list h2 accepts (HPACK output, not
+    /// the encoded block).
+    pub(crate) max_header_list_size: u32,
 }
 
 /// The HTTP/2 channel the generated gRPC client runs on; cheap to clone
@@ -92,16 +96,34 @@ struct Conn {
 
 /// An error of the transport itself (the server's answers are gRPC statuses).
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}")]
 pub(crate) struct TransportError {
     what: &'static str,
+    /// Failed while connecting: nothing of the call was sent.
+    connecting: bool,
     #[source]
     source: BoxError,
+}
+
+impl TransportError {
+    /// Whether the call failed before any of it was sent.
+    pub(crate) fn before_sending(&self) -> bool {
+        self.connecting
+    }
 }
 
 fn transport(what: &'static str, source: impl Into<BoxError>) -> BoxError {
     Box::new(TransportError {
         what,
+        connecting: false,
+        source: source.into(),
+    })
+}
+
+fn connecting(what: &'static str, source: impl Into<BoxError>) -> BoxError {
+    Box::new(TransportError {
+        what,
+        connecting: true,
         source: source.into(),
     })
 }
@@ -147,7 +169,7 @@ impl Channel {
                 Err(e) => {
                     forget(&self.shared, conn.id);
                     if retried {
-                        return Err(transport("http2 connection closed", e));
+                        return Err(connecting("http2 connection closed", e));
                     }
                     retried = true;
                 }
@@ -196,36 +218,54 @@ impl Channel {
             }
         }
 
-        let conn = self.ready().await?;
-        let active = ActiveGuard::new(&conn.active);
-        let mut tx = conn.tx;
-        let head = http::Request::from_parts(parts, ());
-        let end_now = ended && data.is_empty() && trailers.is_none();
-        let (response, mut stream) = match tx.send_request(head, end_now) {
-            Ok(r) => r,
-            Err(e) => {
-                forget(&self.shared, conn.id);
-                return Err(transport("http2 send", e));
+        // A fully buffered request the server did not process (see
+        // `not_processed`) is sent again on a new stream, a few times.
+        let mut refusals = 0;
+        let (response, active, cancel) = loop {
+            let conn = self.ready().await?;
+            let active = ActiveGuard::new(&conn.active);
+            let mut tx = conn.tx;
+            let mut head = http::Request::new(());
+            *head.method_mut() = parts.method.clone();
+            *head.uri_mut() = parts.uri.clone();
+            *head.version_mut() = parts.version;
+            *head.headers_mut() = parts.headers.clone();
+            let end_now = ended && data.is_empty() && trailers.is_none();
+            let (response, mut stream) = match tx.send_request(head, end_now) {
+                Ok(r) => r,
+                Err(e) => {
+                    forget(&self.shared, conn.id);
+                    return Err(connecting("http2 send", e));
+                }
+            };
+            let count = data.len();
+            for (i, d) in data.iter().enumerate() {
+                let last = ended && trailers.is_none() && i + 1 == count;
+                stream
+                    .send_data(d.clone(), last)
+                    .map_err(|e| transport("http2 send", e))?;
+            }
+            if !ended {
+                let (cancel_tx, cancel_rx) = oneshot::channel();
+                let body = std::mem::take(&mut body);
+                tokio::spawn(pipe(body, stream, cancel_rx));
+                let response = response.await.map_err(|e| transport("http2 response", e))?;
+                break (response, active, Some(cancel_tx));
+            }
+            if let Some(t) = &trailers {
+                stream
+                    .send_trailers(t.clone())
+                    .map_err(|e| transport("http2 send", e))?;
+            }
+            match response.await {
+                Ok(r) => break (r, active, None),
+                Err(e) if not_processed(&e) && refusals < MAX_REFUSALS => {
+                    refusals += 1;
+                    tracing::debug!(error = %e, "triton server did not process a call; sending it again");
+                }
+                Err(e) => return Err(transport("http2 response", e)),
             }
         };
-        let count = data.len();
-        for (i, d) in data.into_iter().enumerate() {
-            let last = ended && trailers.is_none() && i + 1 == count;
-            stream
-                .send_data(d, last)
-                .map_err(|e| transport("http2 send", e))?;
-        }
-        let cancel = if ended {
-            if let Some(t) = trailers {
-                stream.send_trailers(t).map_err(|e| transport("http2 send", e))?;
-            }
-            None
-        } else {
-            let (cancel_tx, cancel_rx) = oneshot::channel();
-            tokio::spawn(pipe(body, stream, cancel_rx));
-            Some(cancel_tx)
-        };
-        let response = response.await.map_err(|e| transport("http2 response", e))?;
         let (parts, recv) = response.into_parts();
         Ok(http::Response::from_parts(
             parts,
@@ -255,6 +295,16 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     }
 }
 
+/// Whether the server says it did not process the stream: REFUSED_STREAM
+/// (for example above a stream limit it had not announced yet), or a
+/// graceful GOAWAY (NO_ERROR) whose last stream id is below this one — h2
+/// fails only those streams with the GOAWAY itself.
+fn not_processed(e: &h2::Error) -> bool {
+    e.is_remote()
+        && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+}
+
 /// Forgets connection `id` if it is still the current one.
 fn forget(shared: &Shared, id: u64) {
     let mut conn = shared.conn.lock();
@@ -264,12 +314,12 @@ fn forget(shared: &Shared, id: u64) {
 }
 
 /// A connected byte stream: plain TCP or TLS over TCP.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Opens a TCP connection (TCP_NODELAY) to the configured origin, with the
 /// TLS handshake (ALPN `h2` required) when TLS is configured.
-pub(crate) async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError> {
+async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError> {
     let host = config.origin.host().unwrap_or("localhost");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = config
@@ -278,9 +328,9 @@ pub(crate) async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError
         .unwrap_or(if config.tls.is_some() { 443 } else { 80 });
     let tcp = match tokio::time::timeout(config.connect_timeout, TcpStream::connect((host, port))).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(transport("tcp connect error", e)),
+        Ok(Err(e)) => return Err(connecting("tcp connect error", e)),
         Err(_) => {
-            return Err(transport(
+            return Err(connecting(
                 "tcp connect error",
                 io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -290,7 +340,7 @@ pub(crate) async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError
         }
     };
     tcp.set_nodelay(true)
-        .map_err(|e| transport("tcp connect error", e))?;
+        .map_err(|e| connecting("tcp connect error", e))?;
     match &config.tls {
         None => Ok(Box::new(tcp)),
         Some(tls) => {
@@ -299,10 +349,10 @@ pub(crate) async fn dial(config: &ChannelConfig) -> Result<Box<dyn Io>, BoxError
                 tls.connector.connect(tls.server_name.clone(), tcp),
             )
             .await
-            .map_err(|_| transport("tls handshake", "timed out"))?
-            .map_err(|e| transport("tls handshake", e))?;
+            .map_err(|_| connecting("tls handshake", "timed out"))?
+            .map_err(|e| connecting("tls handshake", e))?;
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err(transport(
+                return Err(connecting(
                     "tls handshake",
                     "the server did not agree to HTTP/2 (ALPN h2)",
                 ));
@@ -325,9 +375,10 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .enable_push(false)
+        .max_header_list_size(shared.config.max_header_list_size)
         .handshake::<T, Bytes>(io)
         .await
-        .map_err(|e| transport("http2 handshake", e))?;
+        .map_err(|e| connecting("http2 handshake", e))?;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let active = Arc::new(AtomicUsize::new(0));
     let ping = connection.ping_pong();

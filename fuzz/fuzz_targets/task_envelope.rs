@@ -1,0 +1,7 @@
+//! The task envelope decoder (see `checks::task_envelope`).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| checks::task_envelope(input));

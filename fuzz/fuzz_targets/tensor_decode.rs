@@ -1,0 +1,7 @@
+//! Tensor decoding for every datatype (see `checks::tensor_decode`).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| checks::tensor_decode(input));
