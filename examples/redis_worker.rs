@@ -28,7 +28,7 @@ use std::time::Duration;
 use agentscale::config::{ConfigLoader, Secret};
 use agentscale::metrics::{Exporter, Metrics};
 use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
-use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
+use agentscale::worker::{shutdown_signal, Backoff, Handler, TaskContext, Worker};
 use agentscale::{Error, Output, Priority, Task, TaskQueue};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -115,28 +115,6 @@ fn config(s: &Settings) -> RedisQueueConfig {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let queue = s.queue.clone().unwrap_or_else(|| "agents".into());
     RedisQueueConfig::new(url, queue).with_lease_timeout(Duration::from_secs(30))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[tokio::main]

@@ -62,7 +62,7 @@
 //!     serverAddress: http://prometheus.monitoring:9090
 //!     query: max(agentscale_task_queue_depth{queue="agent-tasks"})
 //!     threshold: "32"
-//!     activationThreshold: "1"   # scale from zero on the first task
+//!     activationThreshold: "1"   # wake from zero on the first ready task (delayed retries are not counted)
 //! ```
 //!
 //! Point the liveness probe at `/healthz` and the readiness probe at

@@ -68,9 +68,11 @@
 //!   id, kind, session id, tenant, attempt and W3C `traceparent`.
 
 mod backoff;
+mod signal;
 mod stats;
 
 pub use backoff::Backoff;
+pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
 use std::any::Any;
