@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use agentscale::config::{ConfigLoader, Secret};
 use agentscale::metrics::{Exporter, Metrics};
+use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale::worker::{Backoff, Handler, TaskContext, Worker};
 use agentscale::{Error, Priority, Task, TaskQueue};
-use agentscale::queue::redis::{RedisQueue, RedisQueueConfig};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 

@@ -78,8 +78,11 @@ struct Applied<T> {
 }
 
 fn decode<T: DeserializeOwned>(key: &SessionKey, data: &[u8]) -> Result<T> {
-    serde_json::from_slice(data)
-        .map_err(|e| Error::InvalidInput(format!("session {key:?}: stored state is not the expected JSON: {e}")))
+    serde_json::from_slice(data).map_err(|e| {
+        Error::InvalidInput(format!(
+            "session {key:?}: stored state is not the expected JSON: {e}"
+        ))
+    })
 }
 
 fn encode<T: Serialize>(key: &SessionKey, value: &T) -> Result<Bytes> {
@@ -169,13 +172,21 @@ pub trait SessionStoreExt: SessionStore {
 
     /// [`apply_once`](Self::apply_once) remembering the last `remember` task
     /// ids (at least 1).
-    async fn apply_once_with<T, F>(&self, key: &SessionKey, task: &TaskId, remember: usize, mut f: F) -> Result<Updated<T>>
+    async fn apply_once_with<T, F>(
+        &self,
+        key: &SessionKey,
+        task: &TaskId,
+        remember: usize,
+        mut f: F,
+    ) -> Result<Updated<T>>
     where
         T: Serialize + DeserializeOwned + Send,
         F: FnMut(Option<T>) -> Result<T> + Send,
     {
         if remember == 0 {
-            return Err(Error::InvalidInput("apply_once: remember at least one task id".into()));
+            return Err(Error::InvalidInput(
+                "apply_once: remember at least one task id".into(),
+            ));
         }
         let id = task.as_str();
         let mut conflicts = 0;
@@ -292,8 +303,11 @@ pub trait ToolCacheExt: ToolCache {
         Fut: Future<Output = Result<T>> + Send,
     {
         let decode = |bytes: &[u8]| -> Result<T> {
-            serde_json::from_slice(bytes)
-                .map_err(|e| Error::InvalidInput(format!("tool cache {key:?}: cached value is not the expected JSON: {e}")))
+            serde_json::from_slice(bytes).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "tool cache {key:?}: cached value is not the expected JSON: {e}"
+                ))
+            })
         };
         let outcome = if let Some(bytes) = self.get(key).await? {
             Cached {

@@ -110,7 +110,10 @@ impl Collector for AgentscaleCollector {
         for o in [CacheOutcome::Hit, CacheOutcome::Miss, CacheOutcome::Coalesced] {
             tools
                 .encode_family(&[("outcome", o.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&v.tool_cache[super::tool_cache_index(o)].load(Ordering::Relaxed), None)?;
+                .encode_counter::<NoLabelSet, _, u64>(
+                    &v.tool_cache[super::tool_cache_index(o)].load(Ordering::Relaxed),
+                    None,
+                )?;
         }
 
         let mut cumulative = 0u64;
