@@ -1,10 +1,11 @@
-//! Long-term memory search: pgvector (HNSW) recall and latency, against an
-//! exact scan and against the same SQL sent through the raw driver, in one
-//! run.
+//! Long-term memory search: the in-process HNSW index (`Index::Hnsw`) and
+//! pgvector (HNSW) recall and speed, against an exact scan and against the
+//! same SQL sent through the raw driver, in one run.
 //!
 //! ```text
+//! cargo run --release -p agentscale-benches --example bench_memory           # ANN part only
 //! eval "$(AGENTSCALE_SERVICES=pgvector scripts/dev-services up)"
-//! cargo run --release -p agentscale-examples --example bench_memory -- --n 20000
+//! cargo run --release -p agentscale-benches --example bench_memory -- --n 20000
 //! ```
 //!
 //! Data: `n` vectors of `dim` dimensions around `clusters` random centres
@@ -12,6 +13,12 @@
 //! clusters. Ground truth is the in-process exact scan (`LocalMemoryStore`,
 //! `Index::Exact`), whose queries per second are printed too.
 //!
+//! * `memory_ann_recall_at_10`: mean recall@k of `LocalMemoryStore` with
+//!   `Index::Hnsw` (`--m`, `--ef-construction`, `--ef-search`) against the
+//!   exact top-k.
+//! * `memory_ann_qps`: searches per second through `MemoryStore::search`,
+//!   HNSW against the exact scan (`Index::Exact`), one thread each; the two
+//!   alternate in rounds and each side's figure is the median over rounds.
 //! * `pgvector_recall_at_10`: mean recall@k of `PgVectorMemoryStore::search`
 //!   (HNSW, `--ef-search`) against the exact top-k.
 //! * `pgvector_search_p50_us`: median latency of one search through our store
@@ -24,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentscale_core::{Filter, MemoryRecord, MemoryStore, Metric, Namespace};
-use agentscale_state::local::LocalMemoryStore;
+use agentscale_state::local::{Index, LocalMemoryStore};
 use agentscale_state::pgvector::{PgVectorConfig, PgVectorMemoryStore};
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -57,6 +64,18 @@ struct Args {
     /// Searches per side per round.
     #[arg(long, default_value_t = 200)]
     round: usize,
+    /// In-process HNSW: links per node.
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    /// In-process HNSW: ef_construction.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// In-process HNSW: ef_search.
+    #[arg(long, default_value_t = 128)]
+    ann_ef_search: usize,
+    /// Exact-scan searches per QPS round (the ANN side runs `--round`).
+    #[arg(long, default_value_t = 20)]
+    exact_round: usize,
     /// PostgreSQL URL (default: $AGENTSCALE_PGVECTOR_URL).
     #[arg(long)]
     pg_url: Option<String>,
@@ -82,8 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = args
         .pg_url
         .clone()
-        .or_else(|| std::env::var("AGENTSCALE_PGVECTOR_URL").ok())
-        .ok_or("set --pg-url or AGENTSCALE_PGVECTOR_URL (scripts/dev-services up)")?;
+        .or_else(|| std::env::var("AGENTSCALE_PGVECTOR_URL").ok());
     let mut rng = StdRng::seed_from_u64(42);
     let centres: Vec<Vec<f32>> = (0..args.clusters)
         .map(|_| (0..args.dim).map(|_| gaussian(&mut rng)).collect())
@@ -114,6 +132,97 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exact_qps = queries.len() as f64 / t.elapsed().as_secs_f64();
     println!("exact scan: {exact_qps:.1} queries/s");
 
+    let ann_results = ann(&args, &records, &queries, &truth, &exact, &ns).await?;
+
+    let pg_results = match url {
+        Some(url) => Some(pgvector_part(&args, url, &records, &queries, &truth, &ns).await?),
+        None => {
+            println!("pgvector: skipped (set --pg-url or AGENTSCALE_PGVECTOR_URL, e.g. via scripts/dev-services up)");
+            None
+        }
+    };
+
+    let (recall, ours_qps, exact_qps) = ann_results;
+    println!("RESULT memory_ann_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
+    println!(
+        "RESULT memory_ann_qps ours={ours_qps:.1} baseline=exact_scan:{exact_qps:.1} ratio={:.1}",
+        ours_qps / exact_qps
+    );
+    if let Some((recall, ours, base)) = pg_results {
+        println!("RESULT pgvector_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
+        println!(
+            "RESULT pgvector_search_p50_us ours={ours:.1} baseline=raw_sql:{base:.1} ratio={:.3}",
+            ours / base
+        );
+    }
+    Ok(())
+}
+
+/// Recall of the in-process HNSW store, then queries/s of it and of the exact
+/// store, alternating rounds; medians over rounds.
+async fn ann(
+    args: &Args,
+    records: &[MemoryRecord],
+    queries: &[Vec<f32>],
+    truth: &[Vec<String>],
+    exact: &LocalMemoryStore,
+    ns: &Namespace,
+) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+    let store = LocalMemoryStore::builder()
+        .dimensions(args.dim)
+        .metric(Metric::Cosine)
+        .index(Index::Hnsw {
+            m: args.m,
+            ef_construction: args.ef_construction,
+            ef_search: args.ann_ef_search,
+        })
+        .build()?;
+    let t = Instant::now();
+    for chunk in records.chunks(10_000) {
+        store.upsert(ns, chunk.to_vec()).await?;
+    }
+    println!(
+        "HNSW build (m={}, ef_construction={}): {:.1} s",
+        args.m,
+        args.ef_construction,
+        t.elapsed().as_secs_f64()
+    );
+    let mut found = 0usize;
+    for (q, want) in queries.iter().zip(truth) {
+        let hits = store.search(ns, q, args.k, &Filter::all()).await?;
+        found += hits.iter().filter(|h| want.contains(&h.record.id)).count();
+    }
+    let recall = found as f64 / (queries.len() * args.k) as f64;
+
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let t = Instant::now();
+        for i in 0..args.round {
+            let q = &queries[(round * args.round + i) % queries.len()];
+            let hits = store.search(ns, q, args.k, &Filter::all()).await?;
+            assert_eq!(hits.len(), args.k);
+        }
+        ours.push(args.round as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..args.exact_round {
+            let q = &queries[(round * args.exact_round + i) % queries.len()];
+            let hits = exact.search(ns, q, args.k, &Filter::all()).await?;
+            assert_eq!(hits.len(), args.k);
+        }
+        base.push(args.exact_round as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok((recall, median(ours), median(base)))
+}
+
+/// pgvector recall, and p50 latency of our store against raw SQL.
+async fn pgvector_part(
+    args: &Args,
+    url: String,
+    records: &[MemoryRecord],
+    queries: &[Vec<f32>],
+    truth: &[Vec<String>],
+    ns: &Namespace,
+) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
     // pgvector: bulk load, then build the index once.
     let table = format!("bench_memory_{}", std::process::id());
     let config = PgVectorConfig::builder()
@@ -129,7 +238,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(PgVectorMemoryStore::connect(config).await?);
     let t = Instant::now();
     for chunk in records.chunks(1000) {
-        store.upsert(&ns, chunk.to_vec()).await?;
+        store.upsert(ns, chunk.to_vec()).await?;
     }
     println!("pgvector load: {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
@@ -144,8 +253,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     raw.batch_execute("ANALYZE").await?;
 
     let mut found = 0usize;
-    for (q, want) in queries.iter().zip(&truth) {
-        let hits = store.search(&ns, q, args.k, &Filter::all()).await?;
+    for (q, want) in queries.iter().zip(truth) {
+        let hits = store.search(ns, q, args.k, &Filter::all()).await?;
         found += hits.iter().filter(|h| want.contains(&h.record.id)).count();
     }
     let recall = found as f64 / (queries.len() * args.k) as f64;
@@ -170,7 +279,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..args.round {
             let q = &queries[(round * args.round + i) % queries.len()];
             let t = Instant::now();
-            let hits = store.search(&ns, q, args.k, &Filter::all()).await?;
+            let hits = store.search(ns, q, args.k, &Filter::all()).await?;
             ours.push(t.elapsed().as_secs_f64() * 1e6);
             assert_eq!(hits.len(), args.k);
 
@@ -194,11 +303,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "DROP TABLE IF EXISTS \"{table}\"; DROP TABLE IF EXISTS \"{table}_schema_version\""
     ))
     .await?;
-
-    println!("RESULT pgvector_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
-    println!(
-        "RESULT pgvector_search_p50_us ours={ours:.1} baseline=raw_sql:{base:.1} ratio={:.3}",
-        ours / base
-    );
-    Ok(())
+    Ok((recall, ours, base))
 }

@@ -1,5 +1,5 @@
 //! Routing under agent workloads: every policy over the simulated scenarios
-//! (a)–(e) of issue 6, plus tower's `p2c` balancer as the anchor on the
+//! (a)–(e) of docs/load-balancing.md, plus tower's `p2c` balancer as the anchor on the
 //! tower scenario (b).
 //!
 //! `cargo run --release --example bench_routing [-- --seed 1]`

@@ -4,6 +4,10 @@
 //! reference implementations the conformance suite checks other backends
 //! against. State is lost when the process exits.
 
+mod ann;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ann_tests;
 mod embedder;
 mod joins;
 mod results;

@@ -11,6 +11,8 @@ use agentscale_core::{
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
+use super::ann::{AnnIndex, Params};
+
 /// Long-term memory held in this process.
 ///
 /// With [`Index::Exact`] (the default) every query scores every record of the
@@ -48,6 +50,7 @@ pub struct LocalMemoryStore {
     dimensions: usize,
     metric: Metric,
     expiry: ExpiryMode,
+    hnsw: Option<Params>,
     namespaces: RwLock<HashMap<Namespace, Space>>,
 }
 
@@ -58,7 +61,72 @@ pub enum Index {
     /// Score every record: exact top-k.
     #[default]
     Exact,
+    /// An HNSW graph per namespace: approximate top-k, much faster on large
+    /// namespaces. [`Index::hnsw`] gives the defaults. Cosine and L2 only
+    /// (inner product is not a distance the graph can navigate).
+    Hnsw {
+        /// Links per node and layer (2..=255; default 16).
+        m: usize,
+        /// Candidate list while inserting (at least `m`, at most 4096;
+        /// default 200).
+        ef_construction: usize,
+        /// Candidate list while searching (1..=4096, raised to `k` when
+        /// smaller; default 128).
+        ef_search: usize,
+    },
 }
+
+impl Index {
+    /// HNSW with the defaults (m 16, ef_construction 200, ef_search 128):
+    /// recall@10 above 0.95 on 100,000 clustered 384-dimension vectors
+    /// (see `bench_memory`).
+    pub const fn hnsw() -> Index {
+        Index::Hnsw {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 128,
+        }
+    }
+
+    fn params(self, metric: Metric) -> Result<Option<Params>> {
+        let Index::Hnsw {
+            m,
+            ef_construction,
+            ef_search,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if !matches!(metric, Metric::Cosine | Metric::L2) {
+            return bad(format!("Index::Hnsw supports cosine and L2, not {metric:?}"));
+        }
+        if !(2..=255).contains(&m) {
+            return bad(format!("Index::Hnsw m must be 2..=255, got {m}"));
+        }
+        if !(m..=MAX_EF).contains(&ef_construction) {
+            return bad(format!(
+                "Index::Hnsw ef_construction must be {m}..={MAX_EF}, got {ef_construction}"
+            ));
+        }
+        if !(1..=MAX_EF).contains(&ef_search) {
+            return bad(format!(
+                "Index::Hnsw ef_search must be 1..={MAX_EF}, got {ef_search}"
+            ));
+        }
+        Ok(Some(Params {
+            m,
+            ef_construction,
+            ef_search,
+        }))
+    }
+}
+
+/// Largest accepted `ef_construction` / `ef_search`.
+const MAX_EF: usize = 4096;
+/// Over-fetch factor of an HNSW search that has hidden rows to skip (a
+/// metadata filter, tombstones or expiring records).
+const OVERFETCH: usize = 4;
 
 /// Builder of a [`LocalMemoryStore`].
 #[derive(Debug, Clone)]
@@ -74,6 +142,12 @@ struct Space {
     records: HashMap<String, Stored>,
     /// Content hash → id of the record holding that content.
     by_hash: HashMap<[u8; 32], String>,
+    /// The HNSW graph ([`Index::Hnsw`] only).
+    ann: Option<AnnIndex>,
+    /// Records written but not in the graph yet (added at the end of a write).
+    unindexed: Vec<String>,
+    /// Records with an expiry time (the search over-fetches when some exist).
+    expiring: usize,
 }
 
 #[derive(Debug)]
@@ -82,6 +156,8 @@ struct Stored {
     hash: [u8; 32],
     /// Euclidean norm of the vector, precomputed for cosine.
     norm: f32,
+    /// Slot in the namespace's HNSW graph, once indexed.
+    slot: Option<usize>,
 }
 
 impl LocalMemoryStoreBuilder {
@@ -116,11 +192,12 @@ impl LocalMemoryStoreBuilder {
                 "memory store dimensions must be greater than zero".into(),
             ));
         }
-        let Index::Exact = self.index;
+        let hnsw = self.index.params(self.metric)?;
         Ok(LocalMemoryStore {
             dimensions: self.dimensions,
             metric: self.metric,
             expiry: self.expiry,
+            hnsw,
             namespaces: RwLock::new(HashMap::new()),
         })
     }
@@ -141,6 +218,25 @@ impl LocalMemoryStore {
     /// Zero dimensions is [`Error::InvalidConfig`].
     pub fn new(dimensions: usize, metric: Metric) -> Result<Self> {
         Self::builder().dimensions(dimensions).metric(metric).build()
+    }
+
+    /// The search structure in use.
+    pub fn index(&self) -> Index {
+        match self.hnsw {
+            Some(p) => Index::Hnsw {
+                m: p.m,
+                ef_construction: p.ef_construction,
+                ef_search: p.ef_search,
+            },
+            None => Index::Exact,
+        }
+    }
+
+    fn new_space(&self) -> Space {
+        Space {
+            ann: self.hnsw.map(|p| AnnIndex::new(p, self.metric == Metric::L2, 0)),
+            ..Space::default()
+        }
     }
 
     /// Number of records stored in `ns`, expired ones included.
@@ -171,6 +267,16 @@ impl LocalMemoryStore {
     }
 }
 
+fn hits(scored: Vec<(f32, &Stored)>) -> Vec<Hit> {
+    scored
+        .into_iter()
+        .map(|(score, s)| Hit {
+            record: s.record.clone(),
+            score,
+        })
+        .collect()
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -192,6 +298,12 @@ impl Space {
         if self.by_hash.get(&old.hash).map(String::as_str) == Some(id) {
             self.by_hash.remove(&old.hash);
         }
+        if old.record.expires_at_ms.is_some() {
+            self.expiring -= 1;
+        }
+        if let (Some(ann), Some(slot)) = (self.ann.as_mut(), old.slot) {
+            ann.tombstone(slot);
+        }
         Some(old)
     }
 
@@ -199,8 +311,55 @@ impl Space {
         let norm = norm(&record.vector);
         self.remove(&record.id);
         self.by_hash.insert(hash, record.id.clone());
-        self.records
-            .insert(record.id.clone(), Stored { record, hash, norm });
+        if record.expires_at_ms.is_some() {
+            self.expiring += 1;
+        }
+        if self.ann.is_some() {
+            self.unindexed.push(record.id.clone());
+        }
+        self.records.insert(
+            record.id.clone(),
+            Stored {
+                record,
+                hash,
+                norm,
+                slot: None,
+            },
+        );
+    }
+
+    /// Puts the records written since the last call into the graph, and
+    /// rebuilds the graph when tombstones passed their threshold.
+    fn finish_write(&mut self) {
+        let Some(ann) = self.ann.as_mut() else {
+            return;
+        };
+        if ann.needs_rebuild() {
+            tracing::debug!(
+                tombstones = ann.tombstones(),
+                live = self.records.len(),
+                "rebuilding HNSW graph"
+            );
+            *ann = AnnIndex::new(ann.params(), ann.is_l2(), self.records.len());
+            for s in self.records.values_mut() {
+                s.slot = None;
+            }
+            self.unindexed = self.records.keys().cloned().collect();
+        }
+        let pending = std::mem::take(&mut self.unindexed);
+        let items: Vec<(String, &[f32])> = pending
+            .iter()
+            .filter_map(|id| self.records.get(id))
+            .filter(|s| s.slot.is_none())
+            .map(|s| (s.record.id.clone(), s.record.vector.as_slice()))
+            .collect();
+        let slots = ann.insert_many(&items);
+        let ids: Vec<String> = items.into_iter().map(|(id, _)| id).collect();
+        for (id, slot) in ids.into_iter().zip(slots) {
+            if let Some(s) = self.records.get_mut(&id) {
+                s.slot = Some(slot);
+            }
+        }
     }
 
     /// Drops an expired record holding `hash` (its content is written anew).
@@ -263,7 +422,7 @@ impl MemoryStore for LocalMemoryStore {
             records.into_iter().map(|r| (r.content_hash(), r)).collect();
         let now = now_ms();
         let mut map = self.namespaces.write();
-        let space = map.entry(ns.clone()).or_default();
+        let space = map.entry(ns.clone()).or_insert_with(|| self.new_space());
         if self.expiry == ExpiryMode::Delete {
             space.purge(now);
         }
@@ -291,6 +450,7 @@ impl MemoryStore for LocalMemoryStore {
             space.drop_expired_holder(&hash, now);
             space.insert(record, hash);
         }
+        space.finish_write();
         Ok(())
     }
 
@@ -298,7 +458,7 @@ impl MemoryStore for LocalMemoryStore {
         validate_records(&records, self.dimensions, self.metric, true)?;
         let now = now_ms();
         let mut map = self.namespaces.write();
-        let space = map.entry(ns.clone()).or_default();
+        let space = map.entry(ns.clone()).or_insert_with(|| self.new_space());
         if self.expiry == ExpiryMode::Delete {
             space.purge(now);
         }
@@ -351,6 +511,7 @@ impl MemoryStore for LocalMemoryStore {
             space.drop_expired_holder(&hash, now);
             space.insert(record, hash);
         }
+        space.finish_write();
         Ok(outcomes)
     }
 
@@ -397,11 +558,31 @@ impl MemoryStore for LocalMemoryStore {
         let Some(space) = map.get(ns) else {
             return Ok(Vec::new());
         };
+        let visible = |s: &Stored| !s.record.expired_at(now) && filter.matches(&s.record.metadata);
+        if let Some(ann) = &space.ann {
+            // Over-fetch when rows may be hidden, then filter; too few left
+            // (or an unindexed record, which cannot happen after a write
+            // finishes) falls back to the exact scan below.
+            let hidden = !filter.equals.is_empty() || ann.tombstones() > 0 || space.expiring > 0;
+            let fetch = if hidden { k.saturating_mul(OVERFETCH) } else { k };
+            let mut scored: Vec<(f32, &Stored)> = ann
+                .search(query, fetch)
+                .into_iter()
+                .filter_map(|id| space.records.get(id))
+                .filter(|s| visible(s))
+                .map(|s| (self.score(query, qnorm, s), s))
+                .collect();
+            if scored.len() >= k {
+                scored.sort_by(closer);
+                scored.truncate(k);
+                return Ok(hits(scored));
+            }
+        }
         // Score by reference; clone only the k records returned.
         let mut scored: Vec<(f32, &Stored)> = space
             .records
             .values()
-            .filter(|s| !s.record.expired_at(now) && filter.matches(&s.record.metadata))
+            .filter(|s| visible(s))
             .map(|s| (self.score(query, qnorm, s), s))
             .collect();
         if scored.len() > k {
@@ -409,13 +590,7 @@ impl MemoryStore for LocalMemoryStore {
             scored.truncate(k);
         }
         scored.sort_by(closer);
-        Ok(scored
-            .into_iter()
-            .map(|(score, s)| Hit {
-                record: s.record.clone(),
-                score,
-            })
-            .collect())
+        Ok(hits(scored))
     }
 
     async fn delete(&self, ns: &Namespace, ids: &[String]) -> Result<u64> {
@@ -426,6 +601,8 @@ impl MemoryStore for LocalMemoryStore {
         let removed = ids.iter().filter(|id| space.remove(id).is_some()).count() as u64;
         if space.records.is_empty() {
             map.remove(ns);
+        } else {
+            space.finish_write();
         }
         Ok(removed)
     }
@@ -435,6 +612,10 @@ impl MemoryStore for LocalMemoryStore {
             return Ok(0);
         }
         let mut map = self.namespaces.write();
-        Ok(map.get_mut(ns).map_or(0, |s| s.purge(now_ms())))
+        Ok(map.get_mut(ns).map_or(0, |s| {
+            let purged = s.purge(now_ms());
+            s.finish_write();
+            purged
+        }))
     }
 }
