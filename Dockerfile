@@ -22,6 +22,7 @@ COPY agentscale-infer/Cargo.toml agentscale-infer/
 COPY agentscale-autoscale/Cargo.toml agentscale-autoscale/
 COPY agentscale/Cargo.toml agentscale/
 COPY agentscale-testkit/Cargo.toml agentscale-testkit/
+COPY agentscale-redis/Cargo.toml agentscale-redis/
 COPY benches/Cargo.toml benches/
 COPY examples/Cargo.toml examples/
 COPY tests/Cargo.toml tests/
