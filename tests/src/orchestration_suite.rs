@@ -530,7 +530,7 @@ pub async fn parent_deadline_bounds_tree(h: Harness) -> Harness {
             ],
         })
         .await;
-    assert_eq!(g.decision, "deadline");
+    assert_eq!(g.decision, "deadline", "{:?}", g.children);
     assert_eq!(statuses(&g), vec![("fine", "ok"), ("sub", "timed_out")]);
     h
 }
