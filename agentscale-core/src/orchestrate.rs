@@ -259,6 +259,21 @@ impl Orchestrator {
             .get(HEADER_JOIN_CHILD)
             .map(|c| TaskId::new(c.clone()))
             .unwrap_or_else(|| task.id.clone());
+        // A child that expired once its join's own deadline had passed timed
+        // out by that deadline: decide the join by it (the child shows as
+        // timed out) instead of letting the failure settle it first. Any
+        // other expiry is a failure, so a join without a deadline never hangs.
+        if matches!(outcome, TaskOutcome::Expired(_)) {
+            match self.joins.expire(&join).await {
+                Ok(rep) if rep.decision.is_some() => return self.redrive(&join, &rep).await,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    tracing::warn!(join = %join, child = %child, error = %e, "expiry of a child of an unknown or expired join ignored");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let status = match outcome {
             TaskOutcome::Completed(o) => ChildStatus::Ok(o),
             TaskOutcome::DeadLettered(r) => ChildStatus::Failed(format!("dead-lettered: {r}")),
