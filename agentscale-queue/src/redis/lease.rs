@@ -293,7 +293,9 @@ impl RedisQueue {
                 )))
             }
             Ok(Ok(v)) => v,
-            Ok(Err(e)) if e.code() == Some("NOGROUP") => {
+            // NOGROUP: the group is gone; UNBLOCKED: the stream was deleted
+            // while this read blocked on it. Both: recreate and read again.
+            Ok(Err(e)) if matches!(e.code(), Some("NOGROUP") | Some("UNBLOCKED")) => {
                 drop(conn);
                 tracing::info!(queue = %self.inner.config.queue, "consumer group missing (Redis restarted?); recreating");
                 self.ensure_groups().await?;
