@@ -305,6 +305,71 @@ async fn dead_letter_headers(brokers: String) {
     delete_topics(&brokers, topics).await;
 }
 
+/// Dead letters are listed a page at a time and replayed by seeking to the
+/// id: with more dead letters than asked for, `dead_letters(3)` gives the 3
+/// oldest; a dead letter deep in the topic replays by its id; an id past the
+/// end or of a partition that does not exist is NotFound; `depth` counts
+/// them all through the one kept reader, call after call.
+async fn dead_letters_paged_and_replayed_by_id(brokers: String) {
+    let topic = unique_name("askq-dltpage");
+    let cfg = config(&brokers, &topic).partitions(2).build().expect("cfg");
+    let topics = cfg.all_topics();
+    let q = KafkaQueue::connect(cfg).await.expect("connect");
+    let n = 40;
+    let tasks: Vec<Task> = (0..n).map(|i| Task::new("t", format!("{i}"))).collect();
+    for r in q.enqueue_batch(tasks).await {
+        r.expect("enqueue");
+    }
+    let mut order = Vec::new();
+    while order.len() < n {
+        for l in q
+            .lease(n - order.len(), Duration::from_secs(10))
+            .await
+            .expect("lease")
+        {
+            q.nack(&l, Nack::DeadLetter(format!("bad {}", order.len())))
+                .await
+                .expect("dead-letter");
+            order.push(l.task().id.clone());
+            // Distinct dead_at_ms stamps, so "oldest" is well defined.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let page = q.dead_letters(3).await.expect("page");
+    let got: Vec<_> = page
+        .iter()
+        .map(|d| d.task.as_ref().expect("task").id.clone())
+        .collect();
+    assert_eq!(
+        got,
+        order[..3].to_vec(),
+        "the three oldest dead letters, oldest first"
+    );
+    let all = q.dead_letters(1000).await.expect("all");
+    assert_eq!(all.len(), n);
+    for _ in 0..3 {
+        assert_eq!(q.depth().await.expect("depth").dead, n as u64);
+    }
+    let last = all.last().expect("last").clone();
+    q.replay_dead_letter(&last.id)
+        .await
+        .expect("replay the newest by id");
+    let again = q
+        .lease(1, Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!(Some(&again.task().id), last.task.as_ref().map(|t| &t.id));
+    q.ack(&again).await.expect("ack");
+    assert_eq!(q.dead_letters(1000).await.expect("after replay").len(), n - 1);
+    for missing in ["0:999999", "7:0", "x"] {
+        let err = q.replay_dead_letter(missing).await.expect_err(missing);
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{missing}: {err}");
+    }
+    q.close().await;
+    delete_topics(&brokers, topics).await;
+}
+
 /// No broker at start-up: a clear Unavailable error within the connect timeout.
 async fn unreachable_broker_fails_fast() {
     let port = {
@@ -368,6 +433,11 @@ fn main() {
                 "AGENTSCALE_KAFKA_BROKERS",
                 "dead_letter_headers",
                 dead_letter_headers,
+            )
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "dead_letters_paged_and_replayed_by_id",
+                dead_letters_paged_and_replayed_by_id,
             )
             .test("unreachable_broker_fails_fast", unreachable_broker_fails_fast)
             .service_test(

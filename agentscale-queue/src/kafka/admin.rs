@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -170,17 +171,50 @@ pub(crate) struct DltRecord {
     pub(crate) dead_at_ms: u64,
 }
 
-/// Reads every record of `topic` (all partitions, low to high watermark).
-pub(crate) fn read_all(
+/// The consumer that reads outside the group (depth, dead letters), made on
+/// first use and kept: `depth()` runs every few seconds on every worker with
+/// metrics on, and a new librdkafka client per call costs threads, sockets
+/// and a metadata round trip. Calls through it are serialized; a call that
+/// fails drops it, and the next call makes a fresh one.
+#[derive(Default)]
+pub(crate) struct Reader(Mutex<Option<BaseConsumer>>);
+
+impl Reader {
+    /// Runs `f` on the kept consumer (made now if there is none).
+    pub(crate) fn with<T>(
+        &self,
+        config: &KafkaQueueConfig,
+        f: impl FnOnce(&BaseConsumer) -> Result<T>,
+    ) -> Result<T> {
+        let mut slot = self.0.lock();
+        let c = match slot.take() {
+            Some(c) => c,
+            None => reader(config)?,
+        };
+        let out = f(&c);
+        let _ = c.unassign();
+        if out.is_ok() {
+            *slot = Some(c);
+        }
+        out
+    }
+}
+
+/// Reads `topic` from each partition's low watermark on and hands every
+/// record to `f`, which answers whether it wants more of that partition. A
+/// partition is done at its high watermark or when `f` says so; the read
+/// ends when all are. `idle` bounds the wait for the *next* record, not the
+/// whole read, so a large topic stays readable.
+pub(crate) fn read_partitions(
     c: &BaseConsumer,
     topic: &str,
-    timeout: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
+    idle: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> bool,
 ) -> Result<()> {
     let mut tpl = TopicPartitionList::new();
     let mut remaining: HashMap<i32, i64> = HashMap::new();
-    for p in partitions_of(c, topic, timeout)? {
-        let (lo, hi) = watermarks(c, topic, p, timeout)?;
+    for p in partitions_of(c, topic, idle)? {
+        let (lo, hi) = watermarks(c, topic, p, idle)?;
         if hi > lo {
             let _ = tpl.add_partition_offset(topic, p, Offset::Offset(lo));
             remaining.insert(p, hi);
@@ -191,24 +225,26 @@ pub(crate) fn read_all(
     }
     c.assign(&tpl)
         .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + idle;
     let mut seen = HashSet::new();
     while !remaining.is_empty() {
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "reading {topic} did not finish within {timeout:?}"
+                "reading {topic}: no record for {idle:?} with {} partition(s) unread",
+                remaining.len()
             )));
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                let Some(hi) = remaining.get(&m.partition()).copied() else {
+                    continue;
+                };
                 if m.topic() != topic || !seen.insert((m.partition(), m.offset())) {
                     continue;
                 }
-                f(&m);
-                if let Some(hi) = remaining.get(&m.partition()) {
-                    if m.offset() + 1 >= *hi {
-                        remaining.remove(&m.partition());
-                    }
+                deadline = Instant::now() + idle;
+                if !f(&m) || m.offset() + 1 >= hi {
+                    remaining.remove(&m.partition());
                 }
             }
             Some(Err(e)) => tracing::debug!(error = %e, "kafka reader poll error"),
@@ -218,31 +254,103 @@ pub(crate) fn read_all(
     Ok(())
 }
 
-pub(crate) fn read_dead_letters(config: &KafkaQueueConfig) -> Result<(Vec<DltRecord>, HashSet<String>)> {
-    let timeout = config.connect_timeout;
-    let c = reader(config)?;
+/// The ids of the dead letters already replayed (the markers in
+/// `<topic>.dlt.replayed`: headers only, a few dozen bytes each).
+pub(crate) fn replayed_ids(c: &BaseConsumer, config: &KafkaQueueConfig) -> Result<HashSet<String>> {
     let mut replayed = HashSet::new();
-    read_all(&c, &config.replayed_topic(), timeout, |m| {
+    read_partitions(c, &config.replayed_topic(), config.connect_timeout, |m| {
         if let Some(id) = header_str(m, HEADER_REPLAYED_ID) {
             replayed.insert(id.to_string());
         }
+        true
     })?;
-    let c = reader(config)?;
+    Ok(replayed)
+}
+
+fn dlt_record(m: &BorrowedMessage<'_>) -> DltRecord {
+    DltRecord {
+        id: format!("{}:{}", m.partition(), m.offset()),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        reason: header_str(m, HEADER_REASON).unwrap_or_default().to_string(),
+        attempts: header_str(m, HEADER_ATTEMPT)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        dead_at_ms: header_str(m, HEADER_DEAD_AT_MS)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// The oldest `max` dead letters not yet replayed. Each partition is read
+/// from its start only until it gave `max` of them, so memory is bounded by
+/// `partitions × max` records whatever the topic's size.
+pub(crate) fn dead_letter_page(
+    c: &BaseConsumer,
+    config: &KafkaQueueConfig,
+    max: usize,
+) -> Result<Vec<DltRecord>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let replayed = replayed_ids(c, config)?;
+    let mut per_partition: HashMap<i32, usize> = HashMap::new();
     let mut out = Vec::new();
-    read_all(&c, &config.dead_letter_topic(), timeout, |m| {
-        out.push(DltRecord {
-            id: format!("{}:{}", m.partition(), m.offset()),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            reason: header_str(m, HEADER_REASON).unwrap_or_default().to_string(),
-            attempts: header_str(m, HEADER_ATTEMPT)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            dead_at_ms: header_str(m, HEADER_DEAD_AT_MS)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-        });
+    read_partitions(c, &config.dead_letter_topic(), config.connect_timeout, |m| {
+        let n = per_partition.entry(m.partition()).or_default();
+        let r = dlt_record(m);
+        if !replayed.contains(&r.id) {
+            out.push(r);
+            *n += 1;
+        }
+        *n < max
     })?;
     out.sort_by_key(|r| r.dead_at_ms);
-    Ok((out, replayed))
+    out.truncate(max);
+    Ok(out)
+}
+
+/// One dead letter by id (`partition:offset`), read by seeking to it.
+/// `Ok(None)` when no such record exists; an id already replayed is
+/// [`Error::NotFound`] with that reason.
+pub(crate) fn dead_letter_by_id(
+    c: &BaseConsumer,
+    config: &KafkaQueueConfig,
+    id: &str,
+) -> Result<Option<DltRecord>> {
+    let Some((p, o)) = id
+        .split_once(':')
+        .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
+    else {
+        return Ok(None);
+    };
+    if replayed_ids(c, config)?.contains(id) {
+        return Err(Error::NotFound(format!("dead letter {id} was already replayed")));
+    }
+    let topic = config.dead_letter_topic();
+    let timeout = config.connect_timeout;
+    if !partitions_of(c, &topic, timeout)?.contains(&p) {
+        return Ok(None);
+    }
+    let (lo, hi) = watermarks(c, &topic, p, timeout)?;
+    if o < lo || o >= hi {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
+    c.assign(&tpl)
+        .map_err(|e| Error::backend(format!("kafka assign {topic}"), e))?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.topic() == topic && m.partition() == p && m.offset() >= o => {
+                return Ok((m.offset() == o).then(|| dlt_record(&m)));
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "kafka reader poll error"),
+        }
+    }
+    Err(Error::Timeout(format!(
+        "reading dead letter {id} of {topic} did not finish within {timeout:?}"
+    )))
 }

@@ -143,6 +143,7 @@ pub struct KafkaQueue {
     consumer: Arc<GroupConsumer>,
     relay: Arc<BaseConsumer<RelayContext>>,
     relay_stored: RelayStored,
+    reader: Arc<Reader>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -268,6 +269,7 @@ impl KafkaQueue {
             consumer,
             relay,
             relay_stored,
+            reader: Arc::new(Reader::default()),
             threads: Mutex::new(vec![poll_thread, relay_thread]),
         })
     }
@@ -631,14 +633,18 @@ impl TaskQueue for KafkaQueue {
             })
             .collect();
         let in_flight = self.shared.state.lock().in_flight;
+        let reader = self.reader.clone();
         let (lag, delayed, dead) = self
             .blocking(move |c| {
-                let timeout = c.connect_timeout;
-                let lag_of =
-                    |cons: &dyn Fn(TopicPartitionList) -> rdkafka::error::KafkaResult<TopicPartitionList>,
-                     topic: &str,
-                     probe: &BaseConsumer,
-                     local: &HashMap<i32, (i64, u64)>|
+                reader.with(c, |probe| {
+                    let timeout = c.connect_timeout;
+                    let lag_of = |cons: &dyn Fn(
+                        TopicPartitionList,
+                    )
+                        -> rdkafka::error::KafkaResult<TopicPartitionList>,
+                                  topic: &str,
+                                  probe: &BaseConsumer,
+                                  local: &HashMap<i32, (i64, u64)>|
                      -> Result<u64> {
                         let parts = partitions_of(probe, topic, timeout)?;
                         let mut tpl = TopicPartitionList::new();
@@ -665,26 +671,26 @@ impl TaskQueue for KafkaQueue {
                         }
                         Ok(lag)
                     };
-                let probe = reader(c)?;
-                let main = lag_of(
-                    &|t| consumer.committed_offsets(t, timeout),
-                    &c.topic,
-                    &probe,
-                    &local,
-                )?;
-                let mut delayed = 0;
-                for tier in &c.retry_tiers {
-                    let topic = c.retry_topic(*tier);
-                    let local: HashMap<i32, (i64, u64)> = relay_stored
-                        .iter()
-                        .filter(|((t, _), _)| *t == topic)
-                        .map(|((_, p), o)| (*p, (*o, 0)))
-                        .collect();
-                    delayed += lag_of(&|t| relay.committed_offsets(t, timeout), &topic, &probe, &local)?;
-                }
-                let dead = record_count(&probe, &c.dead_letter_topic(), timeout)?
-                    .saturating_sub(record_count(&probe, &c.replayed_topic(), timeout)?);
-                Ok((main, delayed, dead))
+                    let main = lag_of(
+                        &|t| consumer.committed_offsets(t, timeout),
+                        &c.topic,
+                        probe,
+                        &local,
+                    )?;
+                    let mut delayed = 0;
+                    for tier in &c.retry_tiers {
+                        let topic = c.retry_topic(*tier);
+                        let local: HashMap<i32, (i64, u64)> = relay_stored
+                            .iter()
+                            .filter(|((t, _), _)| *t == topic)
+                            .map(|((_, p), o)| (*p, (*o, 0)))
+                            .collect();
+                        delayed += lag_of(&|t| relay.committed_offsets(t, timeout), &topic, probe, &local)?;
+                    }
+                    let dead = record_count(probe, &c.dead_letter_topic(), timeout)?
+                        .saturating_sub(record_count(probe, &c.replayed_topic(), timeout)?);
+                    Ok((main, delayed, dead))
+                })
             })
             .await?;
         let in_flight = in_flight.min(lag);
@@ -698,11 +704,12 @@ impl TaskQueue for KafkaQueue {
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
-        let (records, replayed) = self.blocking(read_dead_letters).await?;
+        let reader = self.reader.clone();
+        let records = self
+            .blocking(move |c| reader.with(c, |r| dead_letter_page(r, c, max)))
+            .await?;
         Ok(records
             .into_iter()
-            .filter(|r| !replayed.contains(&r.id))
-            .take(max)
             .map(|r| {
                 let task = Task::decode(&r.payload).ok();
                 DeadLetter {
@@ -718,11 +725,12 @@ impl TaskQueue for KafkaQueue {
     }
 
     async fn replay_dead_letter(&self, id: &str) -> Result<()> {
-        let (records, replayed) = self.blocking(read_dead_letters).await?;
-        if replayed.contains(id) {
-            return Err(Error::NotFound(format!("dead letter {id} was already replayed")));
-        }
-        let Some(r) = records.into_iter().find(|r| r.id == id) else {
+        let reader = self.reader.clone();
+        let wanted = id.to_owned();
+        let found = self
+            .blocking(move |c| reader.with(c, |r| dead_letter_by_id(r, c, &wanted)))
+            .await?;
+        let Some(r) = found else {
             return Err(Error::NotFound(format!(
                 "dead letter {id} in {}",
                 self.shared.config.dead_letter_topic()
