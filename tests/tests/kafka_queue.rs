@@ -370,6 +370,55 @@ async fn dead_letters_paged_and_replayed_by_id(brokers: String) {
     delete_topics(&brokers, topics).await;
 }
 
+/// A retry tier partition that is held (paused until its head is due) when
+/// the relay's group rebalances is consumed again after the reassignment:
+/// a second member joins and leaves while the first holds a retry, and the
+/// retry is still delivered. (librdkafka keeps the pause across a revoke and
+/// a reassignment; without a resume on assignment the retry waits forever.)
+async fn retry_relay_resumes_after_reassignment(brokers: String) {
+    let topic = unique_name("askq-relay");
+    let cfg = config(&brokers, &topic)
+        .partitions(1)
+        .retry_tiers([Duration::from_secs(12)])
+        .session_timeout(Duration::from_secs(6))
+        .build()
+        .expect("cfg");
+    let topics = cfg.all_topics();
+    let a = KafkaQueue::connect(cfg.clone()).await.expect("connect a");
+    a.enqueue(Task::new("t", "retry me")).await.expect("enqueue");
+    let l = a
+        .lease(1, Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .remove(0);
+    let id = l.task().id.clone();
+    a.nack(&l, Nack::Retry(Duration::from_secs(12)))
+        .await
+        .expect("nack");
+    // Let a's relay read the retry and hold (pause) its partition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A second member joins both groups and leaves again: two rebalances
+    // while the retry is held.
+    let b = KafkaQueue::connect(cfg).await.expect("connect b");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.close().await;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < give_up,
+            "the held retry was never delivered after the relay's partition was reassigned"
+        );
+        if let Some(l) = a.lease(1, Duration::from_secs(1)).await.expect("lease").pop() {
+            assert_eq!(l.task().id, id);
+            assert_eq!(l.attempt(), 2);
+            a.ack(&l).await.expect("ack");
+            break;
+        }
+    }
+    a.close().await;
+    delete_topics(&brokers, topics).await;
+}
+
 /// No broker at start-up: a clear Unavailable error within the connect timeout.
 async fn unreachable_broker_fails_fast() {
     let port = {
@@ -438,6 +487,11 @@ fn main() {
                 "AGENTSCALE_KAFKA_BROKERS",
                 "dead_letters_paged_and_replayed_by_id",
                 dead_letters_paged_and_replayed_by_id,
+            )
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "retry_relay_resumes_after_reassignment",
+                retry_relay_resumes_after_reassignment,
             )
             .test("unreachable_broker_fails_fast", unreachable_broker_fails_fast)
             .service_test(

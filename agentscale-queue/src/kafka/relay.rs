@@ -46,6 +46,30 @@ impl ConsumerContext for RelayContext {
             }
         }
     }
+
+    /// librdkafka keeps a partition's pause across a revoke and a later
+    /// assignment: a tier partition revoked while held would come back
+    /// paused, with nothing left to resume it, and its retries would wait
+    /// forever. A newly assigned partition is therefore resumed; its head
+    /// record is read again from the committed position and held anew if
+    /// it is not due yet.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let held = self.held.lock();
+            let mut resume = TopicPartitionList::new();
+            for e in tpl.elements() {
+                if !held.contains_key(&(e.topic().to_string(), e.partition())) {
+                    resume.add_partition(e.topic(), e.partition());
+                }
+            }
+            drop(held);
+            if resume.count() > 0 {
+                if let Err(e) = consumer.resume(&resume) {
+                    tracing::warn!(error = %e, "retry relay could not resume assigned partitions");
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct Relayer {
