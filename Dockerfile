@@ -35,14 +35,15 @@ RUN set -eu; \
       done; \
     done; \
     cargo fetch --locked; \
-    cargo build --locked --release -p agentscale-examples --features redis --example redis_worker; \
+    cargo build --locked --release -p agentscale-examples --features redis --example redis_worker --example queue_keeper; \
     rm -rf */src examples/*.rs examples/*/ tests/tests agentscale-autoscale/examples
 
 # The real sources; `touch` so cargo rebuilds our crates over the stubs.
 COPY . .
 RUN find . -name '*.rs' -not -path './target/*' -exec touch {} + \
-    && cargo build --locked --release -p agentscale-examples --features redis --example redis_worker \
-    && cp target/release/examples/redis_worker /usr/local/bin/agentscale-worker
+    && cargo build --locked --release -p agentscale-examples --features redis --example redis_worker --example queue_keeper \
+    && cp target/release/examples/redis_worker /usr/local/bin/agentscale-worker \
+    && cp target/release/examples/queue_keeper /usr/local/bin/agentscale-queue-keeper
 
 # ---- runtime: minimal, non-root ----
 FROM debian:bookworm-20251229-slim
@@ -52,6 +53,9 @@ RUN apt-get update \
     && groupadd --system --gid 65532 agentscale \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin agentscale
 COPY --from=builder /usr/local/bin/agentscale-worker /usr/local/bin/agentscale-worker
+# The always-on queue keeper (deploy/base/queue-keeper.yaml runs it with
+# `command`), so a fleet scaled to zero never strands a retry.
+COPY --from=builder /usr/local/bin/agentscale-queue-keeper /usr/local/bin/agentscale-queue-keeper
 USER 65532:65532
 # /metrics, /healthz, /readyz (metrics_addr in the ConfigMap).
 EXPOSE 9090

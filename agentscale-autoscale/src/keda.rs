@@ -196,7 +196,8 @@ pub enum TriggerSignal {
         /// Whether KEDA may ask for more replicas than partitions.
         allow_idle_consumers: bool,
     },
-    /// A PromQL query over `agentscale_task_queue_depth`: ready + in flight.
+    /// A PromQL query over `agentscale_task_queue_due` (or `…_depth`): ready +
+    /// in flight (the simulator models no delayed tasks, so both agree).
     PrometheusDepth,
 }
 

@@ -16,6 +16,8 @@
 //!   heartbeats and graceful shutdown.
 //! * [`Output`], [`ResultStore`], [`Client`]: task results and request/response.
 //! * [`Orchestrator`], [`JoinStore`]: fan-out / fan-in with continuations.
+//! * [`keeper::QueueKeeper`]: promotes due retries and exports the queue
+//!   depth while no worker runs (scale to zero without stranded work).
 //! * [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` exporter.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ pub mod balance;
 pub mod config;
 pub mod error;
 pub mod join;
+pub mod keeper;
 pub mod metrics;
 pub mod orchestrate;
 pub mod output;
@@ -37,6 +40,7 @@ pub mod worker;
 
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
 pub use join::{JoinId, JoinPolicy, JoinStore};
+pub use keeper::{QueueKeeper, QueueKeeperConfig};
 pub use orchestrate::Orchestrator;
 pub use output::Output;
 pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
@@ -49,4 +53,4 @@ pub use state::{
 };
 pub use task::{Priority, Task, TaskId};
 pub use typed::{CacheOutcome, Cached, SessionStoreExt, ToolCacheExt, Updated};
-pub use worker::{Backoff, Handler, TaskContext, Worker, WorkerReport, WorkerStats};
+pub use worker::{Backoff, Handler, KindRouter, TaskContext, Worker, WorkerReport, WorkerStats};

@@ -106,8 +106,13 @@ pub struct Depth {
     pub ready: u64,
     /// Leased, not yet acked or nacked.
     pub in_flight: u64,
-    /// Waiting for a retry delay or `not_before`.
+    /// Waiting for a retry delay or `not_before` (due or not).
     pub delayed: u64,
+    /// The part of `delayed` whose due time has passed: runnable now, but not
+    /// yet moved to the ready queue (a backend moves them when it is next
+    /// leased from, or promoted by [`TaskQueue::promote_due`]). Backends that
+    /// cannot tell count every delayed task as due (see [`Depth::due`]).
+    pub due_delayed: u64,
     /// In the dead-letter store.
     pub dead: u64,
     /// Age of the oldest ready task, where the backend can tell.
@@ -119,6 +124,21 @@ impl Depth {
     /// the number to scale on (HPA External metric / KEDA).
     pub fn backlog(&self) -> u64 {
         self.ready + self.in_flight
+    }
+
+    /// `ready + in_flight + due_delayed`: every task that is runnable now or
+    /// running — **the number to scale on** (exported as
+    /// `agentscale_task_queue_due`).
+    ///
+    /// Unlike [`backlog`](Self::backlog) it sees a retry whose backoff ended
+    /// while no worker was running to move it to the ready queue, so a fleet
+    /// scaled to zero wakes up for it. Delayed tasks that are **not yet due**
+    /// are not counted: they need no worker yet, and a fleet may scale to
+    /// zero while they wait; it is woken when they fall due (as long as
+    /// something exports this number — a worker or a
+    /// [`QueueKeeper`](crate::keeper::QueueKeeper)).
+    pub fn due(&self) -> u64 {
+        self.backlog() + self.due_delayed
     }
 }
 
@@ -240,6 +260,20 @@ pub trait TaskQueue: Send + Sync + Debug {
         let _ = max;
         Err(Error::Unsupported(format!(
             "queue {} cannot list dead letters",
+            self.name()
+        )))
+    }
+
+    /// Moves up to `max` delayed tasks whose due time has passed to the ready
+    /// queue and returns how many it moved. Backends do this themselves on
+    /// every `lease`; this is for a process that runs while no worker does
+    /// (a [`QueueKeeper`](crate::keeper::QueueKeeper)), so a fleet scaled to
+    /// zero sees due retries as ready work. [`Error::Unsupported`] where the
+    /// backend has no delayed set of its own to promote from.
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        let _ = max;
+        Err(Error::Unsupported(format!(
+            "queue {} cannot promote delayed tasks",
             self.name()
         )))
     }

@@ -50,6 +50,9 @@ pub struct SessionKey {
     session: String,
 }
 
+/// The tenant of [`SessionKey::for_task`] for a task that names none.
+pub const DEFAULT_TENANT: &str = "default";
+
 impl SessionKey {
     /// Validates both parts with [`validate_ident`].
     pub fn new(tenant: impl Into<String>, session: impl Into<String>) -> Result<Self> {
@@ -57,6 +60,30 @@ impl SessionKey {
         validate_ident("tenant", &tenant)?;
         validate_ident("session id", &session)?;
         Ok(SessionKey { tenant, session })
+    }
+
+    /// The session a task belongs to: its `tenant` (or [`DEFAULT_TENANT`]
+    /// when the task has none) and its `session_id`. A task without a
+    /// session id, or with parts that fail [`validate_ident`], is
+    /// [`Error::InvalidInput`] (the worker dead-letters it without retrying).
+    ///
+    /// ```
+    /// use agentscale_core::{SessionKey, Task};
+    /// let task = Task::new("chat", "hi").with_tenant("acme").with_session("c-42");
+    /// let key = SessionKey::for_task(&task)?;
+    /// assert_eq!((key.tenant(), key.session()), ("acme", "c-42"));
+    /// assert!(SessionKey::for_task(&Task::new("chat", "hi")).is_err());
+    /// # Ok::<(), agentscale_core::Error>(())
+    /// ```
+    pub fn for_task(task: &crate::task::Task) -> Result<Self> {
+        let Some(session) = task.session_id.as_deref() else {
+            return Err(Error::InvalidInput(format!(
+                "task {} ({}) has no session_id",
+                task.id, task.kind
+            )));
+        };
+        let tenant = task.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        SessionKey::new(tenant, session)
     }
 
     /// The tenant.

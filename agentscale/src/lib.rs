@@ -53,15 +53,15 @@
 #![warn(missing_docs)]
 
 pub use agentscale_core::{
-    balance, config, error, join, metrics, orchestrate, output, results, task, typed, worker,
+    balance, config, error, join, keeper, metrics, orchestrate, output, results, task, typed, worker,
 };
 pub use agentscale_core::{
     Backoff, BoxError, CacheOutcome, Cached, Capabilities, Client, CodecError, DeadLetter, Depth, Embedder,
-    Enqueued, Error, ErrorKind, Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, Lease, MemoryRecord,
-    MemoryStore, Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, Recorded, Result,
-    ResultStore, SessionKey, SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId,
-    TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt, ToolKey, Updated, Worker, WorkerReport,
-    WorkerStats,
+    Enqueued, Error, ErrorKind, Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, KindRouter, Lease,
+    MemoryRecord, MemoryStore, Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, QueueKeeper,
+    QueueKeeperConfig, Recorded, Result, ResultStore, SessionKey, SessionState, SessionStore,
+    SessionStoreExt, Task, TaskContext, TaskId, TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt,
+    ToolKey, Updated, Worker, WorkerReport, WorkerStats,
 };
 
 /// Task queues: the [`queue::TaskQueue`] contract and its
@@ -78,6 +78,15 @@ pub mod queue {
 pub mod state {
     pub use agentscale_core::state::*;
     pub use agentscale_state::*;
+}
+
+/// The Redis connection every Redis backend can share: one [`RedisConfig`](redis::RedisConfig),
+/// one [`Redis`](redis::Redis) handle (pass it to `RedisQueue::new`,
+/// `RedisSessionStore::new`, `RedisToolCache::new`).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis {
+    pub use agentscale_redis::{map_error, Redis, RedisConfig, RedisConfigBuilder};
 }
 
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.

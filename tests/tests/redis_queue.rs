@@ -408,6 +408,52 @@ async fn identical_delayed_envelopes_stay_two_tasks(url: String) {
     q.destroy().await.expect("destroy");
 }
 
+/// The idempotency-key retention is the configured one (not the 24 h
+/// default), a key within it deduplicates, and `destroy` removes the keys
+/// with the rest of the queue; out-of-range retentions are refused.
+async fn idempotency_retention_is_configurable_and_destroy_removes_keys(url: String) {
+    let name = unique_name("idem-ttl");
+    let ttl = Duration::from_secs(90);
+    let cfg = RedisQueueConfig::new(url.clone(), name.clone())
+        .with_key_prefix("astest")
+        .with_idempotency_ttl(ttl);
+    let q = RedisQueue::connect(cfg.clone()).await.expect("connect");
+    let first = q
+        .enqueue(Task::new("k", "a").with_idempotency_key("order-7"))
+        .await
+        .expect("first");
+    let again = q
+        .enqueue(Task::new("k", "b").with_idempotency_key("order-7"))
+        .await
+        .expect("again");
+    assert!(!first.duplicate && again.duplicate && again.id == first.id);
+    let key = format!("{}order-7", q.keys().idempotency_prefix);
+    let mut c = raw_conn(&url).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .expect("pttl");
+    assert!(pttl > 0 && pttl <= ttl.as_millis() as i64, "PTTL {pttl}");
+    q.destroy().await.expect("destroy");
+    let exists: i64 = c.exists(&key).await.expect("exists");
+    assert_eq!(exists, 0, "destroy leaves no idempotency key");
+    // A fresh queue of the same name stores the key again as new.
+    let q = RedisQueue::connect(cfg.clone()).await.expect("connect");
+    let after = q
+        .enqueue(Task::new("k", "c").with_idempotency_key("order-7"))
+        .await
+        .expect("after");
+    assert!(!after.duplicate);
+    q.destroy().await.expect("destroy");
+    for bad in [Duration::from_millis(500), Duration::from_secs(31 * 24 * 3600)] {
+        let e = RedisQueue::connect(cfg.clone().with_idempotency_ttl(bad))
+            .await
+            .expect_err("out of range");
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    }
+}
+
 fn main() {
     agentscale_testkit::run(|| {
         Suites::new()
@@ -442,6 +488,11 @@ fn main() {
                 "AGENTSCALE_REDIS_URL",
                 "identical_delayed_envelopes_stay_two_tasks",
                 identical_delayed_envelopes_stay_two_tasks,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "idempotency_retention_is_configurable_and_destroy_removes_keys",
+                idempotency_retention_is_configurable_and_destroy_removes_keys,
             )
             .test("invalid_config_refused", invalid_config_refused)
             .test(

@@ -9,44 +9,53 @@
 //! |---|---|
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/healthz` | `200` while the process serves HTTP (liveness probe) |
-//! | `/readyz` | `200` once a worker runs and the last queue-depth poll succeeded; `503` before, while draining and after shutdown (readiness probe) |
+//! | `/readyz` | `200` once a worker (or a [`QueueKeeper`](crate::keeper::QueueKeeper)) runs and the last queue-depth poll succeeded; `503` before, while draining and after shutdown (readiness probe) |
 //!
 //! # Metrics
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `agentscale_task_queue_depth` | gauge | `queue` | ready + in-flight ([`Depth::backlog`]): **scale on this** |
+//! | `agentscale_task_queue_due` | gauge | `queue` | ready + in-flight + delayed tasks already due ([`Depth::due`]): **scale on this** |
+//! | `agentscale_task_queue_depth` | gauge | `queue` | ready + in-flight ([`Depth::backlog`]) |
 //! | `agentscale_task_queue_ready` | gauge | `queue` | deliverable now |
 //! | `agentscale_task_queue_in_flight` | gauge | `queue` | leased, not yet acked |
-//! | `agentscale_task_queue_delayed` | gauge | `queue` | waiting for a retry delay or `not_before` |
+//! | `agentscale_task_queue_delayed` | gauge | `queue` | waiting for a retry delay or `not_before` (due or not) |
+//! | `agentscale_task_queue_delayed_due` | gauge | `queue` | the delayed tasks whose due time has passed |
 //! | `agentscale_task_queue_dead` | gauge | `queue` | in the dead-letter store |
 //! | `agentscale_task_queue_oldest_age_seconds` | gauge | `queue` | age of the oldest ready task (0 when unknown or empty) |
 //! | `agentscale_worker_slots` | gauge | `state="busy"\|"total"` | handler slots of this process |
 //! | `agentscale_tasks_total` | counter | `outcome` | `completed`, `retried`, `dead_lettered`, `released`, `lease_lost`, `panicked`, `timed_out` |
 //! | `agentscale_task_duration_seconds` | histogram | | handler run time of every attempt |
 //! | `agentscale_tool_cache_total` | counter | `outcome="hit"\|"miss"\|"coalesced"` | typed tool calls by how they were answered |
+//! | `agentscale_tasks_promoted_total` | counter | | due delayed tasks a [`QueueKeeper`](crate::keeper::QueueKeeper) moved to ready |
 //!
 //! `panicked` and `timed_out` count failed attempts by cause; each such attempt
 //! is also counted once as `retried` or `dead_lettered`.
 //!
 //! The queue gauges are refreshed by a sampler each worker runs (every
 //! [`WorkerBuilder::depth_poll_interval`](crate::worker::WorkerBuilder::depth_poll_interval)),
-//! so every replica exports the same, queue-wide numbers.
+//! so every replica exports the same, queue-wide numbers. With no worker
+//! running (a fleet scaled to zero) a [`QueueKeeper`](crate::keeper::QueueKeeper)
+//! exports them, and promotes due retries, so the autoscaler still sees the
+//! work.
 //!
 //! # Autoscaling on the queue depth
 //!
-//! Because the depth is queue-wide, scale on its **maximum** (or average)
-//! across replicas, never on the sum.
+//! Scale on `agentscale_task_queue_due`: it counts what is runnable now,
+//! including retries whose backoff ended while no worker ran. Delayed tasks
+//! not yet due are not counted (they need no worker yet). Because the number
+//! is queue-wide, scale on its **maximum** (or average) across replicas and
+//! the keeper, never on the sum.
 //!
 //! **Kubernetes HPA (External metric)**, with prometheus-adapter exposing
-//! `agentscale_task_queue_depth` as an external metric:
+//! `agentscale_task_queue_due` as an external metric:
 //!
 //! ```yaml
 //! metrics:
 //! - type: External
 //!   external:
 //!     metric:
-//!       name: agentscale_task_queue_depth
+//!       name: agentscale_task_queue_due
 //!       selector: { matchLabels: { queue: agent-tasks } }
 //!     target:
 //!       type: AverageValue
@@ -60,9 +69,9 @@
 //! - type: prometheus
 //!   metadata:
 //!     serverAddress: http://prometheus.monitoring:9090
-//!     query: max(agentscale_task_queue_depth{queue="agent-tasks"})
+//!     query: max(agentscale_task_queue_due{queue="agent-tasks"})
 //!     threshold: "32"
-//!     activationThreshold: "1"   # wake from zero on the first ready task (delayed retries are not counted)
+//!     activationThreshold: "0"   # wake from zero on the first due task (a queue keeper must run)
 //! ```
 //!
 //! Point the liveness probe at `/healthz` and the readiness probe at
@@ -188,6 +197,7 @@ struct Values {
     depth_ok: AtomicBool,
     depth_polls: AtomicU64,
     tool_cache: [AtomicU64; 3],
+    promoted: AtomicU64,
 }
 
 /// agentscale's metrics: the autoscaling and health surface of a worker
@@ -303,6 +313,26 @@ impl Metrics {
         self.values.tool_cache[tool_cache_index(outcome)].load(Ordering::Relaxed)
     }
 
+    /// Counts `n` due delayed tasks a queue keeper moved to ready.
+    pub fn record_promoted(&self, n: u64) {
+        self.values.promoted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Due delayed tasks moved to ready by queue keepers so far.
+    pub fn promoted_count(&self) -> u64 {
+        self.values.promoted.load(Ordering::Relaxed)
+    }
+
+    /// A queue keeper started: it counts as a running process for `/readyz`.
+    pub(crate) fn keeper_started(&self) {
+        self.values.running_workers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A queue keeper stopped.
+    pub(crate) fn keeper_stopped(&self) {
+        self.values.running_workers.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Adjusts the busy-slot gauge.
     pub(crate) fn add_busy(&self, delta: i64) {
         self.values.slots_busy.fetch_add(delta, Ordering::Relaxed);
@@ -332,8 +362,8 @@ impl Metrics {
         self.values.draining.load(Ordering::Acquire)
     }
 
-    /// Whether `/readyz` answers 200: a worker runs, none is draining, and the
-    /// last queue-depth poll succeeded.
+    /// Whether `/readyz` answers 200: a worker or queue keeper runs, none is
+    /// draining, and the last queue-depth poll succeeded.
     pub fn is_ready(&self) -> bool {
         self.values.running_workers.load(Ordering::Acquire) > 0
             && !self.values.draining.load(Ordering::Acquire)
@@ -353,7 +383,8 @@ mod tests {
             &Depth {
                 ready: 3,
                 in_flight: 2,
-                delayed: 1,
+                delayed: 3,
+                due_delayed: 1,
                 dead: 4,
                 oldest_ready_age: Some(Duration::from_secs(2)),
             },
@@ -361,6 +392,7 @@ mod tests {
         m.record_outcome(Outcome::Completed);
         m.record_outcomes(Outcome::Retried, 2);
         m.observe_duration(Duration::from_millis(3));
+        m.record_promoted(2);
         m.worker_started(8);
         m.add_busy(3);
         let text = m.encode();
@@ -368,7 +400,10 @@ mod tests {
             "agentscale_task_queue_depth{queue=\"q1\"} 5",
             "agentscale_task_queue_ready{queue=\"q1\"} 3",
             "agentscale_task_queue_in_flight{queue=\"q1\"} 2",
-            "agentscale_task_queue_delayed{queue=\"q1\"} 1",
+            "agentscale_task_queue_delayed{queue=\"q1\"} 3",
+            "agentscale_task_queue_delayed_due{queue=\"q1\"} 1",
+            "agentscale_task_queue_due{queue=\"q1\"} 6",
+            "agentscale_tasks_promoted_total 2",
             "agentscale_task_queue_dead{queue=\"q1\"} 4",
             "agentscale_task_queue_oldest_age_seconds{queue=\"q1\"} 2.0",
             "agentscale_worker_slots{state=\"busy\"} 3",

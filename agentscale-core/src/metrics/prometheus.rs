@@ -24,12 +24,15 @@ pub(super) fn registry(values: Arc<Values>) -> Arc<RwLock<Registry>> {
 /// The queue gauge families: name, help, and how to read the value.
 type QueueGauge = (&'static str, &'static str, fn(&Depth) -> f64);
 
-const QUEUE_GAUGES: [QueueGauge; 6] = [
+const QUEUE_GAUGES: [QueueGauge; 8] = [
     (
-        "agentscale_task_queue_depth",
-        "Tasks ready plus in flight (the backlog to scale on)",
-        |d| d.backlog() as f64,
+        "agentscale_task_queue_due",
+        "Tasks ready, in flight, or delayed and already due (the number to scale on)",
+        |d| d.due() as f64,
     ),
+    ("agentscale_task_queue_depth", "Tasks ready plus in flight", |d| {
+        d.backlog() as f64
+    }),
     ("agentscale_task_queue_ready", "Tasks deliverable now", |d| {
         d.ready as f64
     }),
@@ -42,6 +45,11 @@ const QUEUE_GAUGES: [QueueGauge; 6] = [
         "agentscale_task_queue_delayed",
         "Tasks waiting for a retry delay or not_before",
         |d| d.delayed as f64,
+    ),
+    (
+        "agentscale_task_queue_delayed_due",
+        "Delayed tasks whose due time has passed, not yet moved to ready",
+        |d| d.due_delayed as f64,
     ),
     (
         "agentscale_task_queue_dead",
@@ -115,6 +123,14 @@ impl Collector for AgentscaleCollector {
                     None,
                 )?;
         }
+
+        let mut promoted = encoder.encode_descriptor(
+            "agentscale_tasks_promoted",
+            "Due delayed tasks moved to ready by a queue keeper",
+            None,
+            MetricType::Counter,
+        )?;
+        promoted.encode_counter::<NoLabelSet, _, u64>(&v.promoted.load(Ordering::Relaxed), None)?;
 
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(DURATION_BUCKETS + 1);

@@ -69,6 +69,7 @@
 
 mod backoff;
 mod builder;
+mod kinds;
 mod process;
 mod shard;
 mod signal;
@@ -76,6 +77,7 @@ mod stats;
 
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
+pub use kinds::KindRouter;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 

@@ -146,7 +146,16 @@ pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease
         ))
     } else {
         let delay = shared.backoff.delay(attempt, shared.rng.next_u64());
-        tracing::debug!(error = %error, retry_in = ?delay, "attempt failed; retrying later");
+        // At warn: a failing handler is what an operator must see by default.
+        tracing::warn!(
+            task.id = %task.id,
+            task.kind = %task.kind,
+            attempt,
+            max_attempts = task.max_attempts,
+            error = %error,
+            retry_in = ?delay,
+            "task attempt failed; retrying later"
+        );
         Nack::Retry(delay)
     };
     // Boxed: the failure path is cold, and this keeps the per-task future small.
@@ -324,7 +333,14 @@ pub(super) async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) -> 
         Nack::Retry(_) => (&shared.stats.retried, Outcome::Retried),
         Nack::Release => (&shared.stats.released, Outcome::Released),
         Nack::DeadLetter(reason) => {
-            tracing::warn!(reason = %reason, "dead-lettering task");
+            let task = lease.task();
+            tracing::warn!(
+                task.id = %task.id,
+                task.kind = %task.kind,
+                attempt = lease.attempt(),
+                reason = %reason,
+                "dead-lettering task"
+            );
             (&shared.stats.dead_lettered, Outcome::DeadLettered)
         }
     };

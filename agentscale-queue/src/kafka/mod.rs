@@ -698,6 +698,12 @@ impl TaskQueue for KafkaQueue {
             ready: lag - in_flight,
             in_flight,
             delayed,
+            // A retry record's due time is in the record (its tier and
+            // timestamp), and reading every tier to count them is too dear
+            // for a depth poll: count every retry as due. A fleet with
+            // retries pending then never scales to zero (it may wake before
+            // a long backoff ends), and the worker's retry relay moves them.
+            due_delayed: delayed,
             dead,
             oldest_ready_age: None,
         })

@@ -8,6 +8,9 @@ use agentscale_core::{Error, Result};
 use agentscale_redis::RedisConfig;
 use serde::{Deserialize, Serialize};
 
+/// The longest [`RedisQueueConfig::idempotency_ttl`] accepted (30 days).
+pub const MAX_IDEMPOTENCY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Configuration of a [`RedisQueue`](super::RedisQueue).
 ///
 /// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
@@ -45,7 +48,11 @@ pub struct RedisQueueConfig {
     /// Connections reserved for blocking `XREADGROUP` (default 4). Blocking
     /// reads never share a connection with other traffic.
     pub block_connections: u32,
-    /// How long an idempotency key is remembered (default 24 h).
+    /// How long an idempotency key is remembered (default 24 h, between 1 s
+    /// and 30 days): an enqueue with a key seen within this time stores
+    /// nothing and returns the first task's id. Each key is one small Redis
+    /// string with this TTL; [`RedisQueue::destroy`](super::RedisQueue::destroy)
+    /// removes them all.
     #[serde(with = "agentscale_core::config::duration")]
     pub idempotency_ttl: Duration,
     /// Timeout of one non-blocking command (default 10 s).
@@ -151,6 +158,12 @@ impl RedisQueueConfig {
         self
     }
 
+    /// Sets how long idempotency keys are remembered.
+    pub fn with_idempotency_ttl(mut self, d: Duration) -> Self {
+        self.idempotency_ttl = d;
+        self
+    }
+
     /// Checks every field; errors are [`Error::InvalidConfig`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
@@ -187,8 +200,11 @@ impl RedisQueueConfig {
         if self.block_connections == 0 {
             return bad("block_connections must be at least 1".into());
         }
-        if self.idempotency_ttl < Duration::from_secs(1) {
-            return bad("idempotency_ttl must be at least 1s".into());
+        if self.idempotency_ttl < Duration::from_secs(1) || self.idempotency_ttl > MAX_IDEMPOTENCY_TTL {
+            return bad(format!(
+                "idempotency_ttl {:?} must be within 1s..=30d",
+                self.idempotency_ttl
+            ));
         }
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("command_timeout and connect_timeout must be > 0".into());

@@ -59,7 +59,7 @@ use agentscale_redis::{map_error as map_err, Redis};
 use async_trait::async_trait;
 use redis::{RedisError, Script, Value};
 
-pub use config::{RedisQueueConfig, RedisQueueConfigBuilder};
+pub use config::{RedisQueueConfig, RedisQueueConfigBuilder, MAX_IDEMPOTENCY_TTL};
 use reply::*;
 
 /// The Redis key names of one queue (see the [module docs](self)).
@@ -108,6 +108,7 @@ struct Scripts {
     delay: Script,
     depth: Script,
     replay: Script,
+    promote: Script,
 }
 
 struct Inner {
@@ -192,6 +193,7 @@ impl RedisQueue {
                     delay: Script::new(scripts::DELAY),
                     depth: Script::new(scripts::DEPTH),
                     replay: Script::new(scripts::REPLAY),
+                    promote: Script::new(scripts::PROMOTE),
                 },
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
@@ -634,9 +636,10 @@ impl TaskQueue for RedisQueue {
         let mut inv = self.inner.scripts.depth.key(&keys.streams[..]);
         inv.key(&keys.delayed)
             .key(&keys.dead)
-            .arg(&self.inner.config.consumer_group);
+            .arg(&self.inner.config.consumer_group)
+            .arg(now_ms());
         let v: Vec<i64> = self.eval(&inv, "depth").await?;
-        let [ready, in_flight, delayed, dead, oldest] = v[..] else {
+        let [ready, in_flight, delayed, dead, oldest, due_delayed] = v[..] else {
             return Err(bad_reply("depth"));
         };
         let oldest_ready_age = u64::try_from(oldest)
@@ -646,9 +649,24 @@ impl TaskQueue for RedisQueue {
             ready: ready.max(0) as u64,
             in_flight: in_flight.max(0) as u64,
             delayed: delayed.max(0) as u64,
+            due_delayed: due_delayed.max(0) as u64,
             dead: dead.max(0) as u64,
             oldest_ready_age,
         })
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<u64> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let keys = &self.inner.keys;
+        let mut inv = self.inner.scripts.promote.key(&keys.streams[..]);
+        inv.key(&keys.delayed)
+            .key(&keys.delayed_tasks)
+            .arg(now_ms())
+            .arg(max);
+        let moved: i64 = self.eval(&inv, "promote").await?;
+        Ok(moved.max(0) as u64)
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {

@@ -2,21 +2,13 @@
 //! all its keys in `KEYS`, and all keys of one queue share the hash tag
 //! `{queue}`, so the scripts run unchanged on Redis Cluster.
 
-/// Promote due delayed tasks, optionally reclaim expired leases
-/// (`XAUTOCLAIM`), then read new entries highest priority first.
-///
-/// KEYS: stream high, normal, low, delayed zset, delayed envelopes hash.
-/// ARGV: group, consumer, max, now_ms, reclaim (0/1), min_idle_ms,
-///       promote_limit, cursor high, cursor normal, cursor low.
-/// Returns `{next_due_ms or -1, cursor0, cursor1, cursor2, (prio, id,
-/// deliveries, raw flag, payload)*}`.
-pub(crate) const LEASE: &str = r#"
-local group, consumer = ARGV[1], ARGV[2]
-local max = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-local reclaim = ARGV[5] == '1'
-local min_idle = ARGV[6]
-local promote_limit = tonumber(ARGV[7])
+/// Moves up to `promote_limit` due members of the delayed set (KEYS[4]) to
+/// their priority stream (KEYS[1..3]), envelopes from the hash (KEYS[5]).
+/// Expects the locals `now` and `promote_limit`; leaves `due` (the members
+/// moved). Shared by [`LEASE`] and [`PROMOTE`].
+macro_rules! promote_lua {
+    () => {
+        r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, promote_limit)
 for _, m in ipairs(due) do
   local p = tonumber(string.sub(m, 1, 1))
@@ -31,6 +23,45 @@ for _, m in ipairs(due) do
   redis.call('XADD', KEYS[p + 1], '*', 'task', env)
   redis.call('ZREM', KEYS[4], m)
 end
+"#
+    };
+}
+
+/// Promotes due delayed tasks only: what a queue keeper runs while no worker
+/// leases.
+///
+/// KEYS: stream high, normal, low, delayed zset, delayed envelopes hash.
+/// ARGV: now_ms, promote_limit. Returns the number of tasks moved.
+pub(crate) const PROMOTE: &str = concat!(
+    r#"
+local now = tonumber(ARGV[1])
+local promote_limit = tonumber(ARGV[2])
+"#,
+    promote_lua!(),
+    r#"
+return #due
+"#
+);
+
+/// Promote due delayed tasks, optionally reclaim expired leases
+/// (`XAUTOCLAIM`), then read new entries highest priority first.
+///
+/// KEYS: stream high, normal, low, delayed zset, delayed envelopes hash.
+/// ARGV: group, consumer, max, now_ms, reclaim (0/1), min_idle_ms,
+///       promote_limit, cursor high, cursor normal, cursor low.
+/// Returns `{next_due_ms or -1, cursor0, cursor1, cursor2, (prio, id,
+/// deliveries, raw flag, payload)*}`.
+pub(crate) const LEASE: &str = concat!(
+    r#"
+local group, consumer = ARGV[1], ARGV[2]
+local max = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local reclaim = ARGV[5] == '1'
+local min_idle = ARGV[6]
+local promote_limit = tonumber(ARGV[7])
+"#,
+    promote_lua!(),
+    r#"
 local out = {-1, ARGV[8], ARGV[9], ARGV[10]}
 local n = 0
 local function push(p, e, deliveries)
@@ -88,7 +119,8 @@ end
 local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if nxt[2] then out[1] = tonumber(nxt[2]) end
 return out
-"#;
+"#
+);
 
 /// Settles or renews one lease, fenced: only if the pending entry is still
 /// owned by `consumer` with delivery count `fence`.
@@ -228,8 +260,9 @@ return 1
 
 /// Counts by state.
 ///
-/// KEYS: stream high, normal, low, delayed zset, dead stream. ARGV: group.
-/// Returns `{ready, in_flight, delayed, dead, oldest ready ms or -1}`.
+/// KEYS: stream high, normal, low, delayed zset, dead stream. ARGV: group,
+/// now ms. Returns `{ready, in_flight, delayed, dead, oldest ready ms or -1,
+/// delayed and due}`.
 pub(crate) const DEPTH: &str = r#"
 local group = ARGV[1]
 local ready, inflight, oldest = 0, 0, -1
@@ -259,7 +292,8 @@ for p = 1, 3 do
     end
   end
 end
-return {ready, inflight, redis.call('ZCARD', KEYS[4]), redis.call('XLEN', KEYS[5]), oldest}
+return {ready, inflight, redis.call('ZCARD', KEYS[4]), redis.call('XLEN', KEYS[5]), oldest,
+  redis.call('ZCOUNT', KEYS[4], '-inf', ARGV[2])}
 "#;
 
 /// Moves one dead letter back to a ready stream.
