@@ -69,6 +69,7 @@
 
 mod backoff;
 mod builder;
+mod live;
 mod process;
 mod shard;
 mod signal;
@@ -76,6 +77,7 @@ mod stats;
 
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
+pub use live::ConcurrencyHandle;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -85,7 +87,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -212,8 +214,9 @@ struct Shared<H> {
     heartbeat: Option<Heartbeat>,
     flags: Arc<RunFlags>,
     /// Free handler slots. A permit is taken before leasing and given back
-    /// only after the task's ack or nack completed.
-    slots: Semaphore,
+    /// only after the task's ack or nack completed. Resizable while running
+    /// ([`ConcurrencyHandle`]).
+    slots: Arc<live::Slots>,
     name: String,
     results: Option<Arc<dyn ResultStore>>,
     orchestrator: Option<Arc<Orchestrator>>,
@@ -266,13 +269,15 @@ impl<H: Handler> Worker<H> {
     {
         let Worker {
             shared,
-            concurrency,
+            concurrency: _,
             shards,
             grace_period,
             poll_wait,
             ack_batch,
             depth_poll_interval,
         } = self;
+        // The target now, which a ConcurrencyHandle may have changed since build().
+        let concurrency = shared.slots.start();
         let sampler = shared.metrics.clone().map(|m| {
             m.worker_started(concurrency);
             tokio::spawn(run_depth_sampler(shared.queue.clone(), m, depth_poll_interval))
@@ -292,6 +297,9 @@ impl<H: Handler> Worker<H> {
         if let Some(m) = &shared.metrics {
             m.worker_draining();
         }
+        // Frozen from here: the slots add up to this target once every task
+        // is settled (see live.rs).
+        let concurrency = shared.slots.freeze();
         let all = concurrency as u32;
         let in_flight = shared.stats.snapshot().in_flight;
         tracing::info!(worker = %shared.name, in_flight, grace = ?grace_period, "worker draining");
