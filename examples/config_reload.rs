@@ -96,7 +96,9 @@ async fn main() -> agentscale::Result<()> {
     for i in 0..400 {
         queue.enqueue(Task::new("work", format!("{i}"))).await?;
     }
-    let worker = Worker::builder(queue.clone(), Slow).concurrency(start.concurrency).build()?;
+    let worker = Worker::builder(queue.clone(), Slow)
+        .concurrency(start.concurrency)
+        .build()?;
     let concurrency = worker.concurrency_handle();
 
     // Apply every new snapshot: concurrency and log level in place.

@@ -147,7 +147,12 @@ struct QueueArgs {
     #[arg(long, env = "AGENTSCALE_QUEUE")]
     queue: String,
     /// Redis URL.
-    #[arg(long, env = "AGENTSCALE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AGENTSCALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     url: String,
     /// Redis key prefix of the queue.
     #[arg(long, env = "AGENTSCALE_KEY_PREFIX", default_value = "agentscale")]
@@ -197,9 +202,10 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         match e.kind() {
-            ErrorKind::NotFound | ErrorKind::InvalidInput | ErrorKind::InvalidConfig | ErrorKind::Unsupported => {
-                CliError::Usage(e.to_string())
-            }
+            ErrorKind::NotFound
+            | ErrorKind::InvalidInput
+            | ErrorKind::InvalidConfig
+            | ErrorKind::Unsupported => CliError::Usage(e.to_string()),
             _ => CliError::Runtime(e.to_string()),
         }
     }
@@ -224,11 +230,7 @@ fn main() -> ExitCode {
     let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(out) => {
-            let text = if json {
-                out.json.to_string()
-            } else {
-                out.human
-            };
+            let text = if json { out.json.to_string() } else { out.human };
             let mut stdout = std::io::stdout().lock();
             if writeln!(stdout, "{}", text.trim_end()).is_err() {
                 return ExitCode::from(1);

@@ -155,7 +155,9 @@ pub(crate) fn peek(q: &QueueArgs, entries: &[Peeked]) -> Output {
         })
         .collect();
     let human = table(
-        &["ENTRY", "PRIORITY", "TASK", "KIND", "ATTEMPT", "ENQUEUED", "PAYLOAD"],
+        &[
+            "ENTRY", "PRIORITY", "TASK", "KIND", "ATTEMPT", "ENQUEUED", "PAYLOAD",
+        ],
         &rows,
     );
     let json = Value::Array(
@@ -200,7 +202,9 @@ pub(crate) fn dead_letters(q: &QueueArgs, dead: &[DeadLetter]) -> Output {
         .map(|d| {
             vec![
                 d.id.clone(),
-                d.task.as_ref().map_or_else(|| "(raw)".to_string(), |t| t.kind.clone()),
+                d.task
+                    .as_ref()
+                    .map_or_else(|| "(raw)".to_string(), |t| t.kind.clone()),
                 d.attempts.to_string(),
                 ms_time(d.dead_at_ms),
                 d.reason.clone(),

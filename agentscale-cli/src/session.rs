@@ -13,7 +13,12 @@ pub(crate) struct InspectArgs {
     /// `<tenant>/<session id>`.
     id: String,
     /// Redis URL of the session store.
-    #[arg(long, env = "AGENTSCALE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AGENTSCALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     url: String,
     /// Key prefix of the session store.
     #[arg(long, env = "AGENTSCALE_KEY_PREFIX", default_value = "agentscale")]

@@ -59,8 +59,8 @@ pub(crate) struct SimulateArgs {
 }
 
 fn read(path: &Path, what: &str) -> CliResult<String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| CliError::Usage(format!("{what} {}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| CliError::Usage(format!("{what} {}: {e}", path.display())))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(CliError::Usage(format!(
             "{what} {}: {} bytes, at most {MAX_FILE_BYTES}",

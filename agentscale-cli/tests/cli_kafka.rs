@@ -15,7 +15,16 @@ use common::{agentscale, service, Run};
 fn cli(brokers: &str, topic: &str, args: &[&str], stdin: &str) -> Run {
     let group = format!("{topic}-g");
     let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--backend", "kafka", "--queue", topic, "--brokers", brokers, "--group", &group]);
+    all.extend([
+        "--backend",
+        "kafka",
+        "--queue",
+        topic,
+        "--brokers",
+        brokers,
+        "--group",
+        &group,
+    ]);
     agentscale(&all, stdin)
 }
 
@@ -35,23 +44,35 @@ async fn kafka_stats_and_dead_letters() {
         .expect("config");
     let q = KafkaQueue::connect(config).await.expect("connect");
     for i in 0..3 {
-        q.enqueue(Task::new("doomed", format!("{i}"))).await.expect("enqueue");
+        q.enqueue(Task::new("doomed", format!("{i}")))
+            .await
+            .expect("enqueue");
     }
     let mut leases: Vec<Lease> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while leases.len() < 3 {
         assert!(Instant::now() < deadline, "leased only {}", leases.len());
-        leases.extend(q.lease(3 - leases.len(), Duration::from_millis(500)).await.expect("lease"));
+        leases.extend(
+            q.lease(3 - leases.len(), Duration::from_millis(500))
+                .await
+                .expect("lease"),
+        );
     }
     for (i, l) in leases.iter().enumerate() {
-        q.nack(l, Nack::DeadLetter(format!("reason-{i}"))).await.expect("dead-letter");
+        q.nack(l, Nack::DeadLetter(format!("reason-{i}")))
+            .await
+            .expect("dead-letter");
     }
 
     let list = cli(&brokers, &topic, &["--json", "dlq", "list"], "").ok().json();
     let list = list.as_array().expect("array").clone();
     assert_eq!(list.len(), 3, "{list:?}");
-    assert!(list.iter().all(|d| d["reason"].as_str().is_some_and(|r| r.starts_with("reason-"))));
-    let stats = cli(&brokers, &topic, &["--json", "queue", "stats"], "").ok().json();
+    assert!(list
+        .iter()
+        .all(|d| d["reason"].as_str().is_some_and(|r| r.starts_with("reason-"))));
+    let stats = cli(&brokers, &topic, &["--json", "queue", "stats"], "")
+        .ok()
+        .json();
     assert_eq!(stats["dead"], 3, "{stats}");
     assert_eq!(stats["backend"], "kafka");
 
@@ -67,14 +88,22 @@ async fn kafka_stats_and_dead_letters() {
     let r = cli(&brokers, &topic, &["dlq", "purge"], "wrong\n");
     assert_eq!(r.code, 2, "{r:?}");
     assert_eq!(
-        cli(&brokers, &topic, &["--json", "dlq", "list"], "").ok().json().as_array().map(Vec::len),
+        cli(&brokers, &topic, &["--json", "dlq", "list"], "")
+            .ok()
+            .json()
+            .as_array()
+            .map(Vec::len),
         Some(2)
     );
-    let purged = cli(&brokers, &topic, &["--json", "dlq", "purge", "--yes"], "").ok().json();
+    let purged = cli(&brokers, &topic, &["--json", "dlq", "purge", "--yes"], "")
+        .ok()
+        .json();
     assert_eq!(purged["purged"], 2);
     let after = cli(&brokers, &topic, &["--json", "dlq", "list"], "").ok().json();
     assert_eq!(after, serde_json::json!([]));
-    let stats = cli(&brokers, &topic, &["--json", "queue", "stats"], "").ok().json();
+    let stats = cli(&brokers, &topic, &["--json", "queue", "stats"], "")
+        .ok()
+        .json();
     assert_eq!(stats["dead"], 0, "{stats}");
 
     let peek = cli(&brokers, &topic, &["queue", "peek"], "");

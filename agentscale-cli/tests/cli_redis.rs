@@ -75,7 +75,10 @@ macro_rules! redis_or_skip {
 async fn stats_count_every_state() {
     let f = redis_or_skip!();
     for i in 0..5 {
-        f.queue.enqueue(Task::new("ready", format!("{i}"))).await.expect("enqueue");
+        f.queue
+            .enqueue(Task::new("ready", format!("{i}")))
+            .await
+            .expect("enqueue");
     }
     for i in 0..2 {
         f.queue
@@ -131,7 +134,10 @@ async fn peek_shows_ready_tasks_without_leasing_them() {
     let leased = f.queue.lease(1, Duration::from_secs(2)).await.expect("lease");
     assert_eq!(leased[0].task().id.to_string(), ids[0]);
 
-    let all = f.run(&["--json", "queue", "peek", "--limit", "10"], "").ok().json();
+    let all = f
+        .run(&["--json", "queue", "peek", "--limit", "10"], "")
+        .ok()
+        .json();
     let seen: Vec<&str> = all
         .as_array()
         .expect("array")
@@ -140,7 +146,10 @@ async fn peek_shows_ready_tasks_without_leasing_them() {
         .collect();
     assert_eq!(seen, ids[1..].iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(all[0]["task"]["payload"], "payload-1");
-    let one = f.run(&["--json", "queue", "peek", "--limit", "1"], "").ok().json();
+    let one = f
+        .run(&["--json", "queue", "peek", "--limit", "1"], "")
+        .ok()
+        .json();
     assert_eq!(one.as_array().map(Vec::len), Some(1));
 
     let table = f.run(&["queue", "peek"], "").ok().stdout;
@@ -159,7 +168,10 @@ async fn dead_letters_list_and_replay() {
     let list = f.run(&["--json", "dlq", "list"], "").ok().json();
     let list = list.as_array().expect("array").clone();
     assert_eq!(list.len(), 3);
-    let reasons: Vec<&str> = list.iter().map(|d| d["reason"].as_str().expect("reason")).collect();
+    let reasons: Vec<&str> = list
+        .iter()
+        .map(|d| d["reason"].as_str().expect("reason"))
+        .collect();
     assert_eq!(reasons, ["reason-0", "reason-1", "reason-2"]);
     assert_eq!(list[0]["task"]["kind"], "doomed");
     let table = f.run(&["dlq", "list"], "").ok().stdout;
@@ -171,7 +183,10 @@ async fn dead_letters_list_and_replay() {
     let s = f.stats();
     assert_eq!((s["dead"].as_u64(), s["ready"].as_u64()), (Some(2), Some(1)));
     let back = f.queue.lease(1, Duration::from_secs(2)).await.expect("lease");
-    assert_eq!(back[0].task().id.to_string(), list[1]["task"]["id"].as_str().expect("task id"));
+    assert_eq!(
+        back[0].task().id.to_string(),
+        list[1]["task"]["id"].as_str().expect("task id")
+    );
     assert_eq!(back[0].attempt(), 1, "attempts reset");
 
     // Replaying it again, or an id that never existed: exit 2, nothing changed.
@@ -219,9 +234,10 @@ async fn session_inspect_reads_the_session_store() {
         return;
     };
     let prefix = unique_name("astest-cli-session");
-    let store = RedisSessionStore::connect(RedisStateConfig::new(url.as_str()).with_key_prefix(prefix.as_str()))
-        .await
-        .expect("store");
+    let store =
+        RedisSessionStore::connect(RedisStateConfig::new(url.as_str()).with_key_prefix(prefix.as_str()))
+            .await
+            .expect("store");
     let key = SessionKey::new("acme", "s-42").expect("key");
     let v = store.put(&key, 0, "{\"step\":3}".into()).await.expect("put");
     for turn in ["hello", "world"] {
@@ -229,7 +245,16 @@ async fn session_inspect_reads_the_session_store() {
     }
     let run = |id: &str| {
         agentscale(
-            &["--json", "session", "inspect", id, "--url", &url, "--key-prefix", &prefix],
+            &[
+                "--json",
+                "session",
+                "inspect",
+                id,
+                "--url",
+                &url,
+                "--key-prefix",
+                &prefix,
+            ],
             "",
         )
     };
@@ -249,8 +274,16 @@ async fn session_inspect_reads_the_session_store() {
 async fn an_unreachable_redis_is_a_runtime_error() {
     let r = agentscale(
         &[
-            "queue", "stats", "--backend", "redis", "--queue", "q", "--url", "redis://127.0.0.1:1",
-            "--timeout", "2s",
+            "queue",
+            "stats",
+            "--backend",
+            "redis",
+            "--queue",
+            "q",
+            "--url",
+            "redis://127.0.0.1:1",
+            "--timeout",
+            "2s",
         ],
         "",
     );

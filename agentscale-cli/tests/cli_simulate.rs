@@ -26,7 +26,17 @@ fn the_shipped_hpa_scales_up_for_a_burst_and_back_down() {
     let hpa = repo_file("deploy/overlays/hpa/hpa.yaml");
     let hpa = hpa.to_str().expect("utf-8 path");
     let r = agentscale(
-        &["--json", "autoscale", "simulate", "--trace", &trace, "--hpa", hpa, "--seed", "7"],
+        &[
+            "--json",
+            "autoscale",
+            "simulate",
+            "--trace",
+            &trace,
+            "--hpa",
+            hpa,
+            "--seed",
+            "7",
+        ],
         "",
     );
     assert_eq!(r.code, 0, "{r:?}");
@@ -35,7 +45,10 @@ fn the_shipped_hpa_scales_up_for_a_burst_and_back_down() {
     assert_eq!(j["target"], "agentscale-worker");
     assert_eq!(j["seconds"], 3600);
     let arrived = j["arrived"].as_u64().expect("arrived");
-    assert_eq!(arrived, j["started"].as_u64().expect("started") + j["backlog_end"].as_u64().expect("end"));
+    assert_eq!(
+        arrived,
+        j["started"].as_u64().expect("started") + j["backlog_end"].as_u64().expect("end")
+    );
     let desired: Vec<i64> = j["samples"]
         .as_array()
         .expect("samples")
@@ -50,13 +63,26 @@ fn the_shipped_hpa_scales_up_for_a_burst_and_back_down() {
 
     // Same seed, same run; the table names the autoscaler.
     let again = agentscale(
-        &["--json", "autoscale", "simulate", "--trace", &trace, "--hpa", hpa, "--seed", "7"],
+        &[
+            "--json",
+            "autoscale",
+            "simulate",
+            "--trace",
+            &trace,
+            "--hpa",
+            hpa,
+            "--seed",
+            "7",
+        ],
         "",
     );
     assert_eq!(again.json(), j);
     let table = agentscale(&["autoscale", "simulate", "--trace", &trace, "--hpa", hpa], "");
     assert_eq!(table.code, 0, "{table:?}");
-    assert!(table.stdout.contains("hpa → agentscale-worker (2..20 replicas)"), "{table:?}");
+    assert!(
+        table.stdout.contains("hpa → agentscale-worker (2..20 replicas)"),
+        "{table:?}"
+    );
 }
 
 #[test]
@@ -79,7 +105,14 @@ fn bad_traces_are_refused_with_exit_2() {
     }
     let missing = dir.path().join("missing.csv");
     let r = agentscale(
-        &["autoscale", "simulate", "--trace", missing.to_str().expect("path"), "--hpa", hpa],
+        &[
+            "autoscale",
+            "simulate",
+            "--trace",
+            missing.to_str().expect("path"),
+            "--hpa",
+            hpa,
+        ],
         "",
     );
     assert_eq!(r.code, 2, "{r:?}");
@@ -94,14 +127,32 @@ fn bad_autoscaler_files_are_refused_with_exit_2() {
     assert_ne!(unknown, shipped);
     let cases = [
         ("unknown-field.yaml", unknown.as_str(), "minReplica"),
-        ("no-autoscaler.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n", "no HorizontalPodAutoscaler"),
+        (
+            "no-autoscaler.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+            "no HorizontalPodAutoscaler",
+        ),
         ("not-yaml.yaml", "kind: [unclosed\n", "autoscaler file"),
     ];
     for (name, text, why) in cases {
         let hpa = write(&dir, name, text);
-        let r = agentscale(&["--json", "autoscale", "simulate", "--trace", &trace, "--hpa", &hpa], "");
+        let r = agentscale(
+            &[
+                "--json",
+                "autoscale",
+                "simulate",
+                "--trace",
+                &trace,
+                "--hpa",
+                &hpa,
+            ],
+            "",
+        );
         assert_eq!(r.code, 2, "{name}: {r:?}");
         let err: serde_json::Value = serde_json::from_str(r.stderr.trim()).expect("JSON error");
-        assert!(err["error"].as_str().expect("message").contains(why), "{name}: {r:?}");
+        assert!(
+            err["error"].as_str().expect("message").contains(why),
+            "{name}: {r:?}"
+        );
     }
 }

@@ -27,7 +27,11 @@ impl Handler for Gate {
             *n += 1;
             self.peak.fetch_max(*n, Ordering::SeqCst);
         });
-        let permit = self.gate.acquire().await.map_err(|e| Error::handler(e.to_string()))?;
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| Error::handler(e.to_string()))?;
         permit.forget();
         self.running.send_modify(|n| *n -= 1);
         Ok(Output::none())
@@ -50,7 +54,9 @@ async fn raising_and_lowering_concurrency_is_observed_by_the_running_worker() {
     );
     let total = 30u64;
     for i in 0..total {
-        q.enqueue(Task::new("gate", format!("{i}"))).await.expect("enqueue");
+        q.enqueue(Task::new("gate", format!("{i}")))
+            .await
+            .expect("enqueue");
     }
     let probe = Arc::new(Gate {
         gate: Semaphore::new(0),
@@ -71,12 +77,16 @@ async fn raising_and_lowering_concurrency_is_observed_by_the_running_worker() {
     }));
     let mut running = probe.running.subscribe();
 
-    within("2 running", running.wait_for(|n| *n == 2)).await.expect("open");
+    within("2 running", running.wait_for(|n| *n == 2))
+        .await
+        .expect("open");
     assert_eq!(handle.get(), 2);
 
     // Raise: three more slots at once.
     assert_eq!(handle.set(5).expect("raise"), 2);
-    within("5 running", running.wait_for(|n| *n == 5)).await.expect("open");
+    within("5 running", running.wait_for(|n| *n == 5))
+        .await
+        .expect("open");
     assert_eq!(probe.started.load(Ordering::SeqCst), 5);
     assert_eq!(probe.peak.load(Ordering::SeqCst), 5);
 
@@ -87,7 +97,11 @@ async fn raising_and_lowering_concurrency_is_observed_by_the_running_worker() {
     probe.gate.add_permits(4);
     within("4 completed", stats.wait_until(|r| r.completed == 4)).await;
     assert_eq!(handle.pending_reduction(), 0);
-    assert_eq!(probe.started.load(Ordering::SeqCst), 5, "no task started while slots were owed");
+    assert_eq!(
+        probe.started.load(Ordering::SeqCst),
+        5,
+        "no task started while slots were owed"
+    );
     assert_eq!(*running.borrow(), 1);
 
     // From here on, one at a time.
@@ -101,11 +115,17 @@ async fn raising_and_lowering_concurrency_is_observed_by_the_running_worker() {
         })
         .await;
     }
-    assert_eq!(probe.peak.load(Ordering::SeqCst), 1, "ran more than the lowered concurrency");
+    assert_eq!(
+        probe.peak.load(Ordering::SeqCst),
+        1,
+        "ran more than the lowered concurrency"
+    );
 
     // Raise again.
     handle.set(3).expect("raise");
-    within("3 running", running.wait_for(|n| *n == 3)).await.expect("open");
+    within("3 running", running.wait_for(|n| *n == 3))
+        .await
+        .expect("open");
 
     // Stop: open the gate for everything, drain.
     probe.gate.add_permits(1000);
@@ -113,7 +133,11 @@ async fn raising_and_lowering_concurrency_is_observed_by_the_running_worker() {
     let report = within("drain", run).await.expect("join").expect("run");
     assert_eq!(report.completed, probe.started.load(Ordering::SeqCst));
     let depth = q.depth().await.expect("depth");
-    assert_eq!(depth.ready + depth.in_flight + report.completed, total, "nothing lost");
+    assert_eq!(
+        depth.ready + depth.in_flight + report.completed,
+        total,
+        "nothing lost"
+    );
     // After the drain the concurrency can no longer change.
     assert_eq!(handle.set(4).map_err(|e| e.kind()), Err(ErrorKind::Closed));
 }
@@ -130,7 +154,10 @@ async fn invalid_concurrency_is_refused_and_changes_nothing() {
     let worker = Worker::builder(q, probe).concurrency(3).build().expect("worker");
     let handle = worker.concurrency_handle();
     assert_eq!(handle.set(0).map_err(|e| e.kind()), Err(ErrorKind::InvalidConfig));
-    assert_eq!(handle.set(usize::MAX).map_err(|e| e.kind()), Err(ErrorKind::InvalidConfig));
+    assert_eq!(
+        handle.set(usize::MAX).map_err(|e| e.kind()),
+        Err(ErrorKind::InvalidConfig)
+    );
     assert_eq!(handle.get(), 3);
     // Before run: the new value is what the worker starts with.
     assert_eq!(handle.set(7).expect("set"), 3);

@@ -30,8 +30,7 @@ pub struct Run {
 impl Run {
     /// stdout as JSON (panics with the output when it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     pub fn ok(self) -> Self {

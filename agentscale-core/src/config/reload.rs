@@ -183,10 +183,16 @@ impl<T: Reloadable + DeserializeOwned> Reloader<T> {
     fn reload(&mut self) -> ReloadOutcome {
         let next: T = match self.loader.load() {
             Ok(c) => c,
-            Err(e) => return ReloadOutcome::Rejected { reason: e.to_string() },
+            Err(e) => {
+                return ReloadOutcome::Rejected {
+                    reason: e.to_string(),
+                }
+            }
         };
         if let Err(e) = next.validate() {
-            return ReloadOutcome::Rejected { reason: e.to_string() };
+            return ReloadOutcome::Rejected {
+                reason: e.to_string(),
+            };
         }
         let running = self.current();
         let (merged, restart_required) = running.merge_live(next);

@@ -112,7 +112,7 @@ fn a_restart_only_setting_is_reported_and_kept() {
 fn invalid_files_are_rejected_with_the_reason_and_the_config_kept() {
     let dir = tempfile::tempdir().expect("tmp");
     let (path, mut r) = setup(&dir);
-    let mut rx = r.subscribe();
+    let rx = r.subscribe();
     let cases = [
         (r#"{"concurrency": 4, "#, "not valid JSON"),
         (
@@ -130,7 +130,7 @@ fn invalid_files_are_rejected_with_the_reason_and_the_config_kept() {
             ReloadOutcome::Rejected { reason } => assert!(reason.contains(why), "{reason:?} lacks {why:?}"),
             other => panic!("{text}: expected a rejection, got {other:?}"),
         }
-        assert_eq!(*r.current(), *rx.borrow(), "running config kept");
+        assert_eq!(r.current(), *rx.borrow(), "running config kept");
         assert_eq!(r.current().concurrency, 4);
         // Rejected once; not again at every poll while the file stays bad.
         assert_eq!(r.check(), ReloadOutcome::Unchanged);

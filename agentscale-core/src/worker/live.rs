@@ -57,7 +57,10 @@ impl Slots {
         self.sem.available_permits()
     }
 
-    pub(super) fn try_acquire_many(&self, n: u32) -> std::result::Result<SemaphorePermit<'_>, TryAcquireError> {
+    pub(super) fn try_acquire_many(
+        &self,
+        n: u32,
+    ) -> std::result::Result<SemaphorePermit<'_>, TryAcquireError> {
         self.sem.try_acquire_many(n)
     }
 
@@ -65,7 +68,10 @@ impl Slots {
         self.sem.acquire().await
     }
 
-    pub(super) async fn acquire_many(&self, n: u32) -> std::result::Result<SemaphorePermit<'_>, AcquireError> {
+    pub(super) async fn acquire_many(
+        &self,
+        n: u32,
+    ) -> std::result::Result<SemaphorePermit<'_>, AcquireError> {
         self.sem.acquire_many(n).await
     }
 
@@ -104,10 +110,14 @@ impl Slots {
     /// Sets the target; returns (previous target, whether the worker runs).
     fn set(&self, n: usize) -> Result<(usize, bool)> {
         if n == 0 {
-            return Err(Error::InvalidConfig("worker concurrency must be at least 1".into()));
+            return Err(Error::InvalidConfig(
+                "worker concurrency must be at least 1".into(),
+            ));
         }
         if n > max_concurrency() {
-            return Err(Error::InvalidConfig(format!("worker concurrency {n} is too large")));
+            return Err(Error::InvalidConfig(format!(
+                "worker concurrency {n} is too large"
+            )));
         }
         let mut s = self.state.lock();
         if s.frozen {
