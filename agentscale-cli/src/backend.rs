@@ -40,7 +40,7 @@ impl Queue {
 
     #[cfg(feature = "redis")]
     async fn redis(args: &QueueArgs) -> CliResult<Queue> {
-        use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
+        use agentscale_queue::redis::{RedisQueue, RedisQueueConfig, RedisQueueKeys};
         let mut cfg = RedisQueueConfig::new(args.url.as_str(), args.queue.as_str())
             .with_key_prefix(args.key_prefix.as_str())
             .with_consumer_name("agentscale-cli")
@@ -50,7 +50,27 @@ impl Queue {
         }
         cfg.connect_timeout = args.timeout;
         cfg.command_timeout = args.timeout;
-        let q = tokio::time::timeout(args.timeout + args.timeout, RedisQueue::connect(cfg))
+        let connect = async {
+            cfg.validate()?;
+            let redis = agentscale_redis::Redis::connect(cfg.connection()).await?;
+            // Connecting a queue creates its streams and consumer groups; an
+            // operator's typo must not create a new, empty queue.
+            let keys = RedisQueueKeys::new(&cfg.key_prefix, &cfg.queue);
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&keys.streams[..]).arg(&keys.delayed).arg(&keys.dead);
+            let found: i64 = exists
+                .query_async(&mut redis.connection())
+                .await
+                .map_err(|e| agentscale_redis::map_error("EXISTS", e))?;
+            if found == 0 {
+                return Err(Error::NotFound(format!(
+                    "queue {} has no keys under prefix {:?} (check --queue and --key-prefix); nothing changed",
+                    cfg.queue, cfg.key_prefix
+                )));
+            }
+            RedisQueue::new(redis, cfg).await
+        };
+        let q = tokio::time::timeout(args.timeout + args.timeout, connect)
             .await
             .map_err(|_| CliError::Runtime(format!("redis did not answer within {:?}", args.timeout)))?
             .map_err(unreachable)?;
@@ -157,7 +177,9 @@ impl Queue {
 /// invalid config (an unreachable URL is not a usage mistake).
 fn unreachable(e: Error) -> CliError {
     match e.kind() {
-        agentscale_core::ErrorKind::InvalidConfig => CliError::Usage(e.to_string()),
+        agentscale_core::ErrorKind::InvalidConfig | agentscale_core::ErrorKind::NotFound => {
+            CliError::Usage(e.to_string())
+        }
         _ => CliError::Runtime(e.to_string()),
     }
 }

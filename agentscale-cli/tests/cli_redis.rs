@@ -271,6 +271,46 @@ async fn session_inspect_reads_the_session_store() {
 }
 
 #[tokio::test]
+async fn an_unknown_queue_is_refused_and_not_created() {
+    let Some(url) = service("AGENTSCALE_REDIS_URL") else {
+        return;
+    };
+    let name = unique_name("cli-typo");
+    for args in [
+        &["queue", "stats"][..],
+        &["dlq", "list"][..],
+        &["dlq", "purge", "--yes"][..],
+    ] {
+        let mut all = args.to_vec();
+        all.extend([
+            "--backend",
+            "redis",
+            "--queue",
+            &name,
+            "--url",
+            &url,
+            "--key-prefix",
+            PREFIX,
+        ]);
+        let r = agentscale(&all, "");
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("has no keys under prefix"), "{r:?}");
+    }
+    // Nothing was created for the typo.
+    let keys = agentscale_queue::redis::RedisQueueKeys::new(PREFIX, &name);
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&keys.streams[..])
+        .arg(&keys.delayed)
+        .arg(&keys.dead)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
 async fn an_unreachable_redis_is_a_runtime_error() {
     let r = agentscale(
         &[
