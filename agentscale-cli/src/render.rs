@@ -102,10 +102,19 @@ fn ms_time(ms: u64) -> String {
 
 pub(crate) fn stats(q: &QueueArgs, d: &Depth) -> Output {
     let oldest = d.oldest_ready_age.map_or_else(|| "-".to_string(), age);
+    // Kafka leases live in the worker processes; from outside they count as ready.
+    let kafka = q.backend == crate::BackendKind::Kafka;
     let human = pairs(&[
         ("queue", format!("{} ({})", q.queue, q.backend.as_str())),
         ("ready", d.ready.to_string()),
-        ("in flight", d.in_flight.to_string()),
+        (
+            "in flight",
+            if kafka {
+                "- (only the workers know; counted as ready)".to_string()
+            } else {
+                d.in_flight.to_string()
+            },
+        ),
         ("delayed", d.delayed.to_string()),
         ("dead", d.dead.to_string()),
         ("backlog", d.backlog().to_string()),
@@ -115,7 +124,7 @@ pub(crate) fn stats(q: &QueueArgs, d: &Depth) -> Output {
         "backend": q.backend.as_str(),
         "queue": q.queue,
         "ready": d.ready,
-        "in_flight": d.in_flight,
+        "in_flight": if kafka { None } else { Some(d.in_flight) },
         "delayed": d.delayed,
         "dead": d.dead,
         "backlog": d.backlog(),
