@@ -75,6 +75,7 @@ async fn kafka_stats_and_dead_letters() {
         .json();
     assert_eq!(stats["dead"], 3, "{stats}");
     assert_eq!(stats["backend"], "kafka");
+    assert!(stats["in_flight"].is_null(), "{stats}");
 
     let id = list[0]["id"].as_str().expect("id").to_string();
     cli(&brokers, &topic, &["dlq", "replay", &id], "").ok();
