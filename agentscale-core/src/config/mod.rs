@@ -66,6 +66,10 @@
 //! # Ok::<(), agentscale_core::Error>(())
 //! ```
 //!
+//! A mounted file that changes while the process runs can be applied live
+//! with a [`reload::Reloader`]: safe settings change in place, the others
+//! are reported as needing a restart, and an invalid file is rejected.
+//!
 //! Errors are [`Error::InvalidConfig`] naming the key and where its value came
 //! from (file path or variable name). Values are never quoted in messages: a
 //! mistyped secret does not end up in a log. Loading never panics.
@@ -392,6 +396,7 @@ fn read_config_file(path: &Path) -> Result<serde_json::Value> {
     Ok(value)
 }
 
+pub mod reload;
 mod tree;
 use tree::{apply_env, merge_json, Node, NodeDe};
 mod durations;

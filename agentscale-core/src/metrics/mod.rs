@@ -345,6 +345,11 @@ impl Metrics {
         self.values.running_workers.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// A running worker's concurrency changed by `delta` slots.
+    pub(crate) fn slots_resized(&self, delta: i64) {
+        self.values.slots_total.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// A worker began draining: the process is shutting down.
     pub(crate) fn worker_draining(&self) {
         self.values.draining.store(true, Ordering::Release);

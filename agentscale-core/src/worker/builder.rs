@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
-use super::{backoff, Backoff, Handler, Heartbeat, RunFlags, Shared, Worker, WorkerStats};
+use super::{backoff, live, Backoff, Handler, Heartbeat, RunFlags, Shared, Worker, WorkerStats};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::orchestrate::Orchestrator;
@@ -176,7 +174,7 @@ impl<H: Handler> WorkerBuilder<H> {
         if self.concurrency == 0 {
             return invalid("worker concurrency must be at least 1".into());
         }
-        if self.concurrency > Semaphore::MAX_PERMITS / 2 || self.concurrency > u32::MAX as usize {
+        if self.concurrency > live::max_concurrency() {
             return invalid(format!("worker concurrency {} is too large", self.concurrency));
         }
         if self.task_timeout.is_zero() {
@@ -251,7 +249,7 @@ impl<H: Handler> WorkerBuilder<H> {
                 task_timeout: self.task_timeout,
                 heartbeat,
                 flags: Arc::new(RunFlags::default()),
-                slots: Semaphore::new(self.concurrency),
+                slots: Arc::new(live::Slots::new(self.concurrency)),
                 name,
                 results,
                 orchestrator: self.orchestrator,

@@ -70,6 +70,7 @@
 mod backoff;
 mod builder;
 mod kinds;
+mod live;
 mod process;
 mod shard;
 mod signal;
@@ -78,6 +79,7 @@ mod stats;
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
 pub use kinds::KindRouter;
+pub use live::ConcurrencyHandle;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -87,7 +89,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -214,8 +216,9 @@ struct Shared<H> {
     heartbeat: Option<Heartbeat>,
     flags: Arc<RunFlags>,
     /// Free handler slots. A permit is taken before leasing and given back
-    /// only after the task's ack or nack completed.
-    slots: Semaphore,
+    /// only after the task's ack or nack completed. Resizable while running
+    /// ([`ConcurrencyHandle`]).
+    slots: Arc<live::Slots>,
     name: String,
     results: Option<Arc<dyn ResultStore>>,
     orchestrator: Option<Arc<Orchestrator>>,
@@ -268,13 +271,15 @@ impl<H: Handler> Worker<H> {
     {
         let Worker {
             shared,
-            concurrency,
+            concurrency: _,
             shards,
             grace_period,
             poll_wait,
             ack_batch,
             depth_poll_interval,
         } = self;
+        // The target now, which a ConcurrencyHandle may have changed since build().
+        let concurrency = shared.slots.start();
         let sampler = shared.metrics.clone().map(|m| {
             m.worker_started(concurrency);
             tokio::spawn(run_depth_sampler(shared.queue.clone(), m, depth_poll_interval))
@@ -294,6 +299,9 @@ impl<H: Handler> Worker<H> {
         if let Some(m) = &shared.metrics {
             m.worker_draining();
         }
+        // Frozen from here: the slots add up to this target once every task
+        // is settled (see live.rs).
+        let concurrency = shared.slots.freeze();
         let all = concurrency as u32;
         let in_flight = shared.stats.snapshot().in_flight;
         tracing::info!(worker = %shared.name, in_flight, grace = ?grace_period, "worker draining");

@@ -1,4 +1,5 @@
-//! Topics, watermarks and dead letters: admin calls and reads outside the group.
+//! Topics, watermarks and dead letters: admin calls and reads outside the group,
+//! and the purge of dead letters.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -353,4 +354,33 @@ pub(crate) fn dead_letter_by_id(
     Err(Error::Timeout(format!(
         "reading dead letter {id} of {topic} did not finish within {timeout:?}"
     )))
+}
+
+/// Header on `<topic>.dlt.replayed` records written by a purge: the dead
+/// letter was dropped, not re-produced.
+pub const HEADER_PURGED: &str = "agentscale-purged";
+
+impl KafkaQueue {
+    /// Drops every dead letter not yet replayed and returns how many. Kafka
+    /// cannot delete single records, so each one is marked settled in
+    /// `<topic>.dlt.replayed` (with the [`HEADER_PURGED`] header), exactly as a
+    /// replay marks it: it leaves [`dead_letters`](TaskQueue::dead_letters)
+    /// and the `dead` count of [`depth`](TaskQueue::depth), and can no longer be
+    /// replayed. The records stay in `<topic>.dlt` until its retention removes
+    /// them. A purge that fails part-way leaves the unmarked ones in place.
+    pub async fn purge_dead_letters(&self) -> Result<u64> {
+        let (records, replayed) = self.blocking(read_dead_letters).await?;
+        let mut purged = 0u64;
+        for r in records.into_iter().filter(|r| !replayed.contains(&r.id)) {
+            let marker = Outgoing {
+                topic: self.shared.config.replayed_topic(),
+                key: Some(r.id.as_bytes().to_vec()),
+                payload: Vec::new(),
+                headers: vec![(HEADER_REPLAYED_ID, r.id.clone()), (HEADER_PURGED, "1".into())],
+            };
+            marker.deliver(&self.producer).await?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
 }

@@ -108,6 +108,7 @@ use agentscale_core::{
     Capabilities, DeadLetter, Depth, Enqueued, Error, Lease, Nack, Result, Task, TaskQueue,
 };
 
+pub use admin::HEADER_PURGED;
 use admin::*;
 use config::*;
 pub use config::{AssignmentStrategy, KafkaQueueConfig, KafkaQueueConfigBuilder};

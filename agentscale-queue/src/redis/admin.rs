@@ -1,4 +1,5 @@
-//! Administration: dead-letter listing and deleting a queue's keys.
+//! Administration: dead-letter listing and purging, peeking at ready
+//! tasks, and deleting a queue's keys.
 
 use agentscale_core::queue::DeadLetter;
 use agentscale_core::{Result, Task};
@@ -6,7 +7,86 @@ use redis::Value;
 
 use super::*;
 
+/// A ready task seen by [`RedisQueue::peek_ready`] without leasing it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReadyEntry {
+    /// The stream entry id.
+    pub entry_id: String,
+    /// The priority stream it waits in.
+    pub priority: Priority,
+    /// The task, when the entry is a decodable envelope.
+    pub task: Option<Task>,
+    /// The raw bytes, when the entry is not a decodable envelope.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Most entries [`RedisQueue::peek_ready`] returns in one call.
+pub const MAX_PEEK: usize = 1000;
+
 impl RedisQueue {
+    /// Up to `max` (at most [`MAX_PEEK`]) tasks that wait for their first
+    /// delivery, high priority first and oldest first within a priority. Reads
+    /// only: nothing is leased, and leased, delayed or dead tasks are not shown.
+    pub async fn peek_ready(&self, max: usize) -> Result<Vec<ReadyEntry>> {
+        let max = max.min(MAX_PEEK);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let script = Script::new(scripts::PEEK);
+        let mut inv = script.key(&self.inner.keys.streams[..]);
+        inv.arg(&self.inner.config.consumer_group).arg(max);
+        let reply: Value = self.eval(&inv, "peek").await?;
+        let Value::Array(rows) = reply else {
+            return Err(bad_reply("peek"));
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Value::Array(parts) = row else {
+                return Err(bad_reply("peek"));
+            };
+            let mut it = parts.into_iter();
+            let (Some(p), Some(id), Some(bytes)) = (it.next(), it.next(), it.next()) else {
+                return Err(bad_reply("peek"));
+            };
+            let priority = match value_i64(&p) {
+                Some(0) => Priority::High,
+                Some(1) => Priority::Normal,
+                Some(2) => Priority::Low,
+                _ => return Err(bad_reply("peek")),
+            };
+            let entry_id = value_string(id).ok_or_else(|| bad_reply("peek"))?;
+            let bytes = value_bytes(bytes).unwrap_or_default();
+            let (task, raw) = match Task::decode(&bytes) {
+                Ok(t) => (Some(t), None),
+                Err(_) => (None, Some(bytes)),
+            };
+            out.push(ReadyEntry {
+                entry_id,
+                priority,
+                task,
+                raw,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes every dead letter of this queue at once (`XLEN` and `DEL` in
+    /// one `MULTI`) and returns how many there were.
+    pub async fn purge_dead_letters(&self) -> Result<u64> {
+        let mut conn = self.inner.redis.connection();
+        let (len, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&self.inner.keys.dead)
+            .cmd("DEL")
+            .arg(&self.inner.keys.dead)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_err("purge dead letters", e))?;
+        Ok(len)
+    }
+
     /// Deletes every key of this queue (streams, delayed set, dead letters,
     /// idempotency keys). For tests, benchmarks and decommissioning.
     pub async fn destroy(&self) -> Result<()> {

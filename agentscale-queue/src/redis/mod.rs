@@ -59,6 +59,7 @@ use agentscale_redis::{map_error as map_err, Redis};
 use async_trait::async_trait;
 use redis::{RedisError, Script, Value};
 
+pub use admin::{ReadyEntry, MAX_PEEK};
 pub use config::{RedisQueueConfig, RedisQueueConfigBuilder, MAX_IDEMPOTENCY_TTL};
 use reply::*;
 

@@ -305,3 +305,34 @@ if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', 'task', ARGV[2])
 return 1
 "#;
+
+/// Up to ARGV[2] undelivered entries (after the group's last-delivered id),
+/// high priority first, as {priority index, entry id, envelope}. Reads only.
+pub(crate) const PEEK: &str = r#"
+local group, max = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for p = 1, 3 do
+  if #out >= max then break end
+  local last = '0-0'
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[p])
+  if type(groups) == 'table' and groups.err == nil then
+    for _, g in ipairs(groups) do
+      local name, ld = nil, '0-0'
+      for i = 1, #g, 2 do
+        if g[i] == 'name' then name = g[i + 1]
+        elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end
+      end
+      if name == group then last = ld end
+    end
+  end
+  local entries = redis.call('XRANGE', KEYS[p], '(' .. last, '+', 'COUNT', max - #out)
+  for _, e in ipairs(entries) do
+    local task, f = '', e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'task' then task = f[i + 1] end
+    end
+    table.insert(out, {p - 1, e[1], task})
+  end
+end
+return out
+"#;
