@@ -80,6 +80,16 @@ pub mod state {
     pub use agentscale_state::*;
 }
 
+/// The Redis connection the Redis queue and stores share: [`redis::RedisConfig`]
+/// (URL, ACL user, password, TLS with a CA and client certificates) and the
+/// [`redis::Redis`] handle to pass to `RedisQueue::new`,
+/// `RedisSessionStore::new`, … (feature `redis`).
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis {
+    pub use agentscale_redis::*;
+}
+
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.
 #[cfg(feature = "triton")]
 #[cfg_attr(docsrs, doc(cfg(feature = "triton")))]

@@ -89,6 +89,7 @@ mod offsets;
 mod poller;
 mod records;
 mod relay;
+mod security;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -111,6 +112,7 @@ use agentscale_core::{
 use admin::*;
 use config::*;
 pub use config::{AssignmentStrategy, KafkaQueueConfig, KafkaQueueConfigBuilder};
+pub use security::{KafkaProtocol, KafkaSaslMechanism, KafkaSecurityConfig, KAFKA_TLS_BUILT};
 use offsets::*;
 use poller::*;
 use records::*;
