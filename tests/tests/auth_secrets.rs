@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentscale_core::TaskQueue;
-use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
+use agentscale_queue::kafka::{KafkaProtocol, KafkaQueue, KafkaQueueConfig, KafkaSecurityConfig};
 use agentscale_redis::{Redis, RedisConfig};
 use agentscale_state::pgvector::{PgVectorConfig, PgVectorMemoryStore};
 use agentscale_tests::pki::TestPki;
@@ -136,21 +136,43 @@ fn auth_secrets_never_leak_into_debug_errors_or_trace_logs() {
             .expect_err("pg refused");
         shown.push(format!("{e} {e:?}"));
 
-        // Kafka: SASL PLAIN with the marker as password, a refused broker.
+        // PostgreSQL over verify-full with the marker as the password: a
+        // login, then a wrong password.
+        if let Some(bin) = agentscale_tests::pg_server::pg_bin() {
+            let pg_server =
+                agentscale_tests::pg_server::TestPostgresTls::start(&bin, &pki.ca_pem, &pki.server, &marker);
+            for password in [marker.clone(), format!("{marker}-wrong")] {
+                let cfg = PgVectorConfig::builder()
+                    .url(format!(
+                        "postgres://postgres:{password}@localhost:{}/postgres?sslmode=verify-full",
+                        pg_server.port()
+                    ))
+                    .ssl_root_cert_pem(pki.ca_pem.clone())
+                    .dimensions(3)
+                    .build()
+                    .expect("pg tls config");
+                shown.push(format!("{cfg:?}"));
+                // No pgvector on this server: a login ends at CREATE EXTENSION.
+                if let Err(e) = PgVectorMemoryStore::connect(cfg).await {
+                    shown.push(format!("{e} {e:?}"));
+                }
+            }
+        }
+
+        // Kafka: SASL PLAIN (typed security settings) with the marker as
+        // password, a refused broker.
         let mut kafka = KafkaQueueConfig::builder()
             .brokers(format!("127.0.0.1:{}", refused_port()))
             .topic("leak-test")
             .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("kafka config");
-        for (k, v) in [
-            ("security.protocol", "sasl_plaintext".to_string()),
-            ("sasl.mechanism", "PLAIN".to_string()),
-            ("sasl.username", "leaky".to_string()),
-            ("sasl.password", marker.clone()),
-        ] {
-            kafka.client_properties.insert(k.into(), v.into());
-        }
+        let mut security = KafkaSecurityConfig::default();
+        security.protocol = KafkaProtocol::SaslPlaintext;
+        security.sasl_username = Some("leaky".into());
+        security.sasl_password = Some(marker.clone().into());
+        kafka.security = security;
+        kafka.validate().expect("valid kafka security");
         shown.push(format!("{kafka:?}"));
         let e = KafkaQueue::connect(kafka)
             .await

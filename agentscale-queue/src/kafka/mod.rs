@@ -112,11 +112,11 @@ use agentscale_core::{
 use admin::*;
 use config::*;
 pub use config::{AssignmentStrategy, KafkaQueueConfig, KafkaQueueConfigBuilder};
-pub use security::{KafkaProtocol, KafkaSaslMechanism, KafkaSecurityConfig, KAFKA_TLS_BUILT};
 use offsets::*;
 use poller::*;
 use records::*;
 use relay::*;
+pub use security::{KafkaProtocol, KafkaSaslMechanism, KafkaSecurityConfig, KAFKA_TLS_BUILT};
 
 /// Header: when a record in a retry topic is due (ms since the epoch).
 pub const HEADER_DUE_MS: &str = "agentscale-due-ms";

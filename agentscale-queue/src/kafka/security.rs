@@ -131,7 +131,8 @@ impl KafkaSecurityConfig {
                 self.sasl_mechanism.as_str()
             ));
         }
-        let tls_set = self.ca_pem.is_some() || self.client_cert_pem.is_some() || self.client_key_pem.is_some();
+        let tls_set =
+            self.ca_pem.is_some() || self.client_cert_pem.is_some() || self.client_key_pem.is_some();
         if tls_set && !p.tls() {
             return bad(format!(
                 "ca_pem / client certificate need protocol ssl or sasl_ssl, not {}",
@@ -143,7 +144,10 @@ impl KafkaSecurityConfig {
         }
         let sasl_set = self.sasl_username.is_some() || self.sasl_password.is_some();
         if p.sasl() && (self.sasl_username.is_none() || self.sasl_password.is_none()) {
-            return bad(format!("protocol {} needs sasl_username and sasl_password", p.as_str()));
+            return bad(format!(
+                "protocol {} needs sasl_username and sasl_password",
+                p.as_str()
+            ));
         }
         if sasl_set && !p.sasl() {
             return bad(format!(
@@ -151,7 +155,10 @@ impl KafkaSecurityConfig {
                 p.as_str()
             ));
         }
-        for (name, pem) in [("ca_pem", &self.ca_pem), ("client_cert_pem", &self.client_cert_pem)] {
+        for (name, pem) in [
+            ("ca_pem", &self.ca_pem),
+            ("client_cert_pem", &self.client_cert_pem),
+        ] {
             if let Some(pem) = pem {
                 if !pem.contains("-----BEGIN CERTIFICATE-----") {
                     return bad(format!("{name} holds no PEM certificate"));
