@@ -20,6 +20,14 @@
 //! # let _ = redis; Ok(()) }
 //! ```
 //!
+//! # TLS and authentication
+//!
+//! `rediss://` URLs speak TLS (rustls): [`RedisTlsConfig`] adds a private CA
+//! and a client certificate for mutual TLS; `username` and `password` log
+//! in as an ACL user. The server's certificate and host name are always
+//! verified. A TLS or login failure at [`Redis::connect`] is
+//! [`Error::InvalidConfig`] saying what to check (see `docs/security.md`).
+//!
 //! # Errors
 //!
 //! [`map_error`] is the one conversion: connection trouble, timeouts and
