@@ -7,21 +7,30 @@ use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// How to reach one Redis server: URL, password, timeouts and connection
-/// counts. Shared by every Redis backend (queue, session store, tool cache)
+use crate::tls::RedisTlsConfig;
+
+/// How to reach one Redis server: URL, ACL user and password, TLS,
+/// timeouts and connection counts. Shared by every Redis backend (queue, session store, tool cache)
 /// that uses the same [`Redis`](crate::Redis) handle.
 ///
 /// Serde-loadable through
 /// [`ConfigLoader`](agentscale_core::config::ConfigLoader) (durations as
 /// milliseconds or strings such as `"5s"`), or built with
-/// [`RedisConfig::builder`]. `Debug` hides the password.
+/// [`RedisConfig::builder`]. `Debug` hides the password and the client key.
+///
+/// A managed Redis with in-transit encryption and an ACL user: a
+/// `rediss://` URL, the user, the password from a mounted secret
+/// (`AGENTSCALE_REDIS__PASSWORD_FILE=/var/run/secrets/redis/password`
+/// through the loader), and optionally a private CA and a client
+/// certificate ([`RedisTlsConfig`]):
 ///
 /// ```
 /// use std::time::Duration;
 /// use agentscale_redis::RedisConfig;
 ///
 /// let cfg = RedisConfig::builder()
-///     .url("redis://redis:6379/0")
+///     .url("rediss://redis.internal:6380/0")
+///     .username("worker")
 ///     .password("s3cret")
 ///     .command_timeout(Duration::from_secs(2))
 ///     .build()?;
@@ -35,9 +44,13 @@ pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`, `rediss://…` or `unix://…`
     /// (default `redis://127.0.0.1:6379`).
     pub url: Secret,
+    /// ACL user name; when set it replaces any user in `url`.
+    pub username: Option<String>,
     /// Password; when set it replaces any password in `url` (so the URL can
     /// come from a ConfigMap and the password from a Secret).
     pub password: Option<Secret>,
+    /// TLS settings, used with a `rediss://` URL (CA, client certificate).
+    pub tls: RedisTlsConfig,
     /// Timeout for establishing a connection (default 5 s).
     #[serde(with = "agentscale_core::config::duration")]
     pub connect_timeout: Duration,
@@ -60,7 +73,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: Secret::new("redis://127.0.0.1:6379"),
+            username: None,
             password: None,
+            tls: RedisTlsConfig::default(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             reconnect_retries: 1,
@@ -74,7 +89,9 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(self.url.expose()))
+            .field("username", &self.username)
             .field("password", &self.password)
+            .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
@@ -103,6 +120,21 @@ impl RedisConfig {
                 redact_url(url)
             ));
         }
+        if url.contains('#') {
+            // redis-rs reads `#insecure` as "skip certificate checks"; that
+            // switch is not built in, and no other fragment means anything.
+            return bad(format!(
+                "redis url {:?} must not have a #fragment (certificate checks cannot be turned off)",
+                redact_url(url)
+            ));
+        }
+        if self.tls.is_set() && !url.starts_with("rediss://") {
+            return bad(format!(
+                "redis tls settings need a rediss:// url, not {:?}",
+                redact_url(url)
+            ));
+        }
+        self.tls.validate()?;
         for (name, d) in [
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
@@ -129,7 +161,26 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// The connection info: the URL parsed, with `password` applied.
+    /// The client: the URL parsed, `username` and `password` applied, and
+    /// for `rediss://` the TLS certificates attached.
+    pub(crate) fn client(&self) -> Result<redis::Client> {
+        let info = self.connection_info()?;
+        let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+        let client = if tls && self.tls.is_set() {
+            redis::Client::build_with_tls(info, self.tls.certificates())
+        } else {
+            redis::Client::open(info)
+        };
+        client.map_err(|e| {
+            Error::InvalidConfig(format!(
+                "redis url {} or tls settings are invalid: {:?}",
+                redact_url(self.url.expose()),
+                e.kind()
+            ))
+        })
+    }
+
+    /// The connection info: the URL parsed, with `username` and `password` applied.
     pub(crate) fn connection_info(&self) -> Result<redis::ConnectionInfo> {
         use redis::IntoConnectionInfo;
         let mut info = self.url.expose().into_connection_info().map_err(|e| {
@@ -139,6 +190,9 @@ impl RedisConfig {
                 e.kind()
             ))
         })?;
+        if let Some(u) = &self.username {
+            info.redis.username = Some(u.clone());
+        }
         if let Some(p) = &self.password {
             info.redis.password = Some(p.expose().to_string());
         }
@@ -158,9 +212,31 @@ impl RedisConfigBuilder {
         self.config.url = url.into();
         self
     }
+    /// The ACL user name (replaces one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.config.username = Some(username.into());
+        self
+    }
     /// The password (replaces one in the URL).
     pub fn password(mut self, password: impl Into<Secret>) -> Self {
         self.config.password = Some(password.into());
+        self
+    }
+    /// CA certificate(s), PEM, trusted for the server's certificate
+    /// (instead of the system trust store).
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.config.tls.ca_pem = Some(pem.into());
+        self
+    }
+    /// Client certificate chain and private key, PEM, for mutual TLS.
+    pub fn client_identity(mut self, cert_pem: impl Into<String>, key_pem: impl Into<Secret>) -> Self {
+        self.config.tls.client_cert_pem = Some(cert_pem.into());
+        self.config.tls.client_key_pem = Some(key_pem.into());
+        self
+    }
+    /// All TLS settings at once.
+    pub fn tls(mut self, tls: RedisTlsConfig) -> Self {
+        self.config.tls = tls;
         self
     }
     /// Timeout for establishing a connection.

@@ -20,6 +20,14 @@
 //! # let _ = redis; Ok(()) }
 //! ```
 //!
+//! # TLS and authentication
+//!
+//! `rediss://` URLs speak TLS (rustls): [`RedisTlsConfig`] adds a private CA
+//! and a client certificate for mutual TLS; `username` and `password` log
+//! in as an ACL user. The server's certificate and host name are always
+//! verified. A TLS or login failure at [`Redis::connect`] is
+//! [`Error::InvalidConfig`] saying what to check (see `docs/security.md`).
+//!
 //! # Errors
 //!
 //! [`map_error`] is the one conversion: connection trouble, timeouts and
@@ -33,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod tls;
 
 use std::fmt;
 
@@ -42,6 +51,7 @@ use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use config::{RedisConfig, RedisConfigBuilder};
+pub use tls::RedisTlsConfig;
 
 /// A connection pool entry for blocking commands.
 pub type BlockingConnection<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
@@ -70,9 +80,11 @@ impl Redis {
     pub async fn connect(config: RedisConfig) -> Result<Redis> {
         config.validate()?;
         let shown = redact_url(config.url.expose());
-        let info = config.connection_info()?;
-        let client = redis::Client::open(info.clone())
-            .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
+        let client = config.client()?;
+        let info = client.get_connection_info().clone();
+        if matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }) {
+            tls::ensure_crypto_provider();
+        }
         let mc = ConnectionManagerConfig::new()
             .set_connection_timeout(config.connect_timeout)
             .set_response_timeout(config.command_timeout)
@@ -80,7 +92,7 @@ impl Redis {
             .set_max_delay(config.reconnect_max_delay.as_millis().min(u64::MAX as u128) as u64);
         let conn = ConnectionManager::new_with_config(client, mc)
             .await
-            .map_err(|e| map_error(&format!("connect to {shown}"), e))?;
+            .map_err(|e| map_connect_error(&shown, e))?;
         let manager = RedisConnectionManager::new(info)
             .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
         let blocking = bb8::Pool::builder()
@@ -122,6 +134,34 @@ impl Redis {
             },
         })
     }
+}
+
+/// A failed first connection: TLS and authentication failures are
+/// configuration problems ([`Error::InvalidConfig`], not retried); a
+/// connection a `redis://` URL saw dropped during the handshake hints at a
+/// TLS port; the rest as [`map_error`].
+fn map_connect_error(shown: &str, e: redis::RedisError) -> Error {
+    if let Some(why) = tls::tls_failure(&e) {
+        return Error::InvalidConfig(format!("redis connect to {shown}: {why}"));
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return Error::InvalidConfig(format!(
+            "redis connect to {shown}: authentication failed (check username and password): {e}"
+        ));
+    }
+    if shown.starts_with("redis://") && (e.is_connection_dropped() || e.is_unrecoverable_error()) {
+        return Error::unavailable(
+            format!("redis connect to {shown}: {e} (if the server only speaks TLS, use rediss://)"),
+            e,
+        );
+    }
+    if shown.starts_with("rediss://") && e.is_timeout() {
+        return Error::unavailable(
+            format!("redis connect to {shown}: {e} (check that the server speaks TLS on this port)"),
+            e,
+        );
+    }
+    map_error(&format!("connect to {shown}"), e)
 }
 
 /// Converts a Redis error at the boundary (see the [crate docs](crate)):

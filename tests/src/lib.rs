@@ -7,6 +7,8 @@
 
 pub mod net_cut;
 pub mod orchestration_suite;
+pub mod pg_server;
+pub mod pki;
 pub mod redis_server;
 pub mod tansu_server;
 pub mod triton_replica;

@@ -5,6 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+
+use super::security::KafkaSecurityConfig;
 use serde::{Deserialize, Serialize};
 
 use agentscale_core::config::Secret;
@@ -98,7 +100,10 @@ pub struct KafkaQueueConfig {
     pub assignment: AssignmentStrategy,
     /// Largest encoded envelope accepted at enqueue.
     pub max_envelope_bytes: usize,
-    /// Extra librdkafka properties for every client (escape hatch, e.g. SASL/TLS).
+    /// TLS and SASL (typed; see [`KafkaSecurityConfig`]).
+    pub security: KafkaSecurityConfig,
+    /// Extra librdkafka properties for every client (escape hatch; prefer
+    /// `security` for TLS and SASL).
     pub client_properties: BTreeMap<String, Secret>,
 }
 
@@ -135,6 +140,7 @@ impl fmt::Debug for KafkaQueueConfig {
             .field("consume", &self.consume)
             .field("assignment", &self.assignment)
             .field("max_envelope_bytes", &self.max_envelope_bytes)
+            .field("security", &self.security)
             .field("client_properties", &props)
             .finish()
     }
@@ -173,6 +179,7 @@ impl Default for KafkaQueueConfig {
             consume: true,
             assignment: AssignmentStrategy::CooperativeSticky,
             max_envelope_bytes: agentscale_core::task::DEFAULT_MAX_ENVELOPE_BYTES,
+            security: KafkaSecurityConfig::default(),
             client_properties: BTreeMap::new(),
         }
     }
@@ -233,6 +240,7 @@ impl KafkaQueueConfig {
             "socket.connection.setup.timeout.ms",
             ms(self.connect_timeout).to_string(),
         );
+        self.security.apply(&mut c);
         for (k, v) in &self.client_properties {
             c.set(k, v.expose());
         }
@@ -403,6 +411,11 @@ impl KafkaQueueConfigBuilder {
         self.config.max_envelope_bytes = n;
         self
     }
+    /// TLS and SASL settings.
+    pub fn security(mut self, security: KafkaSecurityConfig) -> Self {
+        self.config.security = security;
+        self
+    }
     /// An extra librdkafka property for every client (escape hatch).
     pub fn client_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config
@@ -422,6 +435,7 @@ impl KafkaQueueConfig {
     pub fn validate(&self) -> Result<()> {
         let c = self;
         let bad = |m: String| Err(Error::InvalidConfig(m));
+        c.security.validate()?;
         if c.brokers.trim().is_empty() {
             return bad("kafka: brokers must not be empty".into());
         }

@@ -89,6 +89,7 @@ mod offsets;
 mod poller;
 mod records;
 mod relay;
+mod security;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -116,6 +117,7 @@ use offsets::*;
 use poller::*;
 use records::*;
 use relay::*;
+pub use security::{KafkaProtocol, KafkaSaslMechanism, KafkaSecurityConfig, KAFKA_TLS_BUILT};
 
 /// Header: when a record in a retry topic is due (ms since the epoch).
 pub const HEADER_DUE_MS: &str = "agentscale-due-ms";

@@ -7,6 +7,8 @@ use agentscale_core::config::{redact_url, Secret};
 use agentscale_core::{Error, ExpiryMode, Metric, Result};
 use serde::{Deserialize, Serialize};
 
+pub use super::tls::PgSslMode;
+
 /// Most dimensions an HNSW index on pgvector's `vector` type accepts.
 pub const MAX_HNSW_DIMENSIONS: usize = 2000;
 
@@ -14,20 +16,27 @@ pub const MAX_HNSW_DIMENSIONS: usize = 2000;
 ///
 /// Serde-loadable (durations as milliseconds or strings such as `"5s"`); build
 /// one with [`PgVectorConfig::builder`]. `Debug` shows the URL with its
-/// password replaced by `***`.
+/// password replaced by `***`, and never the separate `password`.
 ///
-/// ```
+/// A managed PostgreSQL over TLS, the certificate and host name checked
+/// (`verify-full`), the password apart from the URL (through the loader it
+/// comes from a mounted file: `…__PASSWORD_FILE=/var/run/secrets/pg/password`):
+///
+/// ```no_run
 /// use agentscale_core::Metric;
 /// use agentscale_state::pgvector::PgVectorConfig;
 ///
+/// let ca_pem = std::fs::read_to_string("/var/run/secrets/pg/ca.pem")?;
 /// let config = PgVectorConfig::builder()
-///     .url("postgres://app:secret@db:5432/agents")
+///     .url("postgres://app@db.internal:5432/agents?sslmode=verify-full")
+///     .password("secret")
+///     .ssl_root_cert_pem(ca_pem)
 ///     .dimensions(384)
 ///     .metric(Metric::Cosine)
 ///     .pool_size(16)
 ///     .build()?;
 /// assert!(!format!("{config:?}").contains("secret"));
-/// # Ok::<(), agentscale_core::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,6 +44,9 @@ pub const MAX_HNSW_DIMENSIONS: usize = 2000;
 pub struct PgVectorConfig {
     /// `postgres://[user[:password]@]host[:port]/database` (libpq URL form).
     pub url: Secret,
+    /// Password; when set it replaces any password in `url` (so the URL
+    /// can come from a ConfigMap and the password from a Secret).
+    pub password: Option<Secret>,
     /// Schema holding the table (default `public`).
     pub schema: String,
     /// Table name (default `agentscale_memory`); its version table is
@@ -76,12 +88,20 @@ pub struct PgVectorConfig {
     /// the server's `statement_timeout`, so the server stops the work too.
     #[serde(with = "agentscale_core::config::duration")]
     pub query_timeout: Duration,
+    /// TLS: `disable` (default) or `verify-full` (also set by
+    /// `?sslmode=verify-full` in the URL); see [`PgSslMode`].
+    pub ssl_mode: PgSslMode,
+    /// CA certificate(s), PEM, that sign the server's certificate; required
+    /// for `verify-full` (through the loader, from a mounted file:
+    /// `…__SSL_ROOT_CERT_PEM_FILE=/var/run/secrets/pg/ca.pem`).
+    pub ssl_root_cert_pem: Option<String>,
 }
 
 impl Default for PgVectorConfig {
     fn default() -> Self {
         PgVectorConfig {
             url: Secret::new("postgres://postgres@127.0.0.1:5432/postgres"),
+            password: None,
             schema: "public".into(),
             table: "agentscale_memory".into(),
             dimensions: 0,
@@ -96,6 +116,8 @@ impl Default for PgVectorConfig {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             query_timeout: Duration::from_secs(10),
+            ssl_mode: PgSslMode::Disable,
+            ssl_root_cert_pem: None,
         }
     }
 }
@@ -104,6 +126,7 @@ impl fmt::Debug for PgVectorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgVectorConfig")
             .field("url", &redact_url(self.url.expose()))
+            .field("password", &self.password)
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("dimensions", &self.dimensions)
@@ -118,6 +141,11 @@ impl fmt::Debug for PgVectorConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("query_timeout", &self.query_timeout)
+            .field("ssl_mode", &self.ssl_mode)
+            .field(
+                "ssl_root_cert_pem_bytes",
+                &self.ssl_root_cert_pem.as_ref().map(String::len),
+            )
             .finish()
     }
 }
@@ -144,6 +172,12 @@ impl PgVectorConfigBuilder {
     /// Sets the server URL.
     pub fn url(mut self, url: impl Into<Secret>) -> Self {
         self.config.url = url.into();
+        self
+    }
+
+    /// Sets the password (replaces one in the URL).
+    pub fn password(mut self, password: impl Into<Secret>) -> Self {
+        self.config.password = Some(password.into());
         self
     }
 
@@ -184,6 +218,14 @@ impl PgVectorConfigBuilder {
         connect_timeout: Duration,
         /// Sets the per-operation deadline.
         query_timeout: Duration,
+        /// Sets the TLS mode.
+        ssl_mode: PgSslMode,
+    }
+
+    /// Sets the CA certificate(s), PEM, for `verify-full`.
+    pub fn ssl_root_cert_pem(mut self, pem: impl Into<String>) -> Self {
+        self.config.ssl_root_cert_pem = Some(pem.into());
+        self
     }
 
     /// Validates and returns the config.
@@ -219,6 +261,8 @@ impl PgVectorConfig {
         if self.url.is_empty() {
             return bad("pgvector url is empty".into());
         }
+        let (_, mode) = super::tls::split_sslmode(self.url.expose(), self.ssl_mode)?;
+        super::tls::connector(mode, self.ssl_root_cert_pem.as_deref())?;
         if !valid_sql_name(&self.schema, 63) {
             return bad(format!(
                 "schema {:?} must be 1-63 characters from a-z 0-9 _, not starting with a digit",

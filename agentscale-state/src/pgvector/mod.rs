@@ -46,6 +46,8 @@
 mod config;
 mod schema;
 mod store;
+mod tls;
 
 pub use config::{PgVectorConfig, PgVectorConfigBuilder, MAX_HNSW_DIMENSIONS};
 pub use store::{PgVectorMemoryStore, SearchOptions};
+pub use tls::PgSslMode;

@@ -13,12 +13,13 @@ use bb8::{Pool, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use pgvector::Vector;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::{Row, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::config::PgVectorConfig;
 use super::schema::{self, Names};
 
-type Manager = PostgresConnectionManager<NoTls>;
+type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
 /// Most expired rows one write's sweep deletes (ExpiryMode::Delete).
 const SWEEP_LIMIT: i64 = 1000;
@@ -74,6 +75,9 @@ struct Statements {
 /// Maps a driver error to the crate's error kinds.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> Error {
     let Some(code) = e.code() else {
+        if let Some(why) = super::tls::tls_failure(&e) {
+            return Error::InvalidConfig(format!("postgres connect: {why}"));
+        }
         let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         if e.is_closed() || io {
             return Error::Unavailable {
@@ -91,6 +95,16 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> Error {
         Error::Conflict(format!("memory record conflicts with a stored one: {e}"))
     } else if *code == SqlState::QUERY_CANCELED {
         Error::Timeout(format!("postgres statement cancelled (statement_timeout): {e}"))
+    } else if class == "28" {
+        // invalid_authorization_specification: wrong password, unknown user,
+        // pg_hba refusing the connection (e.g. `hostssl` only).
+        let why = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        Error::InvalidConfig(format!(
+            "postgres refused the login (check user, password and TLS): {why}"
+        ))
     } else if class == "22" {
         Error::InvalidInput(format!("postgres refused the data: {e}"))
     } else if matches!(class, "08" | "53" | "57") {
@@ -196,19 +210,34 @@ impl PgVectorMemoryStore {
     /// `connect_timeout`.
     pub async fn connect(config: PgVectorConfig) -> Result<Self> {
         config.validate()?;
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .expose()
+        let (url, ssl_mode) = super::tls::split_sslmode(config.url.expose(), config.ssl_mode)?;
+        let tls = super::tls::connector(ssl_mode, config.ssl_root_cert_pem.as_deref())?;
+        let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::InvalidConfig(format!("pgvector url does not parse: {e}")))?;
+        if let Some(p) = &config.password {
+            pg.password(p.expose());
+        }
+        pg.ssl_mode(match ssl_mode {
+            super::tls::PgSslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+            _ => tokio_postgres::config::SslMode::Disable,
+        });
         let statement_ms = config.query_timeout.as_millis().max(1);
         pg.connect_timeout(config.connect_timeout)
             .options(format!("-c statement_timeout={statement_ms}"))
             .application_name("agentscale");
+        // One direct connection first: the pool would turn a refused
+        // certificate or login into a bare timeout.
+        let (probe, conn) = tokio::time::timeout(config.connect_timeout, pg.connect(tls.clone()))
+            .await
+            .map_err(|_| Error::Timeout("connecting to postgres".into()))?
+            .map_err(pg_error)?;
+        drop(probe);
+        let _ = conn.await;
         let pool = Pool::builder()
             .max_size(config.pool_size)
             .connection_timeout(config.connect_timeout)
-            .build(PostgresConnectionManager::new(pg, NoTls))
+            .build(PostgresConnectionManager::new(pg, tls))
             .await
             .map_err(pg_error)?;
         let names = Names::new(&config);
