@@ -369,18 +369,27 @@ impl KafkaQueue {
     /// replayed. The records stay in `<topic>.dlt` until its retention removes
     /// them. A purge that fails part-way leaves the unmarked ones in place.
     pub async fn purge_dead_letters(&self) -> Result<u64> {
-        let (records, replayed) = self.blocking(read_dead_letters).await?;
-        let mut purged = 0u64;
-        for r in records.into_iter().filter(|r| !replayed.contains(&r.id)) {
-            let marker = Outgoing {
-                topic: self.shared.config.replayed_topic(),
-                key: Some(r.id.as_bytes().to_vec()),
-                payload: Vec::new(),
-                headers: vec![(HEADER_REPLAYED_ID, r.id.clone()), (HEADER_PURGED, "1".into())],
-            };
-            marker.deliver(&self.producer).await?;
-            purged += 1;
+        const PAGE: usize = 1000;
+        let mut marked: HashSet<String> = HashSet::new();
+        loop {
+            let reader = self.reader.clone();
+            let page = self
+                .blocking(move |c| reader.with(c, |r| dead_letter_page(r, c, PAGE)))
+                .await?;
+            let fresh: Vec<DltRecord> = page.into_iter().filter(|r| !marked.contains(&r.id)).collect();
+            if fresh.is_empty() {
+                return Ok(marked.len() as u64);
+            }
+            for r in fresh {
+                let marker = Outgoing {
+                    topic: self.shared.config.replayed_topic(),
+                    key: Some(r.id.as_bytes().to_vec()),
+                    payload: Vec::new(),
+                    headers: vec![(HEADER_REPLAYED_ID, r.id.clone()), (HEADER_PURGED, "1".into())],
+                };
+                marker.deliver(&self.producer).await?;
+                marked.insert(r.id);
+            }
         }
-        Ok(purged)
     }
 }
