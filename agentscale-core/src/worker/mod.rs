@@ -70,12 +70,14 @@
 mod backoff;
 mod builder;
 mod process;
+mod shadow;
 mod shard;
 mod signal;
 mod stats;
 
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
+pub use shadow::SHADOW_HEADER;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -126,6 +128,7 @@ pub struct TaskContext {
     timeout: Duration,
     flags: Arc<RunFlags>,
     cancelled: Arc<AtomicBool>,
+    shadow: bool,
 }
 
 impl TaskContext {
@@ -139,6 +142,7 @@ impl TaskContext {
             timeout,
             flags: Arc::default(),
             cancelled: Arc::default(),
+            shadow: false,
         }
     }
 
