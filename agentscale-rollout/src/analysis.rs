@@ -71,11 +71,14 @@ impl Step {
 pub enum MetricKind {
     /// Candidate errors / requests.
     ErrorRate,
-    /// Candidate error rate minus stable error rate (needs samples on both).
+    /// Candidate error rate minus stable error rate (needs samples on both;
+    /// when the stable has too few in the window — at high weights — its
+    /// numbers since the rollout started are used).
     ErrorRateOverStable,
     /// Candidate p95 latency in milliseconds.
     P95LatencyMs,
-    /// Candidate p95 latency / stable p95 latency (needs samples on both).
+    /// Candidate p95 latency / stable p95 latency (needs samples on both;
+    /// same fallback as [`MetricKind::ErrorRateOverStable`]).
     P95LatencyRatio,
     /// Mean of the candidate's scores (shadow comparisons, online eval).
     MeanScore,
@@ -481,6 +484,8 @@ struct State {
     failures: u32,
     seq: u64,
     last: (CounterSnapshot, CounterSnapshot),
+    /// The stable's counters when the rollout started.
+    stable_start: CounterSnapshot,
     verdict: Option<Verdict>,
     decisions: VecDeque<Decision>,
     verdict_counts: [u64; 3],
@@ -531,6 +536,7 @@ impl Rollout {
                 step_started: now,
                 failures: 0,
                 seq: 0,
+                stable_start: last.0.clone(),
                 last,
                 verdict: None,
                 decisions: VecDeque::new(),
@@ -593,14 +599,21 @@ impl Rollout {
             self.router.stable().counters().snapshot(),
             self.router.candidate().counters().snapshot(),
         );
-        let stable = now.0.since(&s.last.0);
+        let window = now.0.since(&s.last.0);
         let candidate = now.1.since(&s.last.1);
+        let since_start = now.0.since(&s.stable_start);
         s.last = now;
         let measurements: Vec<Measurement> = self
             .config
             .metrics
             .iter()
-            .map(|m| measure(m, self.config.min_samples, &stable, &candidate))
+            .map(|m| {
+                let min = m.min_samples.unwrap_or(self.config.min_samples);
+                // Late steps leave the stable with little traffic: compare
+                // with its numbers since the start instead.
+                let stable = if window.requests >= min { &window } else { &since_start };
+                measure(m, min, stable, &candidate)
+            })
             .collect();
         let verdict = if measurements.iter().any(|m| m.verdict == Verdict::Failed) {
             Verdict::Failed
@@ -727,8 +740,7 @@ impl Rollout {
     }
 }
 
-fn measure(check: &MetricCheck, default_min: u64, stable: &CounterSnapshot, candidate: &CounterSnapshot) -> Measurement {
-    let min = check.min_samples.unwrap_or(default_min);
+fn measure(check: &MetricCheck, min: u64, stable: &CounterSnapshot, candidate: &CounterSnapshot) -> Measurement {
     let (value, samples) = match check.metric {
         MetricKind::ErrorRate => (candidate.error_rate(), candidate.requests),
         MetricKind::P95LatencyMs => (candidate.latency_quantile_ms(0.95), candidate.requests),
