@@ -147,7 +147,8 @@ async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result
             let path = path.clone();
             let n = args.requests;
             tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| Error::handler(e.to_string()))?;
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .map_err(|e| Error::handler(e.to_string()))?;
                 for i in 0..n {
                     let task = Task::new("ask", format!("{c}-{i}"));
                     let t0 = Instant::now();
@@ -162,7 +163,8 @@ async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result
             })
         })
         .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| Error::handler(e.to_string()))?;
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| Error::handler(e.to_string()))?;
     for c in callers {
         let h = c.await.map_err(|e| Error::handler(e.to_string()))??;
         let _ = all.add(h);

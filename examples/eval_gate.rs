@@ -119,7 +119,10 @@ async fn gate(args: Args) -> agentscale::Result<u8> {
     }
     if let Some(cmp) = &outcome.comparison {
         for reg in &cmp.regressions {
-            println!("  REGRESSION {}: {:.3} -> {:.3}", reg.id, reg.baseline_score, reg.score);
+            println!(
+                "  REGRESSION {}: {:.3} -> {:.3}",
+                reg.id, reg.baseline_score, reg.score
+            );
         }
     }
     if outcome.verdict.passed {

@@ -112,7 +112,9 @@ fn traffic(router: Arc<Router>, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinH
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let Ok(task) = Task::json("ask", &json!({ "q": i })) else { break };
+                    let Ok(task) = Task::json("ask", &json!({ "q": i })) else {
+                        break;
+                    };
                     let task = task.with_session(format!("user-{user}-{}", i / 20));
                     if let Ok(routed) = router.submit(task).await {
                         let _ = routed.wait(Duration::from_secs(5)).await;
@@ -128,8 +130,18 @@ fn print_decision(d: &Decision) {
         .measurements
         .iter()
         .map(|m| match m.value {
-            Some(v) => format!("{}={v:.4} (n={}, {})", m.metric.as_str(), m.samples, m.verdict.as_str()),
-            None => format!("{}=- (n={}, {})", m.metric.as_str(), m.samples, m.verdict.as_str()),
+            Some(v) => format!(
+                "{}={v:.4} (n={}, {})",
+                m.metric.as_str(),
+                m.samples,
+                m.verdict.as_str()
+            ),
+            None => format!(
+                "{}=- (n={}, {})",
+                m.metric.as_str(),
+                m.samples,
+                m.verdict.as_str()
+            ),
         })
         .collect();
     println!(
@@ -157,7 +169,10 @@ async fn canary(name: &str, stable: &Version, candidate: &Version) -> agentscale
             MetricCheck::new(MetricKind::ErrorRateOverStable, Condition::at_most(0.01))
                 .failure(Condition::above(0.02)),
         )
-        .metric(MetricCheck::new(MetricKind::P95LatencyRatio, Condition::at_most(1.5)).failure(Condition::above(3.0)))
+        .metric(
+            MetricCheck::new(MetricKind::P95LatencyRatio, Condition::at_most(1.5))
+                .failure(Condition::above(3.0)),
+        )
         .failure_limit(1)
         .min_samples(50)
         .build()?;

@@ -290,7 +290,9 @@ impl AnalysisConfig {
             )));
         }
         if self.metrics.is_empty() {
-            return Err(Error::InvalidConfig("the analysis needs at least one metric".into()));
+            return Err(Error::InvalidConfig(
+                "the analysis needs at least one metric".into(),
+            ));
         }
         if self.min_samples == 0 || self.metrics.iter().any(|m| m.min_samples == Some(0)) {
             return Err(Error::InvalidConfig("min_samples must be ≥ 1".into()));
@@ -376,7 +378,12 @@ pub enum Phase {
 
 impl Phase {
     /// All phases.
-    pub const ALL: [Phase; 4] = [Phase::Progressing, Phase::Paused, Phase::Promoted, Phase::RolledBack];
+    pub const ALL: [Phase; 4] = [
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::RolledBack,
+    ];
 
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
@@ -513,7 +520,11 @@ impl Rollout {
     /// Checks `config` and starts the rollout: the candidate weight goes to
     /// the first step's weight. Typed errors (bad steps, no workers…) come
     /// before any traffic moves.
-    pub fn start(name: impl Into<String>, router: Arc<Router>, config: AnalysisConfig) -> Result<Arc<Rollout>> {
+    pub fn start(
+        name: impl Into<String>,
+        router: Arc<Router>,
+        config: AnalysisConfig,
+    ) -> Result<Arc<Rollout>> {
         config.validate()?;
         router.stable().require_workers("stable")?;
         router.candidate().require_workers("candidate")?;
@@ -611,7 +622,11 @@ impl Rollout {
                 let min = m.min_samples.unwrap_or(self.config.min_samples);
                 // Late steps leave the stable with little traffic: compare
                 // with its numbers since the start instead.
-                let stable = if window.requests >= min { &window } else { &since_start };
+                let stable = if window.requests >= min {
+                    &window
+                } else {
+                    &since_start
+                };
                 measure(m, min, stable, &candidate)
             })
             .collect();
@@ -636,16 +651,37 @@ impl Rollout {
             Verdict::Failed => {
                 s.failures += 1;
                 if s.failures > self.config.failure_limit {
-                    (Action::Rollback, format!("{} failed interval(s) > failure limit {}", s.failures, self.config.failure_limit))
+                    (
+                        Action::Rollback,
+                        format!(
+                            "{} failed interval(s) > failure limit {}",
+                            s.failures, self.config.failure_limit
+                        ),
+                    )
                 } else {
-                    (Action::Hold, format!("failed interval {} of {} tolerated", s.failures, self.config.failure_limit))
+                    (
+                        Action::Hold,
+                        format!(
+                            "failed interval {} of {} tolerated",
+                            s.failures, self.config.failure_limit
+                        ),
+                    )
                 }
             }
-            Verdict::Inconclusive => (Action::Pause, "inconclusive: holding the step until there is enough data".to_owned()),
+            Verdict::Inconclusive => (
+                Action::Pause,
+                "inconclusive: holding the step until there is enough data".to_owned(),
+            ),
             Verdict::Successful => {
                 let held = Instant::now().saturating_duration_since(s.step_started);
                 if held < self.config.steps[step].pause {
-                    (Action::Hold, format!("successful; step pause {:?} not over", self.config.steps[step].pause))
+                    (
+                        Action::Hold,
+                        format!(
+                            "successful; step pause {:?} not over",
+                            self.config.steps[step].pause
+                        ),
+                    )
                 } else if step + 1 == self.config.steps.len() {
                     (Action::Promote, "successful at the last step".to_owned())
                 } else {
@@ -740,13 +776,21 @@ impl Rollout {
     }
 }
 
-fn measure(check: &MetricCheck, min: u64, stable: &CounterSnapshot, candidate: &CounterSnapshot) -> Measurement {
+fn measure(
+    check: &MetricCheck,
+    min: u64,
+    stable: &CounterSnapshot,
+    candidate: &CounterSnapshot,
+) -> Measurement {
     let (value, samples) = match check.metric {
         MetricKind::ErrorRate => (candidate.error_rate(), candidate.requests),
         MetricKind::P95LatencyMs => (candidate.latency_quantile_ms(0.95), candidate.requests),
         MetricKind::MeanScore => (candidate.mean_score(), candidate.scores),
         MetricKind::ErrorRateOverStable => (
-            candidate.error_rate().zip(stable.error_rate()).map(|(c, s)| c - s),
+            candidate
+                .error_rate()
+                .zip(stable.error_rate())
+                .map(|(c, s)| c - s),
             candidate.requests.min(stable.requests),
         ),
         MetricKind::P95LatencyRatio => (
@@ -759,13 +803,21 @@ fn measure(check: &MetricCheck, min: u64, stable: &CounterSnapshot, candidate: &
     };
     let name = check.metric.as_str();
     let (verdict, reason) = match value {
-        _ if samples < min => (Verdict::Inconclusive, format!("{name}: {samples} sample(s) < {min}")),
+        _ if samples < min => (
+            Verdict::Inconclusive,
+            format!("{name}: {samples} sample(s) < {min}"),
+        ),
         None => (Verdict::Inconclusive, format!("{name}: no data")),
         Some(v) if check.failure.is_some_and(|f| f.holds(v)) => (
             Verdict::Failed,
-            format!("{name} = {v:.4} meets the failure condition {}", check.failure.map(|f| f.to_string()).unwrap_or_default()),
+            format!(
+                "{name} = {v:.4} meets the failure condition {}",
+                check.failure.map(|f| f.to_string()).unwrap_or_default()
+            ),
         ),
-        Some(v) if check.success.holds(v) => (Verdict::Successful, format!("{name} = {v:.4} {}", check.success)),
+        Some(v) if check.success.holds(v) => {
+            (Verdict::Successful, format!("{name} = {v:.4} {}", check.success))
+        }
         Some(v) if check.failure.is_none() => (
             Verdict::Failed,
             format!("{name} = {v:.4} does not meet {}", check.success),
@@ -803,11 +855,23 @@ mod tests {
     fn bad_configs_are_refused() {
         let metric = MetricCheck::new(MetricKind::ErrorRate, Condition::at_most(0.01));
         let base = || AnalysisConfig::builder().metric(metric.clone());
-        let e = base().step(10.0, Duration::ZERO).step(50.0, Duration::ZERO).build().err().expect("refused");
+        let e = base()
+            .step(10.0, Duration::ZERO)
+            .step(50.0, Duration::ZERO)
+            .build()
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("never reaches 100"), "{e}");
         assert!(base().build().is_err());
-        assert!(base().step(120.0, Duration::ZERO).step(100.0, Duration::ZERO).build().is_err());
-        assert!(AnalysisConfig::builder().step(100.0, Duration::ZERO).build().is_err());
+        assert!(base()
+            .step(120.0, Duration::ZERO)
+            .step(100.0, Duration::ZERO)
+            .build()
+            .is_err());
+        assert!(AnalysisConfig::builder()
+            .step(100.0, Duration::ZERO)
+            .build()
+            .is_err());
         assert!(base().step(100.0, Duration::ZERO).min_samples(0).build().is_err());
         assert!(base().step(100.0, Duration::ZERO).build().is_ok());
     }

@@ -65,7 +65,11 @@ impl VersionCounters {
     /// Counts one quality score in `0..=1` (from shadow comparisons or
     /// online evaluation).
     pub fn record_score(&self, score: f64) {
-        let s = if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) };
+        let s = if score.is_nan() {
+            0.0
+        } else {
+            score.clamp(0.0, 1.0)
+        };
         self.score_micros
             .fetch_add((s * SCORE_SCALE).round() as u64, Ordering::Relaxed);
         self.scores.fetch_add(1, Ordering::Relaxed);

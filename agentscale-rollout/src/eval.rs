@@ -54,7 +54,8 @@ impl<H: Handler> HandlerTarget<H> {
 #[async_trait]
 impl<H: Handler + fmt::Debug> Target for HandlerTarget<H> {
     async fn run(&self, case: &GoldenCase) -> Result<Output> {
-        let task = Task::json(self.kind.clone(), &case.input)?.with_id(agentscale_core::TaskId::new(format!("eval.{}", case.id)));
+        let task = Task::json(self.kind.clone(), &case.input)?
+            .with_id(agentscale_core::TaskId::new(format!("eval.{}", case.id)));
         let cx = TaskContext::detached(1, 1, self.timeout);
         self.handler.handle(&task, &cx).await
     }
@@ -303,7 +304,11 @@ pub struct GateOutcome {
 pub async fn run_gate(run: &GateRun, scorers: &ScorerRegistry, target: &dyn Target) -> Result<GateOutcome> {
     run.config.validate()?;
     let set = GoldenSet::load(&run.golden, scorers)?;
-    let baseline = run.baseline.as_ref().map(crate::report::EvalReport::load_json).transpose()?;
+    let baseline = run
+        .baseline
+        .as_ref()
+        .map(crate::report::EvalReport::load_json)
+        .transpose()?;
     let report = evaluate(&set, target, &run.config).await?;
     let comparison = baseline
         .as_ref()

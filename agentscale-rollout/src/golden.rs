@@ -139,7 +139,11 @@ impl GoldenSet {
     }
 
     /// Parses and checks JSONL text.
-    pub fn parse(name: impl Into<String>, text: &str, scorers: &ScorerRegistry) -> Result<GoldenSet, GoldenError> {
+    pub fn parse(
+        name: impl Into<String>,
+        text: &str,
+        scorers: &ScorerRegistry,
+    ) -> Result<GoldenSet, GoldenError> {
         let mut cases = Vec::new();
         let mut ids = HashSet::new();
         for (i, raw) in text.lines().enumerate() {
@@ -194,14 +198,24 @@ fn parse_case(line: usize, raw: &str, scorers: &ScorerRegistry) -> Result<Golden
     }
     let id = match o.remove("id") {
         Some(JsonValue::String(s)) if !s.trim().is_empty() && s.len() <= 256 => s,
-        Some(_) => return Err(err(line, Some("id"), "must be a non-empty string of at most 256 bytes")),
+        Some(_) => {
+            return Err(err(
+                line,
+                Some("id"),
+                "must be a non-empty string of at most 256 bytes",
+            ))
+        }
         None => return Err(err(line, Some("id"), "missing")),
     };
-    let input = o.remove("input").ok_or_else(|| err(line, Some("input"), "missing"))?;
+    let input = o
+        .remove("input")
+        .ok_or_else(|| err(line, Some("input"), "missing"))?;
     let expected = o
         .remove("expected")
         .ok_or_else(|| err(line, Some("expected"), "missing"))?;
-    let spec = o.remove("scorer").unwrap_or_else(|| JsonValue::String("exact".into()));
+    let spec = o
+        .remove("scorer")
+        .unwrap_or_else(|| JsonValue::String("exact".into()));
     let (scorer_name, scorer) = scorers
         .prepare(&spec, &expected)
         .map_err(|e| err(line, Some(&e.field), e.message))?;
@@ -209,14 +223,26 @@ fn parse_case(line: usize, raw: &str, scorers: &ScorerRegistry) -> Result<Golden
         None => 1.0,
         Some(v) => match v.as_f64() {
             Some(w) if w > 0.0 && w.is_finite() => w,
-            _ => return Err(err(line, Some("weight"), format!("must be a number > 0, got {v}"))),
+            _ => {
+                return Err(err(
+                    line,
+                    Some("weight"),
+                    format!("must be a number > 0, got {v}"),
+                ))
+            }
         },
     };
     let threshold = match o.remove("threshold") {
         None => scorer.default_threshold(),
         Some(v) => match v.as_f64() {
             Some(t) if (0.0..=1.0).contains(&t) => t,
-            _ => return Err(err(line, Some("threshold"), format!("must be a number in 0..=1, got {v}"))),
+            _ => {
+                return Err(err(
+                    line,
+                    Some("threshold"),
+                    format!("must be a number in 0..=1, got {v}"),
+                ))
+            }
         },
     };
     let tags = match o.remove("tags") {
@@ -271,18 +297,41 @@ mod tests {
             ("{\"id\":\"b\",\"input\":1", 2, None),
             ("[1,2]", 2, None),
             ("{\"id\":\"b\",\"expected\":1}", 2, Some("input")),
-            ("{\"id\":\"b\",\"input\":1,\"expected\":1,\"weight\":0}", 2, Some("weight")),
-            ("{\"id\":\"b\",\"input\":1,\"expected\":1,\"threshold\":2}", 2, Some("threshold")),
-            ("{\"id\":\"b\",\"input\":1,\"expected\":1,\"scorer\":\"bleu\"}", 2, Some("scorer")),
-            ("{\"id\":\"b\",\"input\":1,\"expected\":1,\"colour\":1}", 2, Some("colour")),
+            (
+                "{\"id\":\"b\",\"input\":1,\"expected\":1,\"weight\":0}",
+                2,
+                Some("weight"),
+            ),
+            (
+                "{\"id\":\"b\",\"input\":1,\"expected\":1,\"threshold\":2}",
+                2,
+                Some("threshold"),
+            ),
+            (
+                "{\"id\":\"b\",\"input\":1,\"expected\":1,\"scorer\":\"bleu\"}",
+                2,
+                Some("scorer"),
+            ),
+            (
+                "{\"id\":\"b\",\"input\":1,\"expected\":1,\"colour\":1}",
+                2,
+                Some("colour"),
+            ),
             ("{\"id\":\"a\",\"input\":1,\"expected\":1}", 2, Some("id")),
-            ("{\"id\":\"b\",\"input\":1,\"expected\":1,\"tags\":[1]}", 2, Some("tags")),
+            (
+                "{\"id\":\"b\",\"input\":1,\"expected\":1,\"tags\":[1]}",
+                2,
+                Some("tags"),
+            ),
         ];
         for (bad, line, field) in cases {
             let e = parse(&format!("{ok}{bad}\n")).err().expect("refused");
             assert_eq!((e.line, e.field.as_deref()), (line, field), "{bad}: {e}");
             if let Some(f) = field {
-                assert!(e.to_string().contains(&format!("line {line}, field `{f}`")), "{e}");
+                assert!(
+                    e.to_string().contains(&format!("line {line}, field `{f}`")),
+                    "{e}"
+                );
             }
         }
         assert_eq!(parse("\n").err().map(|e| e.line), Some(0));

@@ -114,7 +114,8 @@ struct VerdictBody {
 fn verdict_of(r: &Rollout) -> VerdictBody {
     let s = r.status();
     VerdictBody {
-        ok: s.phase == Phase::Promoted || (s.phase != Phase::RolledBack && s.verdict == Some(Verdict::Successful)),
+        ok: s.phase == Phase::Promoted
+            || (s.phase != Phase::RolledBack && s.verdict == Some(Verdict::Successful)),
         failed: s.phase == Phase::RolledBack || s.verdict == Some(Verdict::Failed),
         verdict: s.verdict,
         phase: s.phase,
@@ -133,7 +134,11 @@ async fn check(State(all): State<Rollouts>, Path(name): Path<String>) -> Respons
     match find(&all, &name) {
         Ok(r) => {
             let v = verdict_of(r);
-            let code = if v.failed { StatusCode::CONFLICT } else { StatusCode::OK };
+            let code = if v.failed {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
             json(code, &v)
         }
         Err(resp) => resp,
@@ -144,7 +149,11 @@ async fn gate(State(all): State<Rollouts>, Path(name): Path<String>) -> Response
     match find(&all, &name) {
         Ok(r) => {
             let v = verdict_of(r);
-            let code = if v.ok { StatusCode::OK } else { StatusCode::PRECONDITION_FAILED };
+            let code = if v.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::PRECONDITION_FAILED
+            };
             json(code, &v)
         }
         Err(resp) => resp,
@@ -233,11 +242,21 @@ impl Collector for RolloutCollector {
             .encode_family(&labels)?
             .encode_gauge(&s.weight)?;
         encoder
-            .encode_descriptor("agentscale_rollout_step", "Current step (0-based)", None, MetricType::Gauge)?
+            .encode_descriptor(
+                "agentscale_rollout_step",
+                "Current step (0-based)",
+                None,
+                MetricType::Gauge,
+            )?
             .encode_family(&labels)?
             .encode_gauge(&(s.step as i64))?;
         encoder
-            .encode_descriptor("agentscale_rollout_failures", "Failed analysis intervals", None, MetricType::Gauge)?
+            .encode_descriptor(
+                "agentscale_rollout_failures",
+                "Failed analysis intervals",
+                None,
+                MetricType::Gauge,
+            )?
             .encode_family(&labels)?
             .encode_gauge(&i64::from(s.failures))?;
         let mut phase = encoder.encode_descriptor(

@@ -70,7 +70,11 @@ impl EvalReport {
             suite: suite.into(),
             total,
             passed,
-            pass_rate: if total == 0 { 0.0 } else { passed as f64 / total as f64 },
+            pass_rate: if total == 0 {
+                0.0
+            } else {
+                passed as f64 / total as f64
+            },
             weighted_score: if weight > 0.0 { weighted / weight } else { 0.0 },
             duration_ms,
             cases,
@@ -112,8 +116,16 @@ impl EvalReport {
             self.duration_ms / 1e3
         )?;
         writeln!(out, "    <properties>")?;
-        writeln!(out, r#"      <property name="pass_rate" value="{:.4}"/>"#, self.pass_rate)?;
-        writeln!(out, r#"      <property name="weighted_score" value="{:.4}"/>"#, self.weighted_score)?;
+        writeln!(
+            out,
+            r#"      <property name="pass_rate" value="{:.4}"/>"#,
+            self.pass_rate
+        )?;
+        writeln!(
+            out,
+            r#"      <property name="weighted_score" value="{:.4}"/>"#,
+            self.weighted_score
+        )?;
         writeln!(out, "    </properties>")?;
         for c in &self.cases {
             write!(
@@ -128,7 +140,11 @@ impl EvalReport {
                 continue;
             }
             writeln!(out, ">")?;
-            let why = c.error.as_deref().or(c.note.as_deref()).unwrap_or("below threshold");
+            let why = c
+                .error
+                .as_deref()
+                .or(c.note.as_deref())
+                .unwrap_or("below threshold");
             writeln!(
                 out,
                 r#"      <failure message="score {:.3} &lt; threshold {:.3}" type="{}">{}</failure>"#,
@@ -259,7 +275,9 @@ impl GateConfig {
             ("regression_tolerance", self.regression_tolerance),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(Error::InvalidConfig(format!("gate {name} must be in 0..=1, got {v}")));
+                return Err(Error::InvalidConfig(format!(
+                    "gate {name} must be in 0..=1, got {v}"
+                )));
             }
         }
         Ok(())
@@ -365,16 +383,26 @@ mod tests {
     #[test]
     fn numbers_comparison_and_junit() {
         let base = EvalReport::from_cases("s", vec![case("a", 1.0), case("b", 1.0), case("c", 0.0)], 5.0);
-        let now = EvalReport::from_cases("s", vec![case("a", 1.0), case("b", 0.0), case("c", 1.0), case("d", 1.0)], 5.0);
+        let now = EvalReport::from_cases(
+            "s",
+            vec![case("a", 1.0), case("b", 0.0), case("c", 1.0), case("d", 1.0)],
+            5.0,
+        );
         assert_eq!(now.passed, 3);
         assert!((now.pass_rate - 0.75).abs() < 1e-9);
         let cmp = now.compare(&base, 0.0);
-        assert_eq!(cmp.regressions.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            cmp.regressions.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(cmp.improvements, ["c"]);
         assert_eq!(cmp.new_cases, ["d"]);
         let v = GateConfig::default().verdict(&now, Some(&cmp));
         assert_eq!(v.exit_code(), 1);
-        assert!(v.reasons.iter().any(|r| r.contains("b (1.000 -> 0.000)")), "{v:?}");
+        assert!(
+            v.reasons.iter().any(|r| r.contains("b (1.000 -> 0.000)")),
+            "{v:?}"
+        );
         let junit = now.to_junit();
         assert!(junit.contains(r#"<testcase classname="s" name="b""#), "{junit}");
         assert!(junit.contains("a &lt;b&gt; &amp; &quot;c&quot;"), "{junit}");

@@ -182,7 +182,12 @@ impl ScorerRegistry {
                 params.remove("name");
                 (name, params)
             }
-            _ => return Err(spec_err("scorer", "must be a scorer name or an object with a name")),
+            _ => {
+                return Err(spec_err(
+                    "scorer",
+                    "must be a scorer name or an object with a name",
+                ))
+            }
         };
         let known = |allowed: &[&str]| -> std::result::Result<(), SpecError> {
             match params.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -215,7 +220,10 @@ impl ScorerRegistry {
                     _ => false,
                 };
                 if !ok {
-                    return Err(spec_err("expected", "the contains scorer expects a string or a non-empty array of strings"));
+                    return Err(spec_err(
+                        "expected",
+                        "the contains scorer expects a string or a non-empty array of strings",
+                    ));
                 }
                 Arc::new(Contains {
                     ignore_case: ignore_case()?,
@@ -235,13 +243,19 @@ impl ScorerRegistry {
             "json_fields" => {
                 known(&[])?;
                 let JsonValue::Object(o) = expected else {
-                    return Err(spec_err("expected", "the json_fields scorer expects an object of JSON pointers to values"));
+                    return Err(spec_err(
+                        "expected",
+                        "the json_fields scorer expects an object of JSON pointers to values",
+                    ));
                 };
                 if o.is_empty() {
                     return Err(spec_err("expected", "names no field"));
                 }
                 if let Some(k) = o.keys().find(|k| !k.is_empty() && !k.starts_with('/')) {
-                    return Err(spec_err("expected", format!("{k:?} is not a JSON pointer (starts with '/')")));
+                    return Err(spec_err(
+                        "expected",
+                        format!("{k:?} is not a JSON pointer (starts with '/')"),
+                    ));
                 }
                 Arc::new(JsonFields)
             }
@@ -272,7 +286,10 @@ impl ScorerRegistry {
             "embedding" => {
                 known(&[])?;
                 let Some(embedder) = &self.embedder else {
-                    return Err(spec_err("scorer", "the embedding scorer needs an embedder (ScorerRegistry::embedder)"));
+                    return Err(spec_err(
+                        "scorer",
+                        "the embedding scorer needs an embedder (ScorerRegistry::embedder)",
+                    ));
                 };
                 if !expected.is_string() {
                     return Err(spec_err("expected", "the embedding scorer expects a string"));
@@ -318,7 +335,10 @@ impl Scorer for Exact {
         Ok(if equal {
             Score::new(1.0)
         } else {
-            Score::with_note(0.0, format!("expected {}, got {}", short(expected), short(actual)))
+            Score::with_note(
+                0.0,
+                format!("expected {}, got {}", short(expected), short(actual)),
+            )
         })
     }
 }
@@ -337,7 +357,10 @@ impl Scorer for Contains {
             JsonValue::Array(a) => a.iter().map(text_of).collect(),
             other => vec![text_of(other)],
         };
-        let missing: Vec<&String> = needles.iter().filter(|n| !text.contains(&fold((*n).clone()))).collect();
+        let missing: Vec<&String> = needles
+            .iter()
+            .filter(|n| !text.contains(&fold((*n).clone())))
+            .collect();
         let value = 1.0 - missing.len() as f64 / needles.len().max(1) as f64;
         Ok(if missing.is_empty() {
             Score::new(value)
@@ -356,7 +379,10 @@ impl Scorer for RegexMatch {
         Ok(if self.0.is_match(&text_of(actual)) {
             Score::new(1.0)
         } else {
-            Score::with_note(0.0, format!("{} does not match /{}/", short(actual), self.0.as_str()))
+            Score::with_note(
+                0.0,
+                format!("{} does not match /{}/", short(actual), self.0.as_str()),
+            )
         })
     }
 }
@@ -417,7 +443,10 @@ impl Scorer for Numeric {
             _ => None,
         };
         let Some(got) = got else {
-            return Ok(Score::with_note(0.0, format!("{} is not a number", short(actual))));
+            return Ok(Score::with_note(
+                0.0,
+                format!("{} is not a number", short(actual)),
+            ));
         };
         let diff = (got - want).abs();
         let ok = diff <= self.tolerance || diff <= self.relative * want.abs();
@@ -441,7 +470,9 @@ impl Scorer for EmbeddingSimilarity {
         let v = self.embedder.embed(&texts).await?;
         match (v.first(), v.get(1)) {
             (Some(a), Some(b)) => Ok(Score::new(cosine(a, b))),
-            _ => Err(Error::invalid_input("the embedder returned fewer vectors than texts")),
+            _ => Err(Error::invalid_input(
+                "the embedder returned fewer vectors than texts",
+            )),
         }
     }
 
@@ -564,7 +595,10 @@ fn validate(schema: &JsonValue, v: &JsonValue, at: &str, errors: &mut Vec<String
     let Some(s) = schema.as_object() else { return };
     if let Some(t) = s.get("type") {
         let ok = match t {
-            JsonValue::Array(ts) => ts.iter().filter_map(JsonValue::as_str).any(|t| type_matches(t, v)),
+            JsonValue::Array(ts) => ts
+                .iter()
+                .filter_map(JsonValue::as_str)
+                .any(|t| type_matches(t, v)),
             t => t.as_str().is_some_and(|t| type_matches(t, v)),
         };
         if !ok {
@@ -641,19 +675,47 @@ mod tests {
     async fn builtins_score() {
         assert_eq!(run(json!("exact"), json!("Paris"), json!(" Paris\n")).await, 1.0);
         assert_eq!(run(json!("exact"), json!("Paris"), json!("paris")).await, 0.0);
-        assert_eq!(run(json!({"name":"exact","ignore_case":true}), json!("Paris"), json!("paris")).await, 1.0);
+        assert_eq!(
+            run(
+                json!({"name":"exact","ignore_case":true}),
+                json!("Paris"),
+                json!("paris")
+            )
+            .await,
+            1.0
+        );
         assert_eq!(run(json!("contains"), json!(["a", "b"]), json!("xa")).await, 0.5);
         assert_eq!(run(json!("regex"), json!("^\\d+$"), json!("123")).await, 1.0);
         assert_eq!(run(json!("regex"), json!("^\\d+$"), json!(123)).await, 1.0);
         assert_eq!(
-            run(json!("json_fields"), json!({"/a/b": 1, "/c": "x"}), json!({"a": {"b": 1}, "c": "y"})).await,
+            run(
+                json!("json_fields"),
+                json!({"/a/b": 1, "/c": "x"}),
+                json!({"a": {"b": 1}, "c": "y"})
+            )
+            .await,
             0.5
         );
-        let schema = json!({"type":"object","required":["n"],"properties":{"n":{"type":"integer","minimum":0}}});
-        assert_eq!(run(json!("json_schema"), schema.clone(), json!({"n": 3})).await, 1.0);
+        let schema =
+            json!({"type":"object","required":["n"],"properties":{"n":{"type":"integer","minimum":0}}});
+        assert_eq!(
+            run(json!("json_schema"), schema.clone(), json!({"n": 3})).await,
+            1.0
+        );
         assert_eq!(run(json!("json_schema"), schema, json!({"n": -1})).await, 0.0);
-        assert_eq!(run(json!({"name":"numeric","tolerance":0.1}), json!(1.0), json!(1.05)).await, 1.0);
-        assert_eq!(run(json!({"name":"numeric","relative":0.01}), json!(100), json!("102")).await, 0.0);
+        assert_eq!(
+            run(json!({"name":"numeric","tolerance":0.1}), json!(1.0), json!(1.05)).await,
+            1.0
+        );
+        assert_eq!(
+            run(
+                json!({"name":"numeric","relative":0.01}),
+                json!(100),
+                json!("102")
+            )
+            .await,
+            0.0
+        );
     }
 
     #[test]
@@ -661,7 +723,9 @@ mod tests {
         let r = ScorerRegistry::new();
         let e = |spec: JsonValue, expected: JsonValue| r.prepare(&spec, &expected).err().expect("refused");
         assert_eq!(e(json!("levenshtein"), json!("x")).field, "scorer");
-        assert!(e(json!("levenshtein"), json!("x")).message.contains("unknown scorer"));
+        assert!(e(json!("levenshtein"), json!("x"))
+            .message
+            .contains("unknown scorer"));
         assert_eq!(e(json!("regex"), json!("(")).field, "expected");
         assert_eq!(e(json!({"name":"numeric","tol":1}), json!(1)).field, "scorer.tol");
         assert_eq!(e(json!("embedding"), json!("x")).field, "scorer");

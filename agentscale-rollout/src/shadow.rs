@@ -85,7 +85,11 @@ impl ShadowConfig {
                 self.fraction
             )));
         }
-        if self.buffer == 0 || self.buffer > 1 << 20 || self.max_comparing == 0 || self.max_comparing > 1 << 16 {
+        if self.buffer == 0
+            || self.buffer > 1 << 20
+            || self.max_comparing == 0
+            || self.max_comparing > 1 << 16
+        {
             return Err(Error::InvalidConfig(
                 "shadow buffer must be in 1..=1048576 and max_comparing in 1..=65536".into(),
             ));
@@ -306,7 +310,12 @@ impl Shadow {
     /// Starts mirroring from `primary` to `candidate` (spawns the mirror
     /// loop on the current Tokio runtime). A candidate without workers is
     /// refused.
-    pub fn start(primary: Fleet, candidate: Fleet, config: ShadowConfig, scorer: Option<Arc<dyn Scorer>>) -> Result<Shadow> {
+    pub fn start(
+        primary: Fleet,
+        candidate: Fleet,
+        config: ShadowConfig,
+        scorer: Option<Arc<dyn Scorer>>,
+    ) -> Result<Shadow> {
         config.validate()?;
         candidate.require_workers("candidate")?;
         if primary.version() == candidate.version() {
@@ -439,13 +448,10 @@ async fn compare(inner: &Inner, m: Mirror) {
     }
     c.mirrored.fetch_add(1, Ordering::Relaxed);
     let timeout = inner.config.compare_timeout;
-    let (primary, candidate) = tokio::join!(
-        inner.primary.results().wait(&m.primary_id, timeout),
-        async {
-            let r = inner.candidate.results().wait(&candidate_id, timeout).await;
-            (r, started.elapsed())
-        }
-    );
+    let (primary, candidate) = tokio::join!(inner.primary.results().wait(&m.primary_id, timeout), async {
+        let r = inner.candidate.results().wait(&candidate_id, timeout).await;
+        (r, started.elapsed())
+    });
     let (candidate, candidate_elapsed) = candidate;
     let primary = primary.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "primary result unavailable for the shadow comparison");
@@ -521,7 +527,10 @@ mod tests {
 
     #[test]
     fn diff_lists_paths() {
-        let (d, n) = json_diff(&json!({"a": 1, "b": [1, 2], "c": {"x": 1}}), &json!({"a": 1, "b": [1, 3], "d": 1}));
+        let (d, n) = json_diff(
+            &json!({"a": 1, "b": [1, 2], "c": {"x": 1}}),
+            &json!({"a": 1, "b": [1, 3], "d": 1}),
+        );
         assert_eq!(d, ["/b/1", "/c", "/d"]);
         assert_eq!(n, 5);
         assert_eq!(json_diff(&json!("x"), &json!("y")).0, ["/"]);

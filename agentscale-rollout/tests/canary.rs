@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use agentscale_core::{Error, Handler, Output, ResultStore, Task, TaskContext, TaskQueue, Worker};
 use agentscale_queue::LocalQueue;
-use agentscale_rollout::analysis::{Action, AnalysisConfig, Condition, MetricCheck, MetricKind, Phase, Rollout, Verdict};
+use agentscale_rollout::analysis::{
+    Action, AnalysisConfig, Condition, MetricCheck, MetricKind, Phase, Rollout, Verdict,
+};
 use agentscale_rollout::canary::{Fleet, Router, Side};
 use agentscale_state::local::LocalResultStore;
 use async_trait::async_trait;
@@ -143,11 +145,18 @@ async fn a_candidate_with_5_percent_errors_is_rolled_back_within_three_intervals
     let decisions = rollout.decisions();
     assert_eq!(phase, Phase::RolledBack, "{decisions:#?}");
     let last = decisions.last().expect("a decision");
-    assert!(last.seq <= 3, "rolled back only after {} intervals: {decisions:#?}", last.seq);
+    assert!(
+        last.seq <= 3,
+        "rolled back only after {} intervals: {decisions:#?}",
+        last.seq
+    );
     assert_eq!(last.action, Action::Rollback);
     assert_eq!(last.weight_after, 0.0);
     assert_eq!(rollout.router().candidate_weight(), 0.0);
-    assert!(decisions.iter().all(|d| d.verdict == Verdict::Failed), "{decisions:#?}");
+    assert!(
+        decisions.iter().all(|d| d.verdict == Verdict::Failed),
+        "{decisions:#?}"
+    );
     // After the rollback every new session goes to stable.
     for i in 0..1000 {
         let t = Task::new("ask", "x").with_session(format!("after-{i}"));
@@ -162,7 +171,11 @@ async fn a_candidate_equal_to_stable_is_promoted() {
     assert_eq!(phase, Phase::Promoted, "{decisions:#?}");
     assert_eq!(rollout.router().candidate_weight(), 100.0);
     let actions: Vec<Action> = decisions.iter().map(|d| d.action).collect();
-    assert_eq!(actions, [Action::Advance, Action::Advance, Action::Promote], "{decisions:#?}");
+    assert_eq!(
+        actions,
+        [Action::Advance, Action::Advance, Action::Promote],
+        "{decisions:#?}"
+    );
     assert!(sent[1] > 0 && sent[0] > 0, "{sent:?}");
     let weights: Vec<f64> = decisions.iter().map(|d| d.weight_after).collect();
     assert_eq!(weights, [50.0, 100.0, 100.0]);
@@ -175,7 +188,11 @@ async fn a_candidate_without_traffic_stays_inconclusive() {
     assert_eq!(phase, Phase::Paused, "{decisions:#?}");
     assert_eq!(decisions.len(), 8);
     for d in &decisions {
-        assert_eq!((d.verdict, d.action), (Verdict::Inconclusive, Action::Pause), "{d:#?}");
+        assert_eq!(
+            (d.verdict, d.action),
+            (Verdict::Inconclusive, Action::Pause),
+            "{d:#?}"
+        );
         assert!(d.measurements[0].reason.contains("sample"), "{d:#?}");
     }
     // Neither promoted nor rolled back: still on the first step.
@@ -199,7 +216,10 @@ async fn sessions_stick_and_bad_inputs_are_typed_errors() {
         .build()
         .err()
         .expect("no workers refused");
-    assert!(matches!(e, Error::InvalidConfig(_)) && e.to_string().contains("no workers"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidConfig(_)) && e.to_string().contains("no workers"),
+        "{e}"
+    );
 
     let router = Arc::new(
         Router::builder(stable.fleet.clone(), candidate.fleet.clone())
@@ -209,7 +229,9 @@ async fn sessions_stick_and_bad_inputs_are_typed_errors() {
     );
     let mut never_100 = analysis();
     never_100.steps = vec![agentscale_rollout::analysis::Step::new(20.0, INTERVAL)];
-    let e = Rollout::start("x", router.clone(), never_100).err().expect("refused");
+    let e = Rollout::start("x", router.clone(), never_100)
+        .err()
+        .expect("refused");
     assert!(e.to_string().contains("never reaches 100"), "{e}");
     // Refused before anything moved.
     assert_eq!(router.candidate_weight(), 20.0);

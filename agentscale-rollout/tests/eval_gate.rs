@@ -55,7 +55,11 @@ struct Politeness;
 #[async_trait]
 impl Scorer for Politeness {
     async fn score(&self, _expected: &Value, actual: &Value) -> agentscale_core::Result<Score> {
-        Ok(Score::new(if actual.to_string().contains("please") { 1.0 } else { 0.0 }))
+        Ok(Score::new(if actual.to_string().contains("please") {
+            1.0
+        } else {
+            0.0
+        }))
     }
 }
 
@@ -109,19 +113,39 @@ async fn a_regression_is_reported_by_name_and_fails_the_gate() {
     assert_eq!(regressions[0].id, "capital-it");
     assert_eq!((regressions[0].baseline_score, regressions[0].score), (1.0, 0.0));
     assert_eq!(outcome.verdict.exit_code(), 1);
-    assert!(outcome.verdict.reasons.iter().any(|r| r.contains("capital-it")), "{:?}", outcome.verdict);
+    assert!(
+        outcome.verdict.reasons.iter().any(|r| r.contains("capital-it")),
+        "{:?}",
+        outcome.verdict
+    );
     // Pass rate and weighted score are kept apart: 8/9 vs (10 - 1) / 10.
     assert!((outcome.report.pass_rate - 8.0 / 9.0).abs() < 1e-9);
     assert!((outcome.report.weighted_score - 0.9).abs() < 1e-9);
     let xml = std::fs::read_to_string(&junit).expect("junit");
     assert!(xml.contains(r#"tests="9" failures="1""#), "{xml}");
-    assert!(xml.contains(r#"name="capital-it""#) && xml.contains("<failure"), "{xml}");
-    assert!(std::fs::read_to_string(&json_out).expect("json").contains("\"capital-it\""));
+    assert!(
+        xml.contains(r#"name="capital-it""#) && xml.contains("<failure"),
+        "{xml}"
+    );
+    assert!(std::fs::read_to_string(&json_out)
+        .expect("json")
+        .contains("\"capital-it\""));
 
     // A gate that tolerates one regression and a lower pass rate passes.
-    let lenient = EvalConfig::builder().max_regressions(1).min_pass_rate(0.8).build().expect("config");
+    let lenient = EvalConfig::builder()
+        .max_regressions(1)
+        .min_pass_rate(0.8)
+        .build()
+        .expect("config");
     let run = GateRun::new(&golden).baseline(&baseline).config(lenient);
-    assert_eq!(run_gate(&run, &registry(), &bad).await.expect("gate").verdict.exit_code(), 0);
+    assert_eq!(
+        run_gate(&run, &registry(), &bad)
+            .await
+            .expect("gate")
+            .verdict
+            .exit_code(),
+        0
+    );
 }
 
 #[tokio::test]

@@ -97,16 +97,28 @@ async fn shadows_are_compared_discarded_and_flagged() {
         .expect("config");
     let shadow = Shadow::start(prod.fleet.clone(), cand.fleet.clone(), config, None).expect("shadow");
     for n in 0..50u64 {
-        let pending = shadow.submit(Task::json("ask", &n).expect("task")).await.expect("submit");
+        let pending = shadow
+            .submit(Task::json("ask", &n).expect("task"))
+            .await
+            .expect("submit");
         // The caller gets production's answer, never the candidate's.
-        let out: Value = pending.output(Duration::from_secs(5)).await.expect("result").parse_json().expect("json");
+        let out: Value = pending
+            .output(Duration::from_secs(5))
+            .await
+            .expect("result")
+            .parse_json()
+            .expect("json");
         assert_eq!(out["answer"], n);
         // The shadow copy's result lives only in the candidate's store.
         let shadow_id = TaskId::new(format!("{}.shadow", pending.id()));
         assert!(prod.fleet.results().get(&shadow_id).await.expect("get").is_none());
     }
     let report = shadow.close().await;
-    assert_eq!((report.sampled, report.mirrored, report.dropped), (50, 50, 0), "{report:?}");
+    assert_eq!(
+        (report.sampled, report.mirrored, report.dropped),
+        (50, 50, 0),
+        "{report:?}"
+    );
     assert_eq!(report.compared, 50, "{report:?}");
     assert_eq!((report.matched, report.mismatched), (45, 5), "{report:?}");
     assert_eq!(cand.agent.shadow_seen.load(Ordering::Relaxed), 50);
@@ -135,10 +147,20 @@ async fn a_down_candidate_never_blocks_the_primary_and_drops_are_counted() {
     let shadow = Shadow::start(prod.fleet.clone(), cand.fleet.clone(), config, None).expect("shadow");
     let mut pendings = Vec::new();
     for n in 0..20u64 {
-        pendings.push(shadow.submit(Task::json("ask", &n).expect("task")).await.expect("submit"));
+        pendings.push(
+            shadow
+                .submit(Task::json("ask", &n).expect("task"))
+                .await
+                .expect("submit"),
+        );
     }
     for p in pendings {
-        assert!(p.wait(Duration::from_secs(5)).await.expect("primary result").outcome.is_completed());
+        assert!(p
+            .wait(Duration::from_secs(5))
+            .await
+            .expect("primary result")
+            .outcome
+            .is_completed());
     }
     let report = shadow.close().await;
     assert_eq!(report.sampled, 20);
@@ -150,7 +172,9 @@ async fn a_down_candidate_never_blocks_the_primary_and_drops_are_counted() {
 
     let none = version("v3", true, true);
     let bare = Fleet::new("v4", none.fleet.queue().clone(), none.fleet.results().clone());
-    let e = Shadow::start(prod.fleet.clone(), bare, ShadowConfig::default(), None).err().expect("refused");
+    let e = Shadow::start(prod.fleet.clone(), bare, ShadowConfig::default(), None)
+        .err()
+        .expect("refused");
     assert!(e.to_string().contains("no workers"), "{e}");
     assert!(ShadowConfig::builder().fraction(1.5).build().is_err());
     stop(prod).await;
@@ -159,7 +183,11 @@ async fn a_down_candidate_never_blocks_the_primary_and_drops_are_counted() {
 }
 
 async fn get(app: &axum::Router, method: &str, uri: &str) -> (StatusCode, Value) {
-    let req = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
     let resp = app.clone().oneshot(req).await.expect("response");
     let status = resp.status();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -170,7 +198,11 @@ async fn get(app: &axum::Router, method: &str, uri: &str) -> (StatusCode, Value)
 async fn decisions_are_served_as_json_and_metrics() {
     let a = version("v1", false, true);
     let b = version("v2", false, true);
-    let router = Arc::new(Router::builder(a.fleet.clone(), b.fleet.clone()).build().expect("router"));
+    let router = Arc::new(
+        Router::builder(a.fleet.clone(), b.fleet.clone())
+            .build()
+            .expect("router"),
+    );
     let config = AnalysisConfig::builder()
         .step(20.0, Duration::from_secs(60))
         .step(100.0, Duration::ZERO)
@@ -183,14 +215,23 @@ async fn decisions_are_served_as_json_and_metrics() {
     let app = agentscale_rollout::http::routes(vec![rollout.clone()]);
 
     let (code, v) = get(&app, "GET", "/rollouts/agent/verdict").await;
-    assert_eq!((code, v["verdict"].clone(), v["weight"].clone()), (StatusCode::OK, Value::Null, json!(20.0)));
+    assert_eq!(
+        (code, v["verdict"].clone(), v["weight"].clone()),
+        (StatusCode::OK, Value::Null, json!(20.0))
+    );
     // No traffic: inconclusive. Not a failure for the rollout webhook, not a
     // success for the promotion gate.
     rollout.analyze();
     let (code, v) = get(&app, "GET", "/rollouts/agent/verdict").await;
-    assert_eq!((code, v["verdict"].as_str()), (StatusCode::OK, Some("inconclusive")));
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (StatusCode::OK, Some("inconclusive"))
+    );
     assert_eq!(get(&app, "POST", "/rollouts/agent/check").await.0, StatusCode::OK);
-    assert_eq!(get(&app, "POST", "/rollouts/agent/gate").await.0, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        get(&app, "POST", "/rollouts/agent/gate").await.0,
+        StatusCode::PRECONDITION_FAILED
+    );
     let (code, v) = get(&app, "GET", "/rollouts/agent").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["decisions"][0]["action"], "pause");
@@ -207,7 +248,10 @@ async fn decisions_are_served_as_json_and_metrics() {
     }
 
     rollout.abort("by hand");
-    assert_eq!(get(&app, "GET", "/rollouts/agent/check").await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        get(&app, "GET", "/rollouts/agent/check").await.0,
+        StatusCode::CONFLICT
+    );
     assert_eq!(rollout.router().candidate_weight(), 0.0);
     stop(a).await;
     stop(b).await;

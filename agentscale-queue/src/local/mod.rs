@@ -554,7 +554,9 @@ impl TaskQueue for LocalQueue {
             };
             let wake = next_event.map_or(give_up, |e| {
                 let after = e.saturating_duration_since(now);
-                tokio::time::Instant::now().checked_add(after).map_or(give_up, |w| w.min(give_up))
+                tokio::time::Instant::now()
+                    .checked_add(after)
+                    .map_or(give_up, |w| w.min(give_up))
             });
             tokio::select! {
                 _ = &mut notified => {}
