@@ -44,7 +44,7 @@ impl Handler for Agent {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let input: JsonValue = task.payload_json()?;
         tokio::time::sleep(self.work).await;
-        if self.fail_every > 0 && n % self.fail_every == 0 {
+        if n.checked_rem(self.fail_every) == Some(0) {
             return Err(Error::invalid_input("the model returned garbage"));
         }
         // A tool with a side effect: never really called for a shadow copy.

@@ -325,7 +325,7 @@ mod tests {
             ),
         ];
         for (bad, line, field) in cases {
-            let e = parse(&format!("{ok}{bad}\n")).err().expect("refused");
+            let e = parse(&format!("{ok}{bad}\n")).expect_err("refused");
             assert_eq!((e.line, e.field.as_deref()), (line, field), "{bad}: {e}");
             if let Some(f) = field {
                 assert!(

@@ -61,13 +61,15 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-fn find<'a>(all: &'a Rollouts, name: &str) -> std::result::Result<&'a Arc<Rollout>, Response> {
-    all.iter().find(|r| r.name() == name).ok_or_else(|| {
-        json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": format!("no rollout named {name:?}") }),
-        )
-    })
+fn find<'a>(all: &'a Rollouts, name: &str) -> Option<&'a Arc<Rollout>> {
+    all.iter().find(|r| r.name() == name)
+}
+
+fn not_found(name: &str) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": format!("no rollout named {name:?}") }),
+    )
 }
 
 async fn list(State(all): State<Rollouts>) -> Response {
@@ -83,7 +85,7 @@ struct Detail {
 
 async fn detail(State(all): State<Rollouts>, Path(name): Path<String>) -> Response {
     match find(&all, &name) {
-        Ok(r) => {
+        Some(r) => {
             let mut decisions = r.decisions();
             let skip = decisions.len().saturating_sub(50);
             decisions.drain(..skip);
@@ -95,7 +97,7 @@ async fn detail(State(all): State<Rollouts>, Path(name): Path<String>) -> Respon
                 },
             )
         }
-        Err(resp) => resp,
+        None => not_found(&name),
     }
 }
 
@@ -125,14 +127,14 @@ fn verdict_of(r: &Rollout) -> VerdictBody {
 
 async fn verdict(State(all): State<Rollouts>, Path(name): Path<String>) -> Response {
     match find(&all, &name) {
-        Ok(r) => json(StatusCode::OK, &verdict_of(r)),
-        Err(resp) => resp,
+        Some(r) => json(StatusCode::OK, &verdict_of(r)),
+        None => not_found(&name),
     }
 }
 
 async fn check(State(all): State<Rollouts>, Path(name): Path<String>) -> Response {
     match find(&all, &name) {
-        Ok(r) => {
+        Some(r) => {
             let v = verdict_of(r);
             let code = if v.failed {
                 StatusCode::CONFLICT
@@ -141,13 +143,13 @@ async fn check(State(all): State<Rollouts>, Path(name): Path<String>) -> Respons
             };
             json(code, &v)
         }
-        Err(resp) => resp,
+        None => not_found(&name),
     }
 }
 
 async fn gate(State(all): State<Rollouts>, Path(name): Path<String>) -> Response {
     match find(&all, &name) {
-        Ok(r) => {
+        Some(r) => {
             let v = verdict_of(r);
             let code = if v.ok {
                 StatusCode::OK
@@ -156,7 +158,7 @@ async fn gate(State(all): State<Rollouts>, Path(name): Path<String>) -> Response
             };
             json(code, &v)
         }
-        Err(resp) => resp,
+        None => not_found(&name),
     }
 }
 

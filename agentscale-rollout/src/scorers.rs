@@ -721,7 +721,7 @@ mod tests {
     #[test]
     fn bad_specs_name_the_field() {
         let r = ScorerRegistry::new();
-        let e = |spec: JsonValue, expected: JsonValue| r.prepare(&spec, &expected).err().expect("refused");
+        let e = |spec: JsonValue, expected: JsonValue| r.prepare(&spec, &expected).expect_err("refused");
         assert_eq!(e(json!("levenshtein"), json!("x")).field, "scorer");
         assert!(e(json!("levenshtein"), json!("x"))
             .message

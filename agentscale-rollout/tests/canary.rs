@@ -29,7 +29,7 @@ struct Agent {
 impl Handler for Agent {
     async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<Output, Error> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.fail_every > 0 && n % self.fail_every == 0 {
+        if n.checked_rem(self.fail_every) == Some(0) {
             return Err(Error::invalid_input("injected failure"));
         }
         Ok(Output::bytes(task.payload.clone()))
@@ -209,13 +209,11 @@ async fn sessions_stick_and_bad_inputs_are_typed_errors() {
     let e = Router::builder(stable.fleet.clone(), candidate.fleet.clone())
         .weights(90, 5)
         .build()
-        .err()
-        .expect("weights refused");
+        .expect_err("weights refused");
     assert!(e.to_string().contains("sum to 100"), "{e}");
     let e = Router::builder(stable.fleet.clone(), no_workers.fleet.clone())
         .build()
-        .err()
-        .expect("no workers refused");
+        .expect_err("no workers refused");
     assert!(
         matches!(e, Error::InvalidConfig(_)) && e.to_string().contains("no workers"),
         "{e}"
@@ -230,8 +228,7 @@ async fn sessions_stick_and_bad_inputs_are_typed_errors() {
     let mut never_100 = analysis();
     never_100.steps = vec![agentscale_rollout::analysis::Step::new(20.0, INTERVAL)];
     let e = Rollout::start("x", router.clone(), never_100)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(e.to_string().contains("never reaches 100"), "{e}");
     // Refused before anything moved.
     assert_eq!(router.candidate_weight(), 20.0);

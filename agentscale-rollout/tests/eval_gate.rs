@@ -165,8 +165,7 @@ async fn bad_inputs_are_refused_before_anything_runs() {
         std::fs::write(&golden, text).expect("write");
         let e = run_gate(&GateRun::new(&golden), &registry(), &target)
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
         assert!(e.to_string().contains(want), "{e} does not contain {want}");
     }
@@ -176,8 +175,7 @@ async fn bad_inputs_are_refused_before_anything_runs() {
         "{\"id\":\"a\",\"input\":1,\"expected\":\"x\",\"scorer\":\"embedding\"}",
         &ScorerRegistry::new(),
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!((e.line, e.field.as_deref()), (1, Some("scorer")));
     // A missing baseline and a bad config are errors too.
     std::fs::write(&golden, "{\"id\":\"a\",\"input\":1,\"expected\":1}\n").expect("write");
