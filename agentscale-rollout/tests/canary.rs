@@ -227,8 +227,7 @@ async fn sessions_stick_and_bad_inputs_are_typed_errors() {
     );
     let mut never_100 = analysis();
     never_100.steps = vec![agentscale_rollout::analysis::Step::new(20.0, INTERVAL)];
-    let e = Rollout::start("x", router.clone(), never_100)
-        .expect_err("refused");
+    let e = Rollout::start("x", router.clone(), never_100).expect_err("refused");
     assert!(e.to_string().contains("never reaches 100"), "{e}");
     // Refused before anything moved.
     assert_eq!(router.candidate_weight(), 20.0);

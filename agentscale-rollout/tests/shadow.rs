@@ -172,8 +172,7 @@ async fn a_down_candidate_never_blocks_the_primary_and_drops_are_counted() {
 
     let none = version("v3", true, true);
     let bare = Fleet::new("v4", none.fleet.queue().clone(), none.fleet.results().clone());
-    let e = Shadow::start(prod.fleet.clone(), bare, ShadowConfig::default(), None)
-        .expect_err("refused");
+    let e = Shadow::start(prod.fleet.clone(), bare, ShadowConfig::default(), None).expect_err("refused");
     assert!(e.to_string().contains("no workers"), "{e}");
     assert!(ShadowConfig::builder().fraction(1.5).build().is_err());
     stop(prod).await;

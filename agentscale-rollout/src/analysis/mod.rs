@@ -29,12 +29,9 @@
 //! Every decision is logged (`tracing`), kept (the last 1,000), exported as
 //! metrics and served as JSON ([`crate::http`]).
 
-
 mod config;
 
-pub use config::{
-    AnalysisConfig, AnalysisConfigBuilder, Condition, MetricCheck, MetricKind, Step,
-};
+pub use config::{AnalysisConfig, AnalysisConfigBuilder, Condition, MetricCheck, MetricKind, Step};
 
 use std::collections::VecDeque;
 use std::fmt;
