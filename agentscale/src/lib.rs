@@ -97,6 +97,15 @@ pub mod infer {
     pub use agentscale_infer::*;
 }
 
+/// Shipping agent versions safely: the evaluation gate, shadow traffic,
+/// canary / blue-green rollouts with analysis and rollback (see
+/// `docs/rollout.md`).
+#[cfg(feature = "rollout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rollout")))]
+pub mod rollout {
+    pub use agentscale_rollout::*;
+}
+
 pub use agentscale_queue::LocalQueue;
 pub use agentscale_state::local::{
     HashEmbedder, LocalJoinStore, LocalMemoryStore, LocalResultStore, LocalSessionStore, LocalToolCache,

@@ -72,6 +72,7 @@ mod builder;
 mod kinds;
 mod live;
 mod process;
+mod shadow;
 mod shard;
 mod signal;
 mod stats;
@@ -80,6 +81,7 @@ pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
 pub use kinds::KindRouter;
 pub use live::ConcurrencyHandle;
+pub use shadow::SHADOW_HEADER;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -130,6 +132,7 @@ pub struct TaskContext {
     timeout: Duration,
     flags: Arc<RunFlags>,
     cancelled: Arc<AtomicBool>,
+    shadow: bool,
 }
 
 impl TaskContext {
@@ -143,6 +146,7 @@ impl TaskContext {
             timeout,
             flags: Arc::default(),
             cancelled: Arc::default(),
+            shadow: false,
         }
     }
 

@@ -90,6 +90,7 @@ pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease
         timeout: shared.task_timeout,
         flags: shared.flags.clone(),
         cancelled: Arc::default(),
+        shadow: task.is_shadow(),
     };
     let outcome = run_attempt(shared, &lease, &cx).await;
     if let Some(m) = &shared.metrics {

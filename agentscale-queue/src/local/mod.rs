@@ -532,9 +532,15 @@ impl TaskQueue for LocalQueue {
         if self.try_take(max, started, &mut out).is_none() {
             return Ok(out);
         }
-        let give_up = later(started, wait);
+        // The wait is measured on Tokio's clock, so a paused test clock
+        // (`tokio::time::pause`) advances through idle polls instead of
+        // spinning until the wall clock catches up.
+        let tokio_started = tokio::time::Instant::now();
+        let give_up = tokio_started
+            .checked_add(wait.min(MAX_DELAY))
+            .unwrap_or(tokio_started);
         loop {
-            if Instant::now() >= give_up {
+            if tokio::time::Instant::now() >= give_up {
                 return Ok(out);
             }
             let notified = self.shared.notify.notified();
@@ -546,10 +552,15 @@ impl TaskQueue for LocalQueue {
             let Some(next_event) = self.try_take(max, now, &mut out) else {
                 return Ok(out);
             };
-            let wake = next_event.map_or(give_up, |e| e.min(give_up));
+            let wake = next_event.map_or(give_up, |e| {
+                let after = e.saturating_duration_since(now);
+                tokio::time::Instant::now()
+                    .checked_add(after)
+                    .map_or(give_up, |w| w.min(give_up))
+            });
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }

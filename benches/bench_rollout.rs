@@ -1,0 +1,244 @@
+//! Benchmark: does shadow traffic slow the primary path?
+//!
+//! ```text
+//! cargo run --release -p agentscale-benches --example bench_rollout
+//! ```
+//!
+//! A primary fleet (in-memory queue and result store, one worker with
+//! `--concurrency` slots, a handler that waits `--work-ms`) serves
+//! `--clients` closed-loop callers, each doing `submit` + `wait` for
+//! `--requests` requests. Per request latency (submit → result) goes into a
+//! histogram.
+//!
+//! * baseline `no_shadow`: the callers use the primary's `Client`.
+//! * ours: the callers use `Shadow::submit` with every task mirrored
+//!   (`fraction = 1`) to a candidate that is 10× slower (same slots,
+//!   handler waits 10 × `--work-ms`), or down (a registered worker that
+//!   never runs): the mirror loop's buffer fills and drops are counted.
+//!
+//! Each mode runs `--runs` times, interleaved; the median p99 and
+//! throughput are reported.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentscale_core::worker::{Handler, TaskContext, Worker};
+use agentscale_core::{Client, Error, Output, ResultStore, Task, TaskQueue};
+use agentscale_queue::LocalQueue;
+use agentscale_rollout::canary::Fleet;
+use agentscale_rollout::shadow::{Shadow, ShadowConfig};
+use agentscale_state::local::LocalResultStore;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Concurrent closed-loop callers.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Requests per caller per run.
+    #[arg(long, default_value_t = 250)]
+    requests: usize,
+    /// Primary handler time in ms (the candidate takes 10×).
+    #[arg(long, default_value_t = 2)]
+    work_ms: u64,
+    /// Worker slots per fleet.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Runs per mode (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+#[derive(Debug)]
+struct Sleepy(Duration);
+
+#[async_trait::async_trait]
+impl Handler for Sleepy {
+    async fn handle(&self, task: &Task, _cx: &TaskContext) -> Result<Output, Error> {
+        tokio::time::sleep(self.0).await;
+        Ok(Output::bytes(task.payload.clone()))
+    }
+}
+
+struct RunningFleet {
+    fleet: Fleet,
+    stop: watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+fn fleet(name: &str, work: Duration, slots: usize, running: bool) -> agentscale_core::Result<RunningFleet> {
+    let queue: Arc<dyn TaskQueue> = Arc::new(LocalQueue::new(name));
+    let results: Arc<dyn ResultStore> = Arc::new(LocalResultStore::builder().build()?);
+    let worker = Worker::builder(queue.clone(), Sleepy(work))
+        .concurrency(slots)
+        .results(results.clone())
+        .build()?;
+    let fleet = Fleet::new(name, queue, results).worker(worker.stats());
+    let (stop, mut rx) = watch::channel(false);
+    let worker = tokio::spawn(async move {
+        if running {
+            let _ = worker
+                .run_until(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        }
+    });
+    Ok(RunningFleet { fleet, stop, worker })
+}
+
+async fn stop(f: RunningFleet) {
+    let _ = f.stop.send(true);
+    let _ = f.worker.await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    NoShadow,
+    ShadowSlow,
+    ShadowDown,
+}
+
+struct RunResult {
+    p99_ms: f64,
+    per_s: f64,
+    dropped: u64,
+    mirrored: u64,
+}
+
+enum Path {
+    Direct(Client),
+    Shadowed(Arc<Shadow>),
+}
+
+async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result<RunResult> {
+    let work = Duration::from_millis(args.work_ms);
+    let primary = fleet(&format!("primary-{run}-{mode:?}"), work, args.concurrency, true)?;
+    let candidate = fleet(
+        &format!("candidate-{run}-{mode:?}"),
+        work * 10,
+        args.concurrency,
+        mode == Mode::ShadowSlow,
+    )?;
+    let path = match mode {
+        Mode::NoShadow => Path::Direct(primary.fleet.client().clone()),
+        _ => {
+            let config = ShadowConfig::builder()
+                .fraction(1.0)
+                .buffer(256)
+                .max_comparing(256)
+                .compare_timeout(Duration::from_secs(2))
+                .build()?;
+            Path::Shadowed(Arc::new(Shadow::start(
+                primary.fleet.clone(),
+                candidate.fleet.clone(),
+                config,
+                None,
+            )?))
+        }
+    };
+    let path = Arc::new(path);
+    let started = Instant::now();
+    let callers: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let path = path.clone();
+            let n = args.requests;
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .map_err(|e| Error::handler(e.to_string()))?;
+                for i in 0..n {
+                    let task = Task::new("ask", format!("{c}-{i}"));
+                    let t0 = Instant::now();
+                    let pending = match &*path {
+                        Path::Direct(client) => client.submit(task).await?,
+                        Path::Shadowed(shadow) => shadow.submit(task).await?,
+                    };
+                    pending.wait(Duration::from_secs(30)).await?;
+                    let _ = h.record(t0.elapsed().as_micros() as u64);
+                }
+                Ok::<_, Error>(h)
+            })
+        })
+        .collect();
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| Error::handler(e.to_string()))?;
+    for c in callers {
+        let h = c.await.map_err(|e| Error::handler(e.to_string()))??;
+        let _ = all.add(h);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (dropped, mirrored) = match Arc::try_unwrap(path) {
+        Ok(Path::Shadowed(s)) => match Arc::try_unwrap(s) {
+            Ok(s) => {
+                let r = s.close().await;
+                (r.dropped, r.mirrored)
+            }
+            Err(s) => (s.report().dropped, s.report().mirrored),
+        },
+        _ => (0, 0),
+    };
+    stop(primary).await;
+    stop(candidate).await;
+    Ok(RunResult {
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1e3,
+        per_s: (args.clients * args.requests) as f64 / elapsed,
+        dropped,
+        mirrored,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> agentscale_core::Result<()> {
+    let args = Args::parse();
+    let modes = [Mode::NoShadow, Mode::ShadowSlow, Mode::ShadowDown];
+    let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
+    let mut drops = [0u64; 3];
+    let mut mirrored = [0u64; 3];
+    // Warm-up run (allocators, timers), not counted.
+    one_run(&args, Mode::NoShadow, 0).await?;
+    for run in 1..=args.runs {
+        for (i, mode) in modes.iter().enumerate() {
+            let r = one_run(&args, *mode, run).await?;
+            println!(
+                "run {run} {mode:?}: p99 {:.2} ms, {:.0} req/s, mirrored {}, dropped {}",
+                r.p99_ms, r.per_s, r.mirrored, r.dropped
+            );
+            p99[i].push(r.p99_ms);
+            rate[i].push(r.per_s);
+            drops[i] += r.dropped;
+            mirrored[i] += r.mirrored;
+        }
+    }
+    let [base_p99, slow_p99, down_p99] = p99.map(median);
+    let [base_rate, slow_rate, down_rate] = rate.map(median);
+    println!(
+        "RESULT shadow_primary_p99_ms ours={slow_p99:.2} baseline=no_shadow:{base_p99:.2} ratio={:.3}",
+        slow_p99 / base_p99
+    );
+    println!(
+        "RESULT shadow_primary_p99_ms_candidate_down ours={down_p99:.2} baseline=no_shadow:{base_p99:.2} ratio={:.3}",
+        down_p99 / base_p99
+    );
+    println!(
+        "RESULT shadow_primary_throughput ours={slow_rate:.0} baseline=no_shadow:{base_rate:.0} ratio={:.3}",
+        slow_rate / base_rate
+    );
+    println!(
+        "RESULT shadow_primary_throughput_candidate_down ours={down_rate:.0} baseline=no_shadow:{base_rate:.0} ratio={:.3}",
+        down_rate / base_rate
+    );
+    println!(
+        "shadow copies over all runs: candidate 10x slower mirrored {} dropped {}; candidate down mirrored {} dropped {}",
+        mirrored[1], drops[1], mirrored[2], drops[2]
+    );
+    Ok(())
+}
