@@ -24,6 +24,7 @@
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod flow;
 pub mod join;
 pub mod metrics;
 pub mod orchestrate;

@@ -323,6 +323,7 @@ pub(super) async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) -> 
     let (counter, outcome) = match &nack {
         Nack::Retry(_) => (&shared.stats.retried, Outcome::Retried),
         Nack::Release => (&shared.stats.released, Outcome::Released),
+        Nack::Defer(_) => (&shared.stats.deferred, Outcome::Deferred),
         Nack::DeadLetter(reason) => {
             tracing::warn!(reason = %reason, "dead-lettering task");
             (&shared.stats.dead_lettered, Outcome::DeadLettered)

@@ -56,6 +56,10 @@ pub struct RedisQueueConfig {
     pub connect_timeout: Duration,
     /// Due delayed tasks moved to the ready streams per `lease` call (default 1000).
     pub promote_batch: usize,
+    /// Ordered sessions (default off): tasks with the same `session_id` are
+    /// delivered one at a time, in enqueue order, across all consumers. A
+    /// session id that is not an identifier is refused at enqueue.
+    pub ordered_sessions: bool,
 }
 
 impl Default for RedisQueueConfig {
@@ -74,6 +78,7 @@ impl Default for RedisQueueConfig {
             command_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             promote_batch: 1000,
+            ordered_sessions: false,
         }
     }
 }
@@ -94,6 +99,7 @@ impl fmt::Debug for RedisQueueConfig {
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("promote_batch", &self.promote_batch)
+            .field("ordered_sessions", &self.ordered_sessions)
             .finish()
     }
 }
@@ -148,6 +154,12 @@ impl RedisQueueConfig {
     /// Sets the number of blocking-read connections.
     pub fn with_block_connections(mut self, n: u32) -> Self {
         self.block_connections = n;
+        self
+    }
+
+    /// Turns ordered sessions on or off.
+    pub fn with_ordered_sessions(mut self, on: bool) -> Self {
+        self.ordered_sessions = on;
         self
     }
 
@@ -291,6 +303,11 @@ impl RedisQueueConfigBuilder {
     /// How long an idempotency key is remembered.
     pub fn idempotency_ttl(mut self, v: Duration) -> Self {
         self.config.idempotency_ttl = v;
+        self
+    }
+    /// Ordered sessions on or off.
+    pub fn ordered_sessions(mut self, on: bool) -> Self {
+        self.config.ordered_sessions = on;
         self
     }
     /// Timeout of one non-blocking command.

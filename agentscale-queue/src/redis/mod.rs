@@ -13,6 +13,7 @@
 //! | `P:{Q}:delayed:tasks` | hash | member of `…:delayed` → envelope |
 //! | `P:{Q}:dead` | stream | dead letters: `task`, `reason`, `attempts`, `dead_at`, `raw` |
 //! | `P:{Q}:idem:<key>` | string | idempotency key → first task id, with a TTL |
+//! | `P:{Q}:session:<id>`, `…:waiting`, `P:{Q}:sessions:waiting` | string, list, counter | ordered sessions only: the head, the tasks behind it, their count (see `sessions.rs`) |
 //!
 //! Workers join the consumer group `consumer_group` (default `workers`) on
 //! each priority stream, with a consumer name unique per process.
@@ -46,6 +47,7 @@ mod config;
 mod lease;
 mod reply;
 mod scripts;
+mod sessions;
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -75,6 +77,11 @@ pub struct RedisQueueKeys {
     pub dead: String,
     /// Prefix of idempotency keys (`<prefix><idempotency key>`).
     pub idempotency_prefix: String,
+    /// Prefix of ordered-session keys (`<prefix><session id>` holds the
+    /// head's task id, `…:waiting` the tasks behind it).
+    pub session_prefix: String,
+    /// Counter of tasks waiting behind session heads.
+    pub sessions_waiting: String,
 }
 
 impl RedisQueueKeys {
@@ -91,6 +98,8 @@ impl RedisQueueKeys {
             delayed_tasks: format!("{base}:delayed:tasks"),
             dead: format!("{base}:dead"),
             idempotency_prefix: format!("{base}:idem:"),
+            session_prefix: format!("{base}:session:"),
+            sessions_waiting: format!("{base}:sessions:waiting"),
         }
     }
 
@@ -108,6 +117,8 @@ struct Scripts {
     delay: Script,
     depth: Script,
     replay: Script,
+    session_enqueue: Script,
+    session_settle: Script,
 }
 
 struct Inner {
@@ -156,6 +167,8 @@ struct Prepared {
     prio: usize,
     delayed_until: Option<u64>,
     idempotency_key: Option<String>,
+    /// The session, when this queue orders sessions.
+    session: Option<String>,
 }
 
 impl RedisQueue {
@@ -192,6 +205,8 @@ impl RedisQueue {
                     delay: Script::new(scripts::DELAY),
                     depth: Script::new(scripts::DEPTH),
                     replay: Script::new(scripts::REPLAY),
+                    session_enqueue: Script::new(sessions::SESSION_ENQUEUE),
+                    session_settle: sessions::session_settle_script(),
                 },
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
@@ -250,6 +265,9 @@ impl RedisQueue {
 
     fn prepare(&self, task: &Task) -> Result<Prepared> {
         task.validate()?;
+        if self.inner.config.ordered_sessions {
+            agentscale_core::flow::validate_session(task)?;
+        }
         let envelope = task.encode_limited(self.inner.config.max_envelope_bytes)?;
         let delayed_until = task.not_before_ms.filter(|t| *t > now_ms());
         Ok(Prepared {
@@ -258,6 +276,7 @@ impl RedisQueue {
             prio: task.priority.index(),
             delayed_until,
             idempotency_key: task.idempotency_key.clone(),
+            session: self.ordered_session(task).map(str::to_string),
         })
     }
 
@@ -270,6 +289,19 @@ impl RedisQueue {
             &keys.streams[p.prio]
         };
         let member = delayed_member(p.prio, &p.id);
+        if let Some(session) = &p.session {
+            self.push_session_enqueue(
+                pipe,
+                session,
+                p.id.as_str(),
+                p.prio,
+                p.idempotency_key.as_deref(),
+                p.delayed_until,
+                &member,
+                &p.envelope,
+            );
+            return;
+        }
         match &p.idempotency_key {
             Some(k) => {
                 let mut inv = self
@@ -399,6 +431,7 @@ impl TaskQueue for RedisQueue {
         c.dead_letter_replay = true;
         c.lease_timeout = self.inner.config.lease_timeout;
         c.max_envelope_bytes = self.inner.config.max_envelope_bytes;
+        c.ordered_sessions = self.inner.config.ordered_sessions;
         c
     }
 
@@ -413,6 +446,7 @@ impl TaskQueue for RedisQueue {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
                 pipe.load_script(&self.inner.scripts.delay).ignore();
+                pipe.load_script(&self.inner.scripts.session_enqueue).ignore();
                 self.push_enqueue(&mut pipe, &p);
                 self.run_pipeline(&pipe, "enqueue").await?
             }
@@ -437,6 +471,9 @@ impl TaskQueue for RedisQueue {
         }
         if ok.iter().any(|p| p.delayed_until.is_some()) {
             pipe.load_script(&self.inner.scripts.delay).ignore();
+        }
+        if ok.iter().any(|p| p.session.is_some()) {
+            pipe.load_script(&self.inner.scripts.session_enqueue).ignore();
         }
         for p in &ok {
             self.push_enqueue(&mut pipe, p);
@@ -490,10 +527,17 @@ impl TaskQueue for RedisQueue {
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let (prio, id) = parse_receipt(lease)?;
         let stream = self.inner.keys.streams[prio].clone();
-        if self
-            .settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
-            .await?
-        {
+        let done = match self.ordered_session(lease.task()) {
+            Some(s) => {
+                self.settle_session(lease, s, prio, id, "ack", &stream, b"", ["", "", "", ""])
+                    .await?
+            }
+            None => {
+                self.settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
+                    .await?
+            }
+        };
+        if done {
             Ok(())
         } else {
             Err(Self::lease_lost(lease, "ack"))
@@ -501,6 +545,15 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
+        if leases.iter().any(|l| self.ordered_session(l.task()).is_some()) {
+            // Heads of ordered sessions advance their session in the same
+            // script as the ack: one call each.
+            let mut out = Vec::with_capacity(leases.len());
+            for l in leases {
+                out.push(self.ack(l).await);
+            }
+            return out;
+        }
         let mut out: Vec<Result<()>> = Vec::with_capacity(leases.len());
         for chunk in leases.chunks(1000) {
             let parsed: Vec<Result<(usize, &str)>> = chunk.iter().map(parse_receipt).collect();
@@ -570,7 +623,7 @@ impl TaskQueue for RedisQueue {
                     .await?
                 }
             }
-            Nack::Release => {
+            Nack::Release | Nack::Defer(Duration::ZERO) => {
                 task.attempt = lease.attempt().saturating_sub(1);
                 let env = task.encode()?;
                 self.settle(
@@ -584,11 +637,45 @@ impl TaskQueue for RedisQueue {
                 )
                 .await?
             }
+            Nack::Defer(delay) => {
+                task.attempt = lease.attempt().saturating_sub(1);
+                let env = task.encode()?;
+                let due = (now_ms() + delay.as_millis() as u64).to_string();
+                let member = delayed_member(task.priority.index(), &task.id);
+                self.settle(
+                    prio,
+                    id,
+                    lease.fence(),
+                    "delay",
+                    &keys.delayed,
+                    &env,
+                    [&due, &member, "", ""],
+                )
+                .await?
+            }
             Nack::DeadLetter(reason) => {
                 task.attempt = lease.attempt();
                 let env = task.encode()?;
-                self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
-                    .await?
+                match self.ordered_session(lease.task()) {
+                    Some(s) => {
+                        let (attempts, at) = (lease.attempt().to_string(), now_ms().to_string());
+                        self.settle_session(
+                            lease,
+                            s,
+                            prio,
+                            id,
+                            "dead",
+                            &keys.dead,
+                            &env,
+                            [&reason, &attempts, &at, "0"],
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
+                            .await?
+                    }
+                }
             }
         };
         if done {
@@ -642,8 +729,9 @@ impl TaskQueue for RedisQueue {
         let oldest_ready_age = u64::try_from(oldest)
             .ok()
             .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        let waiting = self.session_waiting().await?;
         Ok(Depth {
-            ready: ready.max(0) as u64,
+            ready: ready.max(0) as u64 + waiting,
             in_flight: in_flight.max(0) as u64,
             delayed: delayed.max(0) as u64,
             dead: dead.max(0) as u64,
@@ -689,27 +777,4 @@ impl TaskQueue for RedisQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_share_one_hash_tag() {
-        let k = RedisQueueKeys::new("as", "jobs");
-        assert_eq!(k.streams[0], "as:{jobs}:stream:high");
-        assert_eq!(k.stream(Priority::Low), "as:{jobs}:stream:low");
-        assert_eq!(k.delayed, "as:{jobs}:delayed");
-        assert_eq!(k.delayed_tasks, "as:{jobs}:delayed:tasks");
-        assert_eq!(k.dead, "as:{jobs}:dead");
-        assert_eq!(k.idempotency_prefix, "as:{jobs}:idem:");
-    }
-
-    #[test]
-    fn receipts_parse() {
-        let l = Lease::new(Task::new("k", "p"), 1, "2:1-0", 1);
-        assert_eq!(parse_receipt(&l).expect("ok"), (2, "1-0"));
-        for bad in ["", "x", "3:1-0", "1:", "a:1-0"] {
-            let l = Lease::new(Task::new("k", "p"), 1, bad, 1);
-            assert!(parse_receipt(&l).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;
