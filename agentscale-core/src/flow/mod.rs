@@ -14,7 +14,7 @@
 //!
 //! See `docs/flow-control.md` for the guarantees.
 
-// pub mod limit;
+pub mod limit;
 
 use crate::error::{Error, Result};
 

@@ -69,6 +69,7 @@
 
 mod backoff;
 mod builder;
+mod limit;
 mod process;
 mod shard;
 mod signal;
@@ -76,6 +77,7 @@ mod stats;
 
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
+pub use limit::LimitKeys;
 pub use signal::shutdown_signal;
 pub use stats::{WorkerReport, WorkerStats};
 
@@ -219,6 +221,8 @@ struct Shared<H> {
     orchestrator: Option<Arc<Orchestrator>>,
     /// How long failed acks are retried (half the lease timeout).
     ack_retry_budget: Duration,
+    /// Rate limits and concurrency caps checked before a handler runs.
+    limiters: Vec<limit::WorkerLimiter>,
 }
 
 /// N concurrent handlers over a [`TaskQueue`]. Build with

@@ -41,7 +41,13 @@ pub(super) async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Opt
         attempt = lease.attempt(),
         traceparent = task.traceparent.as_deref(),
     );
-    process_in_span(shared, lease).instrument(span).await
+    if shared.limiters.is_empty() {
+        process_in_span(shared, lease).instrument(span).await
+    } else {
+        super::limit::process_limited(shared, &shared.limiters, lease)
+            .instrument(span)
+            .await
+    }
 }
 
 pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {

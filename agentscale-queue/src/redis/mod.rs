@@ -45,6 +45,7 @@
 mod admin;
 mod config;
 mod lease;
+mod limit;
 mod reply;
 mod scripts;
 mod sessions;
@@ -62,6 +63,7 @@ use async_trait::async_trait;
 use redis::{RedisError, Script, Value};
 
 pub use config::{RedisQueueConfig, RedisQueueConfigBuilder};
+pub use limit::RedisLimiter;
 use reply::*;
 
 /// The Redis key names of one queue (see the [module docs](self)).
