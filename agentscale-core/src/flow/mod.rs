@@ -15,6 +15,9 @@
 //! See `docs/flow-control.md` for the guarantees.
 
 pub mod limit;
+#[cfg(feature = "schedule")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
+pub mod schedule;
 
 use crate::error::{Error, Result};
 
