@@ -400,6 +400,86 @@ async fn redis_workers_share_a_cap(url: String) {
     limiter.destroy().await.expect("destroy");
 }
 
+/// Two schedulers on one Redis store, one killed mid-run: every tick of the
+/// run is enqueued exactly once, none twice, none missed.
+async fn redis_two_schedulers_one_killed(url: String) {
+    use agentscale_core::flow::schedule::{tick_of, Schedule, ScheduleStore, Scheduler};
+    use agentscale_queue::redis::RedisScheduleStore;
+    let name = unique_name("sched");
+    let prefix = unique_name("sch");
+    let queue = Arc::new(ordered_queue(&url, &name, "consumer").await);
+    let store: Arc<dyn ScheduleStore> =
+        Arc::new(RedisScheduleStore::new(redis(&url).await, &prefix).expect("store"));
+    let start = agentscale_core::task::now_ms();
+    let s = Schedule::every("heartbeat", Duration::from_secs(1), Task::new("beat", "{}"))
+        .expect("schedule")
+        .with_created_ms(start);
+    store.put(&s).await.expect("put");
+    let build = |owner: &str| {
+        Scheduler::builder(store.clone(), queue.clone())
+            .owner(owner)
+            .poll_interval(Duration::from_millis(100))
+            .claim_ttl(Duration::from_millis(800))
+            .catch_up_window(Duration::from_secs(5))
+            .build()
+            .expect("scheduler")
+    };
+    let a = tokio::spawn(build("a").run_until(futures::future::pending()));
+    let b = build("b");
+    let (stop_b, stopped) = tokio::sync::oneshot::channel::<()>();
+    let b_run = tokio::spawn(b.run_until(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    a.abort(); // killed, possibly between a claim and its enqueue
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let _ = stop_b.send(());
+    let rb = b_run.await.expect("b");
+    assert!(rb.fired > 0, "the survivor fired ticks: {rb:?}");
+    // A last, deterministic poll at a fixed instant closes the run.
+    let end = agentscale_core::task::now_ms();
+    let last = build("closer");
+    let mut report = agentscale_core::flow::schedule::SchedulerReport::default();
+    last.poll_at(end, &mut report).await.expect("poll");
+    let mut per_tick: HashMap<u64, usize> = HashMap::new();
+    loop {
+        let leases = queue
+            .lease(1000, Duration::from_millis(200))
+            .await
+            .expect("lease");
+        if leases.is_empty() {
+            break;
+        }
+        for l in &leases {
+            *per_tick
+                .entry(tick_of(l.task()).expect("tick header"))
+                .or_default() += 1;
+        }
+        assert!(queue.ack_batch(&leases).await.iter().all(Result::is_ok));
+    }
+    let expected = s.ticks_between(0, end, 1000).expect("ticks");
+    let duplicates: Vec<_> = per_tick.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "ticks enqueued twice: {duplicates:?}");
+    let missed: Vec<_> = expected.iter().filter(|t| !per_tick.contains_key(t)).collect();
+    assert!(missed.is_empty(), "ticks never enqueued: {missed:?}");
+    assert_eq!(per_tick.len(), expected.len(), "no tick outside the schedule");
+    let listed = store.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_fired_ms, expected.last().copied());
+    store.set_paused("heartbeat", true).await.expect("pause");
+    assert!(last
+        .poll_at(end + 5_000, &mut report)
+        .await
+        .expect("poll")
+        .is_empty());
+    assert!(store.remove("heartbeat").await.expect("remove"));
+    assert_eq!(
+        store.set_paused("heartbeat", false).await.map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound)
+    );
+    queue.destroy().await.expect("destroy");
+}
+
 fn main() {
     agentscale_testkit::run(|| {
         Suites::new()
@@ -421,6 +501,11 @@ fn main() {
                 "AGENTSCALE_REDIS_URL",
                 "redis_workers_share_a_cap",
                 redis_workers_share_a_cap,
+            )
+            .service_test(
+                "AGENTSCALE_REDIS_URL",
+                "redis_two_schedulers_one_killed",
+                redis_two_schedulers_one_killed,
             )
     })
 }

@@ -47,6 +47,8 @@ mod config;
 mod lease;
 mod limit;
 mod reply;
+#[cfg(feature = "schedule")]
+mod schedule;
 mod scripts;
 mod sessions;
 
@@ -65,6 +67,9 @@ use redis::{RedisError, Script, Value};
 pub use config::{RedisQueueConfig, RedisQueueConfigBuilder};
 pub use limit::RedisLimiter;
 use reply::*;
+#[cfg(feature = "schedule")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
+pub use schedule::RedisScheduleStore;
 
 /// The Redis key names of one queue (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,17 @@ pub struct ScheduleState {
     pub last_fired_ms: Option<u64>,
 }
 
+impl ScheduleState {
+    /// A listed state (for store implementations).
+    pub fn new(schedule: Schedule, paused: bool, last_fired_ms: Option<u64>) -> Self {
+        ScheduleState {
+            schedule,
+            paused,
+            last_fired_ms,
+        }
+    }
+}
+
 /// Holds schedules and arbitrates which scheduler fires a tick.
 /// Object-safe: use it as `Arc<dyn ScheduleStore>`.
 #[async_trait]
