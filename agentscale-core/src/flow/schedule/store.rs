@@ -133,9 +133,8 @@ impl ScheduleStore for LocalScheduleStore {
         st.ticks.retain(|_, (_, until)| *until > now);
         let mut out = Vec::new();
         for &t in ticks {
-            let key = (name.to_string(), t);
-            if !st.ticks.contains_key(&key) {
-                st.ticks.insert(key, (false, now + ttl));
+            if let std::collections::hash_map::Entry::Vacant(e) = st.ticks.entry((name.to_string(), t)) {
+                e.insert((false, now + ttl));
                 out.push(t);
             }
         }
