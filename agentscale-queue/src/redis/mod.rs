@@ -554,10 +554,10 @@ impl TaskQueue for RedisQueue {
     async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
         if leases.iter().any(|l| self.ordered_session(l.task()).is_some()) {
             // Heads of ordered sessions advance their session in the same
-            // script as the ack: one call each.
+            // script as the ack: one script per lease, pipelined.
             let mut out = Vec::with_capacity(leases.len());
-            for l in leases {
-                out.push(self.ack(l).await);
+            for chunk in leases.chunks(1000) {
+                out.extend(self.ack_batch_ordered(chunk).await);
             }
             return out;
         }
@@ -772,9 +772,13 @@ impl TaskQueue for RedisQueue {
         task.attempt = 0;
         task.not_before_ms = None;
         let env = task.encode()?;
-        let mut inv = self.inner.scripts.replay.key(&self.inner.keys.dead);
-        inv.key(self.inner.keys.stream(task.priority)).arg(id).arg(env);
-        let moved: i64 = self.eval(&inv, "replay").await?;
+        let moved: i64 = if let Some(session) = self.ordered_session(&task) {
+            self.replay_in_session(id, session, &task, &env).await?
+        } else {
+            let mut inv = self.inner.scripts.replay.key(&self.inner.keys.dead);
+            inv.key(self.inner.keys.stream(task.priority)).arg(id).arg(env);
+            self.eval(&inv, "replay").await?
+        };
         if moved == 1 {
             Ok(())
         } else {

@@ -92,6 +92,24 @@ end
 return r
 "#;
 
+/// Replays a dead letter into its session: it queues behind the head like a
+/// new enqueue (or becomes the head), atomically with its removal from the
+/// dead-letter stream.
+///
+/// KEYS: dead stream, session head, waiting list, waiting counter, target
+/// stream. ARGV: dead-letter id, task id, delayed member, envelope.
+/// Returns 1 when moved, 0 when the dead letter does not exist.
+const SESSION_REPLAY: &str = r#"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX') then
+  redis.call('XADD', KEYS[5], '*', 'task', ARGV[4])
+else
+  redis.call('RPUSH', KEYS[3], '0,' .. #ARGV[2] .. ',' .. #ARGV[3] .. ',' .. ARGV[2] .. ARGV[3] .. ARGV[4])
+  redis.call('INCR', KEYS[4])
+end
+return 1
+"#;
+
 /// The settle script with the session advance after it.
 pub(super) fn session_settle_script() -> Script {
     Script::new(&format!(
@@ -155,10 +173,10 @@ impl RedisQueue {
         pipe.invoke_script(&inv);
     }
 
-    /// [`settle`](Self::settle) for the head of an ordered session: an ack
-    /// or dead letter makes the next waiting task the head, atomically.
+    /// The settle script invocation for the head of an ordered session: an
+    /// ack or dead letter makes the next waiting task the head, atomically.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn settle_session(
+    fn session_settle_inv(
         &self,
         lease: &Lease,
         session: &str,
@@ -168,7 +186,7 @@ impl RedisQueue {
         target: &str,
         payload: &[u8],
         extra: [&str; 4],
-    ) -> Result<bool> {
+    ) -> redis::ScriptInvocation<'_> {
         let keys = &self.inner.keys;
         let head = self.session_key(session);
         let mut inv = self.inner.scripts.session_settle.key(&keys.streams[prio]);
@@ -190,8 +208,108 @@ impl RedisQueue {
             .arg(payload)
             .arg(&extra[..])
             .arg(lease.task().id.as_str());
+        inv
+    }
+
+    /// [`settle`](Self::settle) for the head of an ordered session.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn settle_session(
+        &self,
+        lease: &Lease,
+        session: &str,
+        prio: usize,
+        id: &str,
+        action: &str,
+        target: &str,
+        payload: &[u8],
+        extra: [&str; 4],
+    ) -> Result<bool> {
+        let inv = self.session_settle_inv(lease, session, prio, id, action, target, payload, extra);
         let done: i64 = self.eval(&inv, action).await?;
         Ok(done == 1)
+    }
+
+    /// `ack_batch` on a queue with ordered sessions: one fenced settle
+    /// script per lease (advancing its session), all in one pipeline.
+    pub(super) async fn ack_batch_ordered(&self, leases: &[Lease]) -> Vec<Result<()>> {
+        let parsed: Vec<Result<(usize, &str)>> = leases.iter().map(super::reply::parse_receipt).collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.inner.scripts.session_settle).ignore();
+        pipe.load_script(&self.inner.scripts.settle).ignore();
+        let mut n = 0;
+        for (l, p) in leases.iter().zip(&parsed) {
+            let Ok((prio, id)) = p else { continue };
+            let stream = &self.inner.keys.streams[*prio];
+            match self.ordered_session(l.task()) {
+                Some(s) => {
+                    let inv = self.session_settle_inv(l, s, *prio, id, "ack", stream, b"", ["", "", "", ""]);
+                    pipe.invoke_script(&inv);
+                }
+                None => {
+                    let mut inv = self.inner.scripts.settle.key(stream);
+                    inv.key(stream)
+                        .arg(&self.inner.config.consumer_group)
+                        .arg(&self.inner.consumer)
+                        .arg(*id)
+                        .arg(l.fence())
+                        .arg("ack")
+                        .arg(&b""[..])
+                        .arg(&["", "", "", ""][..]);
+                    pipe.invoke_script(&inv);
+                }
+            }
+            n += 1;
+        }
+        let replies = if n > 0 {
+            self.run_pipeline(&pipe, "ack_batch").await
+        } else {
+            Ok(Vec::new())
+        };
+        let mut codes = match &replies {
+            Ok(v) if v.len() == n => Some(v.iter()),
+            _ => None,
+        };
+        leases
+            .iter()
+            .zip(parsed)
+            .map(|(l, p)| {
+                p?;
+                match (&replies, codes.as_mut().and_then(|c| c.next())) {
+                    (Err(e), _) => Err(agentscale_core::Error::from_kind(e.kind(), e.to_string())),
+                    (Ok(_), Some(v)) => match super::reply::value_i64(v) {
+                        Some(1) => Ok(()),
+                        Some(_) => Err(Self::lease_lost(l, "ack")),
+                        None => Err(super::reply::bad_reply("ack_batch")),
+                    },
+                    (Ok(_), None) => Err(super::reply::bad_reply("ack_batch")),
+                }
+            })
+            .collect()
+    }
+
+    /// Moves dead letter `id` (holding `task`, encoded as `envelope`) back
+    /// into its session. 1 when moved, 0 when the dead letter is gone.
+    pub(super) async fn replay_in_session(
+        &self,
+        id: &str,
+        session: &str,
+        task: &Task,
+        envelope: &[u8],
+    ) -> Result<i64> {
+        let keys = &self.inner.keys;
+        let head = self.session_key(session);
+        let prio = task.priority.index();
+        let script = Script::new(SESSION_REPLAY);
+        let mut inv = script.key(&keys.dead);
+        inv.key(&head)
+            .key(format!("{head}:waiting"))
+            .key(&keys.sessions_waiting)
+            .key(&keys.streams[prio])
+            .arg(id)
+            .arg(task.id.as_str())
+            .arg(super::delayed_member(prio, &task.id))
+            .arg(envelope);
+        self.eval(&inv, "replay").await
     }
 
     /// Tasks waiting behind session heads (0 without ordered sessions).

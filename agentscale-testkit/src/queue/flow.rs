@@ -107,7 +107,8 @@ pub(super) async fn ordered_sessions_in_order(fx: &QueueFixture) {
 
 /// A session whose head is held (slow handler) does not hold up another
 /// session; a retry, a lease expiry and a deferral keep the head in place;
-/// an ack moves on, and so does a dead letter.
+/// an ack moves on, and so does a dead letter; a replayed dead letter
+/// queues behind the head.
 pub(super) async fn ordered_session_head_keeps_its_place(fx: &QueueFixture) {
     let q = &*fx.queue;
     let c = caps(fx);
@@ -172,8 +173,29 @@ pub(super) async fn ordered_session_head_keeps_its_place(fx: &QueueFixture) {
     let last = lease_one(q, long_wait(&c)).await;
     assert_eq!(payload(&last), "slow-2", "a dead letter moves the session on");
     assert_nothing_for(q, Duration::from_millis(200), "session drained").await;
+    if !(c.dead_letter_replay && c.lease_extension) {
+        q.ack(&last).await.expect("ack");
+        assert_depth(q.depth().await.expect("depth"), 0, 0, 0, 1);
+        return;
+    }
+    // A replayed dead letter queues behind the session's head (kept leased
+    // meanwhile, so its own expiry does not show up as a delivery).
+    q.extend(&last, c.lease_timeout * 4)
+        .await
+        .expect("extend the head");
+    let dead = q.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    q.replay_dead_letter(&dead[0].id).await.expect("replay");
+    assert_nothing_for(q, Duration::from_millis(300), "replayed task while the head runs").await;
     q.ack(&last).await.expect("ack");
-    assert_depth(q.depth().await.expect("depth"), 0, 0, 0, 1);
+    let replayed = lease_one(q, long_wait(&c)).await;
+    assert_eq!(
+        payload(&replayed),
+        "slow-1",
+        "the replayed task runs after the head"
+    );
+    q.ack(&replayed).await.expect("ack");
+    assert_depth(q.depth().await.expect("depth"), 0, 0, 0, 0);
 }
 
 /// A session id that is not an identifier is refused at enqueue.
