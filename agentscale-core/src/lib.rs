@@ -26,6 +26,7 @@
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod flow;
 pub mod join;
 pub mod keeper;
 pub mod metrics;

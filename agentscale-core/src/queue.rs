@@ -12,7 +12,8 @@
 //!   [`Nack::DeadLetter`] (or a stream entry that is not an envelope) is moved to
 //!   the dead-letter store with the reason and the attempt count.
 //!
-//! Ordering is best effort: backends deliver higher [`Priority`] first and,
+//! Ordering is best effort unless the queue declares
+//! [`Capabilities::ordered_sessions`] (then it is strict per session): backends deliver higher [`Priority`] first and,
 //! within a priority, roughly in enqueue order, but retries and redeliveries
 //! reorder. Design handlers to be idempotent (use the task id or
 //! `idempotency_key`): at-least-once means a task can run twice.
@@ -85,6 +86,10 @@ pub enum Nack {
     Retry(Duration),
     /// Hand the task back without charging an attempt (graceful shutdown).
     Release,
+    /// Hand the task back without charging an attempt and deliver it again
+    /// after the delay (a rate limit or concurrency cap deferred it). A
+    /// backend without delayed delivery redelivers it at once.
+    Defer(Duration),
     /// Give up: move the task to the dead-letter store with this reason.
     DeadLetter(String),
 }
@@ -171,6 +176,12 @@ pub struct Capabilities {
     pub lease_timeout: Duration,
     /// Largest encoded envelope accepted at enqueue (zero: not stated).
     pub max_envelope_bytes: usize,
+    /// Ordered sessions are on: tasks with the same `session_id` are
+    /// delivered one at a time, in enqueue order, across every consumer;
+    /// the next one only after the previous was acked or dead-lettered
+    /// (a retry, release or deferral keeps its place at the head). Tasks of
+    /// other sessions, and tasks without a session, are not held up.
+    pub ordered_sessions: bool,
 }
 
 impl Default for Capabilities {
@@ -185,6 +196,7 @@ impl Default for Capabilities {
             dead_letter_replay: false,
             lease_timeout: Duration::ZERO,
             max_envelope_bytes: 0,
+            ordered_sessions: false,
         }
     }
 }
@@ -308,5 +320,6 @@ mod tests {
         assert!(!c.dead_letter_replay);
         assert_eq!(c.lease_timeout, Duration::ZERO);
         assert_eq!(c.max_envelope_bytes, 0);
+        assert!(!c.ordered_sessions);
     }
 }

@@ -129,6 +129,11 @@ pub struct QueueOptions {
     pub lease_timeout: Duration,
     /// The envelope limit to configure.
     pub max_envelope_bytes: usize,
+    /// Turn ordered sessions on, where the backend has them (always true:
+    /// tasks without a session id, which every other check uses, behave the
+    /// same either way; the session checks run only when the queue then
+    /// declares `ordered_sessions`).
+    pub ordered_sessions: bool,
 }
 
 /// Lease timeout the queue suite asks for: long enough for a network round
@@ -143,6 +148,7 @@ impl QueueOptions {
             name: namespace("asq", check),
             lease_timeout: QUEUE_LEASE_TIMEOUT,
             max_envelope_bytes: QUEUE_MAX_ENVELOPE_BYTES,
+            ordered_sessions: true,
         }
     }
 }

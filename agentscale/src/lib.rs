@@ -53,7 +53,7 @@
 #![warn(missing_docs)]
 
 pub use agentscale_core::{
-    balance, config, error, join, keeper, metrics, orchestrate, output, results, task, typed, worker,
+    balance, config, error, flow, join, keeper, metrics, orchestrate, output, results, task, typed, worker,
 };
 pub use agentscale_core::{
     Backoff, BoxError, CacheOutcome, Cached, Capabilities, Client, CodecError, DeadLetter, Depth, Embedder,

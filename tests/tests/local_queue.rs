@@ -11,6 +11,7 @@ async fn setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
     let queue = LocalQueue::builder(opts.name)
         .lease_timeout(opts.lease_timeout)
         .max_envelope_bytes(opts.max_envelope_bytes)
+        .ordered_sessions(opts.ordered_sessions)
         .build()?;
     Ok(QueueFixture::new(queue))
 }

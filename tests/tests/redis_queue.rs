@@ -23,7 +23,8 @@ async fn setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
     let config = RedisQueueConfig::new(url.clone(), opts.name.clone())
         .with_key_prefix("astest")
         .with_lease_timeout(opts.lease_timeout)
-        .with_max_envelope_bytes(opts.max_envelope_bytes);
+        .with_max_envelope_bytes(opts.max_envelope_bytes)
+        .with_ordered_sessions(opts.ordered_sessions);
     let queue = RedisQueue::connect(config).await?;
     let stream = queue.keys().stream(Priority::Normal).to_string();
     let (inject_url, inject_stream) = (url.clone(), stream);

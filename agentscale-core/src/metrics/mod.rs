@@ -121,11 +121,14 @@ pub enum Outcome {
     Panicked,
     /// The handler hit the task timeout (also counted as retried or dead-lettered).
     TimedOut,
+    /// A rate limit or concurrency cap deferred the task (handed back
+    /// uncharged, to run later).
+    Deferred,
 }
 
 impl Outcome {
     /// All outcomes.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Completed,
         Outcome::Retried,
         Outcome::DeadLettered,
@@ -133,6 +136,7 @@ impl Outcome {
         Outcome::LeaseLost,
         Outcome::Panicked,
         Outcome::TimedOut,
+        Outcome::Deferred,
     ];
 
     /// The `outcome` label value.
@@ -145,6 +149,7 @@ impl Outcome {
             Outcome::LeaseLost => "lease_lost",
             Outcome::Panicked => "panicked",
             Outcome::TimedOut => "timed_out",
+            Outcome::Deferred => "deferred",
         }
     }
 
@@ -157,6 +162,7 @@ impl Outcome {
             Outcome::LeaseLost => 4,
             Outcome::Panicked => 5,
             Outcome::TimedOut => 6,
+            Outcome::Deferred => 7,
         }
     }
 }
@@ -186,7 +192,7 @@ struct Values {
     queues: Mutex<BTreeMap<String, Depth>>,
     slots_busy: AtomicI64,
     slots_total: AtomicI64,
-    outcomes: [AtomicU64; 7],
+    outcomes: [AtomicU64; 8],
     /// Cumulative counts are computed at encode time; these are per bucket
     /// (the last one is `+Inf`).
     duration_buckets: [AtomicU64; DURATION_BUCKETS + 1],

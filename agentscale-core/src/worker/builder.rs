@@ -29,6 +29,7 @@ pub struct WorkerBuilder<H> {
     shards: Option<usize>,
     results: Option<Arc<dyn ResultStore>>,
     orchestrator: Option<Arc<Orchestrator>>,
+    limiters: Vec<super::limit::WorkerLimiter>,
 }
 
 impl<H> fmt::Debug for WorkerBuilder<H> {
@@ -65,7 +66,28 @@ impl<H: Handler> WorkerBuilder<H> {
             shards: None,
             results: None,
             orchestrator: None,
+            limiters: Vec::new(),
         }
+    }
+
+    /// Applies `limiter` before each handler runs: the task takes a token
+    /// and an in-flight slot of every key `keys` returns for it (say
+    /// `tenant:<tenant>` and `model:<model>`); a key without a limit is not
+    /// held back. A task over a limit is deferred ([`Nack::Defer`]): handed
+    /// back uncharged, to run after the limiter's suggested wait. Call it
+    /// again to add more limiters.
+    ///
+    /// [`Nack::Defer`]: crate::Nack::Defer
+    pub fn limiter(
+        mut self,
+        limiter: Arc<dyn crate::flow::limit::Limiter>,
+        keys: impl Fn(&crate::Task) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.limiters.push(super::limit::WorkerLimiter {
+            limiter,
+            keys: Arc::new(keys),
+        });
+        self
     }
 
     /// Handler slots: tasks run at once (default 16).
@@ -254,6 +276,7 @@ impl<H: Handler> WorkerBuilder<H> {
                 results,
                 orchestrator: self.orchestrator,
                 ack_retry_budget,
+                limiters: self.limiters,
             }),
             concurrency: self.concurrency,
             shards,

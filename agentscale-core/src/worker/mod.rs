@@ -70,6 +70,7 @@
 mod backoff;
 mod builder;
 mod kinds;
+mod limit;
 mod live;
 mod process;
 mod shadow;
@@ -80,6 +81,7 @@ mod stats;
 pub use backoff::Backoff;
 pub use builder::WorkerBuilder;
 pub use kinds::KindRouter;
+pub use limit::LimitKeys;
 pub use live::ConcurrencyHandle;
 pub use shadow::SHADOW_HEADER;
 pub use signal::shutdown_signal;
@@ -228,6 +230,8 @@ struct Shared<H> {
     orchestrator: Option<Arc<Orchestrator>>,
     /// How long failed acks are retried (half the lease timeout).
     ack_retry_budget: Duration,
+    /// Rate limits and concurrency caps checked before a handler runs.
+    limiters: Vec<limit::WorkerLimiter>,
 }
 
 /// N concurrent handlers over a [`TaskQueue`]. Build with

@@ -41,7 +41,13 @@ pub(super) async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Opt
         attempt = lease.attempt(),
         traceparent = task.traceparent.as_deref(),
     );
-    process_in_span(shared, lease).instrument(span).await
+    if shared.limiters.is_empty() {
+        process_in_span(shared, lease).instrument(span).await
+    } else {
+        super::limit::process_limited(shared, &shared.limiters, lease)
+            .instrument(span)
+            .await
+    }
 }
 
 pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {
@@ -333,6 +339,7 @@ pub(super) async fn settle<H>(shared: &Shared<H>, lease: &Lease, nack: Nack) -> 
     let (counter, outcome) = match &nack {
         Nack::Retry(_) => (&shared.stats.retried, Outcome::Retried),
         Nack::Release => (&shared.stats.released, Outcome::Released),
+        Nack::Defer(_) => (&shared.stats.deferred, Outcome::Deferred),
         Nack::DeadLetter(reason) => {
             let task = lease.task();
             tracing::warn!(

@@ -39,6 +39,9 @@ pub struct WorkerReport {
     pub in_flight: u64,
     /// `ack_batch` calls repeated after a retryable failure.
     pub ack_retries: u64,
+    /// Tasks a rate limit or concurrency cap deferred (handed back
+    /// uncharged, to run later).
+    pub deferred: u64,
 }
 
 impl WorkerReport {
@@ -64,6 +67,7 @@ pub struct WorkerStats {
     pub(crate) queue_errors: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) ack_retries: AtomicU64,
+    pub(crate) deferred: AtomicU64,
     changed: Notify,
 }
 
@@ -83,6 +87,7 @@ impl WorkerStats {
             queue_errors: r(&self.queue_errors),
             in_flight: r(&self.in_flight),
             ack_retries: r(&self.ack_retries),
+            deferred: r(&self.deferred),
         }
     }
 

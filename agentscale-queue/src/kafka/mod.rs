@@ -585,7 +585,16 @@ impl TaskQueue for KafkaQueue {
         let c = &self.shared.config;
         let mut task = lease.task().clone();
         let out = match nack {
-            Nack::Release => self.outgoing_for(&task, c.topic.clone(), Vec::new()),
+            Nack::Release | Nack::Defer(Duration::ZERO) => {
+                self.outgoing_for(&task, c.topic.clone(), Vec::new())
+            }
+            // Uncharged: the envelope keeps its attempt count.
+            Nack::Defer(delay) => {
+                let now = now_ms();
+                let due = now.saturating_add(delay.as_millis().min(u64::MAX as u128) as u64);
+                let (topic, headers) = park(c, now, due);
+                self.outgoing_for(&task, topic, headers)
+            }
             Nack::Retry(delay) => {
                 task.attempt = lease.attempt();
                 if delay.is_zero() {

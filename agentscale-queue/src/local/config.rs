@@ -30,6 +30,10 @@ pub struct LocalQueueConfig {
     /// 24 h); a later enqueue with the same key stores a new task.
     #[serde(with = "agentscale_core::config::duration")]
     pub idempotency_window: Duration,
+    /// Ordered sessions (default off): tasks with the same `session_id` run
+    /// one at a time in enqueue order; session ids must be identifiers
+    /// (see [`agentscale_core::flow::validate_identifier`]).
+    pub ordered_sessions: bool,
 }
 
 impl Default for LocalQueueConfig {
@@ -39,6 +43,7 @@ impl Default for LocalQueueConfig {
             lease_timeout: DEFAULT_LEASE_TIMEOUT,
             max_envelope_bytes: DEFAULT_MAX_ENVELOPE_BYTES,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            ordered_sessions: false,
         }
     }
 }
@@ -97,6 +102,11 @@ impl LocalQueueConfigBuilder {
         self.config.idempotency_window = d;
         self
     }
+    /// Turns ordered sessions on or off.
+    pub fn ordered_sessions(mut self, on: bool) -> Self {
+        self.config.ordered_sessions = on;
+        self
+    }
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<LocalQueueConfig> {
         self.config.validate()?;
@@ -138,6 +148,15 @@ impl LocalQueueBuilder {
     /// 24 h); a later enqueue with the same key stores a new task.
     pub fn idempotency_window(mut self, d: Duration) -> Self {
         self.config.idempotency_window = d;
+        self
+    }
+
+    /// Ordered sessions (default off): tasks with the same `session_id` are
+    /// delivered one at a time, in enqueue order; the next only after the
+    /// previous was acked or dead-lettered. A session id that is not an
+    /// identifier is refused at enqueue with `InvalidInput`.
+    pub fn ordered_sessions(mut self, on: bool) -> Self {
+        self.config.ordered_sessions = on;
         self
     }
 

@@ -9,7 +9,10 @@
 //!   entries that are skipped when popped, and the heap is rebuilt when stale
 //!   entries outnumber live ones, so memory stays proportional to what is in
 //!   flight);
-//! * dead letters: a `BTreeMap` keyed by a sequence number, oldest first.
+//! * dead letters: a `BTreeMap` keyed by a sequence number, oldest first;
+//! * with ordered sessions, a `HashMap` from each open session to the tasks
+//!   waiting behind its head (only the head is ever ready, delayed or leased;
+//!   see `sessions.rs`). Waiting tasks count as `ready` in `depth`.
 //!
 //! No timer runs per task. Delays and lease expiries are applied lazily at the
 //! start of every operation, and a waiting [`lease`](TaskQueue::lease) sleeps
@@ -43,6 +46,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 mod config;
+mod sessions;
 
 pub use config::{LocalQueueBuilder, LocalQueueConfig, LocalQueueConfigBuilder};
 
@@ -80,6 +84,7 @@ struct Shared {
     lease_timeout: Duration,
     max_envelope_bytes: usize,
     idempotency_window: Duration,
+    ordered_sessions: bool,
     state: Mutex<State>,
     notify: Notify,
 }
@@ -157,6 +162,8 @@ struct State {
     idempotency_expiry: BinaryHeap<Reverse<(Instant, String)>>,
     next_fence: u64,
     next_seq: u64,
+    /// Ordered sessions: tasks waiting behind their session's head.
+    sessions: sessions::Sessions,
 }
 
 impl State {
@@ -278,6 +285,7 @@ impl LocalQueue {
                 lease_timeout: c.lease_timeout,
                 max_envelope_bytes: c.max_envelope_bytes,
                 idempotency_window: c.idempotency_window,
+                ordered_sessions: c.ordered_sessions,
                 state: Mutex::new(State {
                     next_fence: 1,
                     next_seq: 1,
@@ -314,6 +322,9 @@ impl LocalQueue {
     /// Validation done outside the lock: task shape and envelope size.
     fn check(&self, task: &Task) -> Result<()> {
         task.validate()?;
+        if self.shared.ordered_sessions {
+            agentscale_core::flow::validate_session(task)?;
+        }
         let limit = self.shared.max_envelope_bytes;
         if task.payload.len() > limit {
             return Err(Error::InvalidInput(format!(
@@ -344,6 +355,19 @@ impl LocalQueue {
             st.idempotency_expiry.push(Reverse((until, key.clone())));
         }
         let id = task.id.clone();
+        if self.shared.ordered_sessions {
+            if let Some(task) = st.sessions.admit(task) {
+                Self::place(st, task, now);
+            }
+        } else {
+            Self::place(st, task, now);
+        }
+        Enqueued { id, duplicate: false }
+    }
+
+    /// Puts a task that may be delivered (no session, or its session's
+    /// head) into the ready queue or the delayed heap.
+    fn place(st: &mut State, task: Task, now: Instant) {
         match task.not_before_ms.map(|nb| nb.saturating_sub(now_ms())) {
             Some(wait) if wait > 0 => {
                 let seq = st.next_seq;
@@ -359,7 +383,22 @@ impl LocalQueue {
                 st.ready[idx].push_back(Ready { task, since: now });
             }
         }
-        Enqueued { id, duplicate: false }
+    }
+
+    /// `task` left the queue (acked or dead-lettered): with ordered
+    /// sessions, the next task of its session becomes deliverable. True when
+    /// one did (a leaser should be woken).
+    fn finished(&self, st: &mut State, task: &Task) -> bool {
+        if !self.shared.ordered_sessions {
+            return false;
+        }
+        match st.sessions.finish(task) {
+            Some(next) => {
+                Self::place(st, next, Instant::now());
+                true
+            }
+            None => false,
+        }
     }
 
     fn dead_letter(st: &mut State, mut task: Task, attempts: u32, reason: String) {
@@ -478,6 +517,7 @@ impl TaskQueue for LocalQueue {
         caps.dead_letter_replay = true;
         caps.lease_timeout = self.shared.lease_timeout;
         caps.max_envelope_bytes = self.shared.max_envelope_bytes;
+        caps.ordered_sessions = self.shared.ordered_sessions;
         caps
     }
 
@@ -570,13 +610,34 @@ impl TaskQueue for LocalQueue {
     // holds it, so no duplicate is possible). Once the task was delivered
     // again, the old fence is gone and the ack is refused.
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let mut st = self.shared.state.lock();
-        st.take_in_flight(lease).map(drop)
+        let next = {
+            let mut st = self.shared.state.lock();
+            let f = st.take_in_flight(lease)?;
+            self.finished(&mut st, &f.task)
+        };
+        if next {
+            self.shared.notify.notify_one();
+        }
+        Ok(())
     }
 
     async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
-        let mut st = self.shared.state.lock();
-        leases.iter().map(|l| st.take_in_flight(l).map(drop)).collect()
+        let mut next = false;
+        let out = {
+            let mut st = self.shared.state.lock();
+            leases
+                .iter()
+                .map(|l| {
+                    let f = st.take_in_flight(l)?;
+                    next |= self.finished(&mut st, &f.task);
+                    Ok(())
+                })
+                .collect()
+        };
+        if next {
+            self.shared.notify.notify_one();
+        }
+        out
     }
 
     async fn nack(&self, lease: &Lease, nack: Nack) -> Result<()> {
@@ -602,18 +663,30 @@ impl TaskQueue for LocalQueue {
                         }));
                     }
                 }
-                Nack::Release => {
+                Nack::Release | Nack::Defer(Duration::ZERO) => {
                     let idx = task.priority.index();
                     st.ready[idx].push_front(Ready {
                         task,
                         since: f.ready_since,
                     });
                 }
+                Nack::Defer(delay) => {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.delayed.push(Reverse(Delayed {
+                        at: later(now, delay),
+                        seq,
+                        task,
+                    }));
+                }
                 Nack::DeadLetter(reason) => {
                     let attempts = lease.attempt().max(task.attempt.saturating_add(1));
                     tracing::debug!(task_id = %task.id, attempts, %reason, "task dead-lettered");
+                    let next = self.finished(&mut st, &task);
                     LocalQueue::dead_letter(&mut st, task, attempts, reason);
-                    return Ok(());
+                    if !next {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -644,7 +717,7 @@ impl TaskQueue for LocalQueue {
         st.tick(now);
         let oldest = st.ready.iter().filter_map(|q| q.front().map(|r| r.since)).min();
         Ok(Depth {
-            ready: st.ready_len() as u64,
+            ready: (st.ready_len() + st.sessions.waiting()) as u64,
             in_flight: st.in_flight.len() as u64,
             delayed: st.delayed.len() as u64,
             // The tick above moved every due delayed task to ready.
@@ -687,11 +760,20 @@ impl TaskQueue for LocalQueue {
             };
             task.attempt = 0;
             task.not_before_ms = None;
-            let idx = task.priority.index();
-            st.ready[idx].push_back(Ready {
-                task,
-                since: Instant::now(),
-            });
+            // With ordered sessions the replayed task queues behind its
+            // session like a new enqueue.
+            let task = if self.shared.ordered_sessions {
+                st.sessions.admit(task)
+            } else {
+                Some(task)
+            };
+            if let Some(task) = task {
+                let idx = task.priority.index();
+                st.ready[idx].push_back(Ready {
+                    task,
+                    since: Instant::now(),
+                });
+            }
         }
         self.shared.notify.notify_one();
         Ok(())
@@ -699,91 +781,4 @@ impl TaskQueue for LocalQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builder_validates() {
-        assert!(LocalQueue::builder("").build().is_err());
-        assert!(LocalQueue::builder("q")
-            .lease_timeout(Duration::ZERO)
-            .build()
-            .is_err());
-        assert!(LocalQueue::builder("q").max_envelope_bytes(0).build().is_err());
-        assert!(LocalQueue::builder("q").build().is_ok());
-        assert_eq!(LocalQueue::new("").name(), "default");
-    }
-
-    #[test]
-    fn upper_bound_is_an_upper_bound() {
-        let t = Task::new("kind", vec![7u8; 70_000])
-            .with_tenant("acme")
-            .with_session("s")
-            .with_idempotency_key("k")
-            .with_header("a", "b");
-        assert!(t.encode().expect("encode").len() <= envelope_upper_bound(&t));
-        let small = Task::new("k", "x");
-        assert!(small.encode().expect("encode").len() <= envelope_upper_bound(&small));
-    }
-
-    #[tokio::test]
-    async fn late_ack_completes_until_redelivery() {
-        let q = LocalQueue::builder("late")
-            .lease_timeout(Duration::from_millis(20))
-            .build()
-            .expect("build");
-        q.enqueue(Task::new("k", "a")).await.expect("enqueue");
-        let l = q.lease(1, Duration::ZERO).await.expect("lease");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        q.ack(&l[0])
-            .await
-            .expect("nobody else holds it: the late ack completes the task");
-        assert_eq!(q.depth().await.expect("depth"), Depth::default());
-
-        q.enqueue(Task::new("k", "b")).await.expect("enqueue");
-        let old = q.lease(1, Duration::ZERO).await.expect("lease");
-        let new = q.lease(1, Duration::from_secs(5)).await.expect("redelivery");
-        assert_eq!(new[0].task().id, old[0].task().id);
-        assert_eq!(
-            q.ack(&old[0]).await.map_err(|e| e.kind()),
-            Err(agentscale_core::ErrorKind::LeaseLost)
-        );
-        q.ack(&new[0]).await.expect("ack");
-    }
-
-    #[tokio::test]
-    async fn huge_durations_do_not_overflow() {
-        let q = LocalQueue::builder("huge")
-            .lease_timeout(Duration::MAX)
-            .idempotency_window(Duration::MAX)
-            .build()
-            .expect("build");
-        let mut far = Task::new("k", "x").with_idempotency_key("far");
-        far.not_before_ms = Some(u64::MAX);
-        q.enqueue(far).await.expect("enqueue");
-        q.enqueue(Task::new("k", "y")).await.expect("enqueue");
-        let l = q.lease(4, Duration::MAX).await.expect("lease");
-        assert_eq!(l.len(), 1);
-        q.extend(&l[0], Duration::MAX).await.expect("extend");
-        q.nack(&l[0], Nack::Retry(Duration::MAX)).await.expect("nack");
-        assert_eq!(q.depth().await.expect("depth").delayed, 2);
-    }
-
-    #[tokio::test]
-    async fn deadline_heap_is_compacted() {
-        let q = LocalQueue::new("compact");
-        for _ in 0..5 {
-            let tasks: Vec<Task> = (0..1000).map(|i| Task::new("k", format!("{i}"))).collect();
-            q.enqueue_batch(tasks).await;
-            let leases = q.lease(1000, Duration::ZERO).await.expect("lease");
-            assert_eq!(leases.len(), 1000);
-            assert!(q.ack_batch(&leases).await.iter().all(Result::is_ok));
-        }
-        let st = q.shared.state.lock();
-        assert!(
-            st.deadlines.len() <= 2 * st.in_flight.len() + 1025,
-            "{}",
-            st.deadlines.len()
-        );
-    }
-}
+mod tests;

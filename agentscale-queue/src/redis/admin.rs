@@ -88,7 +88,7 @@ impl RedisQueue {
     }
 
     /// Deletes every key of this queue (streams, delayed set, dead letters,
-    /// idempotency keys). For tests, benchmarks and decommissioning.
+    /// idempotency keys, ordered-session keys). For tests, benchmarks and decommissioning.
     pub async fn destroy(&self) -> Result<()> {
         let k = &self.inner.keys;
         let mut conn = self.inner.redis.connection();
@@ -96,9 +96,18 @@ impl RedisQueue {
         del.arg(&k.streams[..])
             .arg(&k.delayed)
             .arg(&k.delayed_tasks)
-            .arg(&k.dead);
+            .arg(&k.dead)
+            .arg(&k.sessions_waiting);
         let _: i64 = del.query_async(&mut conn).await.map_err(|e| map_err("DEL", e))?;
-        let pattern = format!("{}*", escape_glob(&k.idempotency_prefix));
+        for prefix in [&k.idempotency_prefix, &k.session_prefix] {
+            self.delete_matching(&mut conn, prefix).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key starting with `prefix` (SCAN + DEL).
+    async fn delete_matching(&self, conn: &mut redis::aio::ConnectionManager, prefix: &str) -> Result<()> {
+        let pattern = format!("{}*", escape_glob(prefix));
         let mut cursor: u64 = 0;
         loop {
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -107,13 +116,13 @@ impl RedisQueue {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .map_err(|e| map_err("SCAN", e))?;
             if !found.is_empty() {
                 let _: i64 = redis::cmd("DEL")
                     .arg(&found)
-                    .query_async(&mut conn)
+                    .query_async(conn)
                     .await
                     .map_err(|e| map_err("DEL", e))?;
             }

@@ -63,6 +63,10 @@ pub struct RedisQueueConfig {
     pub connect_timeout: Duration,
     /// Due delayed tasks moved to the ready streams per `lease` call (default 1000).
     pub promote_batch: usize,
+    /// Ordered sessions (default off): tasks with the same `session_id` are
+    /// delivered one at a time, in enqueue order, across all consumers. A
+    /// session id that is not an identifier is refused at enqueue.
+    pub ordered_sessions: bool,
 }
 
 impl Default for RedisQueueConfig {
@@ -81,6 +85,7 @@ impl Default for RedisQueueConfig {
             command_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             promote_batch: 1000,
+            ordered_sessions: false,
         }
     }
 }
@@ -101,6 +106,7 @@ impl fmt::Debug for RedisQueueConfig {
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("promote_batch", &self.promote_batch)
+            .field("ordered_sessions", &self.ordered_sessions)
             .finish()
     }
 }
@@ -161,6 +167,12 @@ impl RedisQueueConfig {
     /// Sets how long idempotency keys are remembered.
     pub fn with_idempotency_ttl(mut self, d: Duration) -> Self {
         self.idempotency_ttl = d;
+        self
+    }
+
+    /// Turns ordered sessions on or off.
+    pub fn with_ordered_sessions(mut self, on: bool) -> Self {
+        self.ordered_sessions = on;
         self
     }
 
@@ -307,6 +319,11 @@ impl RedisQueueConfigBuilder {
     /// How long an idempotency key is remembered.
     pub fn idempotency_ttl(mut self, v: Duration) -> Self {
         self.config.idempotency_ttl = v;
+        self
+    }
+    /// Ordered sessions on or off.
+    pub fn ordered_sessions(mut self, on: bool) -> Self {
+        self.config.ordered_sessions = on;
         self
     }
     /// Timeout of one non-blocking command.

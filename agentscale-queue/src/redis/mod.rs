@@ -13,6 +13,7 @@
 //! | `P:{Q}:delayed:tasks` | hash | member of `…:delayed` → envelope |
 //! | `P:{Q}:dead` | stream | dead letters: `task`, `reason`, `attempts`, `dead_at`, `raw` |
 //! | `P:{Q}:idem:<key>` | string | idempotency key → first task id, with a TTL |
+//! | `P:{Q}:session:<id>`, `…:waiting`, `P:{Q}:sessions:waiting` | string, list, counter | ordered sessions only: the head, the tasks behind it, their count (see `sessions.rs`) |
 //!
 //! Workers join the consumer group `consumer_group` (default `workers`) on
 //! each priority stream, with a consumer name unique per process.
@@ -44,8 +45,12 @@
 mod admin;
 mod config;
 mod lease;
+mod limit;
 mod reply;
+#[cfg(feature = "schedule")]
+mod schedule;
 mod scripts;
+mod sessions;
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -61,7 +66,11 @@ use redis::{RedisError, Script, Value};
 
 pub use admin::{ReadyEntry, MAX_PEEK};
 pub use config::{RedisQueueConfig, RedisQueueConfigBuilder, MAX_IDEMPOTENCY_TTL};
+pub use limit::RedisLimiter;
 use reply::*;
+#[cfg(feature = "schedule")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
+pub use schedule::RedisScheduleStore;
 
 /// The Redis key names of one queue (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +85,11 @@ pub struct RedisQueueKeys {
     pub dead: String,
     /// Prefix of idempotency keys (`<prefix><idempotency key>`).
     pub idempotency_prefix: String,
+    /// Prefix of ordered-session keys (`<prefix><session id>` holds the
+    /// head's task id, `…:waiting` the tasks behind it).
+    pub session_prefix: String,
+    /// Counter of tasks waiting behind session heads.
+    pub sessions_waiting: String,
 }
 
 impl RedisQueueKeys {
@@ -92,6 +106,8 @@ impl RedisQueueKeys {
             delayed_tasks: format!("{base}:delayed:tasks"),
             dead: format!("{base}:dead"),
             idempotency_prefix: format!("{base}:idem:"),
+            session_prefix: format!("{base}:session:"),
+            sessions_waiting: format!("{base}:sessions:waiting"),
         }
     }
 
@@ -110,6 +126,8 @@ struct Scripts {
     depth: Script,
     replay: Script,
     promote: Script,
+    session_enqueue: Script,
+    session_settle: Script,
 }
 
 struct Inner {
@@ -158,6 +176,8 @@ struct Prepared {
     prio: usize,
     delayed_until: Option<u64>,
     idempotency_key: Option<String>,
+    /// The session, when this queue orders sessions.
+    session: Option<String>,
 }
 
 impl RedisQueue {
@@ -195,6 +215,8 @@ impl RedisQueue {
                     depth: Script::new(scripts::DEPTH),
                     replay: Script::new(scripts::REPLAY),
                     promote: Script::new(scripts::PROMOTE),
+                    session_enqueue: Script::new(sessions::SESSION_ENQUEUE),
+                    session_settle: sessions::session_settle_script(),
                 },
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
@@ -253,6 +275,9 @@ impl RedisQueue {
 
     fn prepare(&self, task: &Task) -> Result<Prepared> {
         task.validate()?;
+        if self.inner.config.ordered_sessions {
+            agentscale_core::flow::validate_session(task)?;
+        }
         let envelope = task.encode_limited(self.inner.config.max_envelope_bytes)?;
         let delayed_until = task.not_before_ms.filter(|t| *t > now_ms());
         Ok(Prepared {
@@ -261,6 +286,7 @@ impl RedisQueue {
             prio: task.priority.index(),
             delayed_until,
             idempotency_key: task.idempotency_key.clone(),
+            session: self.ordered_session(task).map(str::to_string),
         })
     }
 
@@ -273,6 +299,19 @@ impl RedisQueue {
             &keys.streams[p.prio]
         };
         let member = delayed_member(p.prio, &p.id);
+        if let Some(session) = &p.session {
+            self.push_session_enqueue(
+                pipe,
+                session,
+                p.id.as_str(),
+                p.prio,
+                p.idempotency_key.as_deref(),
+                p.delayed_until,
+                &member,
+                &p.envelope,
+            );
+            return;
+        }
         match &p.idempotency_key {
             Some(k) => {
                 let mut inv = self
@@ -402,6 +441,7 @@ impl TaskQueue for RedisQueue {
         c.dead_letter_replay = true;
         c.lease_timeout = self.inner.config.lease_timeout;
         c.max_envelope_bytes = self.inner.config.max_envelope_bytes;
+        c.ordered_sessions = self.inner.config.ordered_sessions;
         c
     }
 
@@ -416,6 +456,7 @@ impl TaskQueue for RedisQueue {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.inner.scripts.enqueue_idempotent).ignore();
                 pipe.load_script(&self.inner.scripts.delay).ignore();
+                pipe.load_script(&self.inner.scripts.session_enqueue).ignore();
                 self.push_enqueue(&mut pipe, &p);
                 self.run_pipeline(&pipe, "enqueue").await?
             }
@@ -440,6 +481,9 @@ impl TaskQueue for RedisQueue {
         }
         if ok.iter().any(|p| p.delayed_until.is_some()) {
             pipe.load_script(&self.inner.scripts.delay).ignore();
+        }
+        if ok.iter().any(|p| p.session.is_some()) {
+            pipe.load_script(&self.inner.scripts.session_enqueue).ignore();
         }
         for p in &ok {
             self.push_enqueue(&mut pipe, p);
@@ -493,10 +537,17 @@ impl TaskQueue for RedisQueue {
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let (prio, id) = parse_receipt(lease)?;
         let stream = self.inner.keys.streams[prio].clone();
-        if self
-            .settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
-            .await?
-        {
+        let done = match self.ordered_session(lease.task()) {
+            Some(s) => {
+                self.settle_session(lease, s, prio, id, "ack", &stream, b"", ["", "", "", ""])
+                    .await?
+            }
+            None => {
+                self.settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
+                    .await?
+            }
+        };
+        if done {
             Ok(())
         } else {
             Err(Self::lease_lost(lease, "ack"))
@@ -504,6 +555,15 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
+        if leases.iter().any(|l| self.ordered_session(l.task()).is_some()) {
+            // Heads of ordered sessions advance their session in the same
+            // script as the ack: one script per lease, pipelined.
+            let mut out = Vec::with_capacity(leases.len());
+            for chunk in leases.chunks(1000) {
+                out.extend(self.ack_batch_ordered(chunk).await);
+            }
+            return out;
+        }
         let mut out: Vec<Result<()>> = Vec::with_capacity(leases.len());
         for chunk in leases.chunks(1000) {
             let parsed: Vec<Result<(usize, &str)>> = chunk.iter().map(parse_receipt).collect();
@@ -573,7 +633,7 @@ impl TaskQueue for RedisQueue {
                     .await?
                 }
             }
-            Nack::Release => {
+            Nack::Release | Nack::Defer(Duration::ZERO) => {
                 task.attempt = lease.attempt().saturating_sub(1);
                 let env = task.encode()?;
                 self.settle(
@@ -587,11 +647,45 @@ impl TaskQueue for RedisQueue {
                 )
                 .await?
             }
+            Nack::Defer(delay) => {
+                task.attempt = lease.attempt().saturating_sub(1);
+                let env = task.encode()?;
+                let due = (now_ms() + delay.as_millis() as u64).to_string();
+                let member = delayed_member(task.priority.index(), &task.id);
+                self.settle(
+                    prio,
+                    id,
+                    lease.fence(),
+                    "delay",
+                    &keys.delayed,
+                    &env,
+                    [&due, &member, "", ""],
+                )
+                .await?
+            }
             Nack::DeadLetter(reason) => {
                 task.attempt = lease.attempt();
                 let env = task.encode()?;
-                self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
-                    .await?
+                match self.ordered_session(lease.task()) {
+                    Some(s) => {
+                        let (attempts, at) = (lease.attempt().to_string(), now_ms().to_string());
+                        self.settle_session(
+                            lease,
+                            s,
+                            prio,
+                            id,
+                            "dead",
+                            &keys.dead,
+                            &env,
+                            [&reason, &attempts, &at, "0"],
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
+                            .await?
+                    }
+                }
             }
         };
         if done {
@@ -646,8 +740,9 @@ impl TaskQueue for RedisQueue {
         let oldest_ready_age = u64::try_from(oldest)
             .ok()
             .map(|ms| Duration::from_millis(now_ms().saturating_sub(ms)));
+        let waiting = self.session_waiting().await?;
         Ok(Depth {
-            ready: ready.max(0) as u64,
+            ready: ready.max(0) as u64 + waiting,
             in_flight: in_flight.max(0) as u64,
             delayed: delayed.max(0) as u64,
             due_delayed: due_delayed.max(0) as u64,
@@ -696,9 +791,13 @@ impl TaskQueue for RedisQueue {
         task.attempt = 0;
         task.not_before_ms = None;
         let env = task.encode()?;
-        let mut inv = self.inner.scripts.replay.key(&self.inner.keys.dead);
-        inv.key(self.inner.keys.stream(task.priority)).arg(id).arg(env);
-        let moved: i64 = self.eval(&inv, "replay").await?;
+        let moved: i64 = if let Some(session) = self.ordered_session(&task) {
+            self.replay_in_session(id, session, &task, &env).await?
+        } else {
+            let mut inv = self.inner.scripts.replay.key(&self.inner.keys.dead);
+            inv.key(self.inner.keys.stream(task.priority)).arg(id).arg(env);
+            self.eval(&inv, "replay").await?
+        };
         if moved == 1 {
             Ok(())
         } else {
@@ -708,27 +807,4 @@ impl TaskQueue for RedisQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_share_one_hash_tag() {
-        let k = RedisQueueKeys::new("as", "jobs");
-        assert_eq!(k.streams[0], "as:{jobs}:stream:high");
-        assert_eq!(k.stream(Priority::Low), "as:{jobs}:stream:low");
-        assert_eq!(k.delayed, "as:{jobs}:delayed");
-        assert_eq!(k.delayed_tasks, "as:{jobs}:delayed:tasks");
-        assert_eq!(k.dead, "as:{jobs}:dead");
-        assert_eq!(k.idempotency_prefix, "as:{jobs}:idem:");
-    }
-
-    #[test]
-    fn receipts_parse() {
-        let l = Lease::new(Task::new("k", "p"), 1, "2:1-0", 1);
-        assert_eq!(parse_receipt(&l).expect("ok"), (2, "1-0"));
-        for bad in ["", "x", "3:1-0", "1:", "a:1-0"] {
-            let l = Lease::new(Task::new("k", "p"), 1, bad, 1);
-            assert!(parse_receipt(&l).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! The task-queue suite: 21 checks every [`TaskQueue`](agentscale_core::TaskQueue)
+//! The task-queue suite: 25 checks every [`TaskQueue`](agentscale_core::TaskQueue)
 //! backend runs.
 //!
 //! Every check runs in its own fresh queue name with a short lease timeout
@@ -43,7 +43,15 @@
 //!   injector on the fixture);
 //! * never returns more than `max` from `lease(max, _)` (`lease_respects_max`);
 //! * never lets two concurrent leasers complete the same task: every task is
-//!   acked successfully exactly once (`concurrent_leasers_exclusive`).
+//!   acked successfully exactly once (`concurrent_leasers_exclusive`);
+//! * redelivers `Nack::Defer(d)` not before `d` and uncharged
+//!   (`defer_does_not_charge`, needs `delayed_retry`);
+//! * with ordered sessions, delivers one task per session at a time in
+//!   enqueue order without holding up other sessions, keeps a session's head
+//!   in place through retry, lease expiry and deferral, moves on after an ack
+//!   or dead letter, and refuses a session id that is not an identifier
+//!   (`ordered_sessions_in_order`, `ordered_session_head_keeps_its_place`,
+//!   `ordered_session_id_validated`, need `ordered_sessions`).
 //!
 //! A check whose need the backend's `capabilities()` do not declare is
 //! reported as ignored. Within a check, the parts that depend on an optional
@@ -55,6 +63,7 @@
 mod dead_letter;
 mod delivery;
 mod enqueue;
+mod flow;
 mod lease;
 mod support;
 
@@ -118,6 +127,14 @@ fn wire_format(c: &Capabilities) -> Result<(), &'static str> {
     }
 }
 
+fn ordered_sessions(c: &Capabilities) -> Result<(), &'static str> {
+    if c.ordered_sessions {
+        Ok(())
+    } else {
+        Err("no ordered sessions")
+    }
+}
+
 macro_rules! check {
     ($module:ident::$name:ident, $requires:expr) => {
         QueueCheck {
@@ -152,5 +169,9 @@ pub(crate) fn checks() -> Vec<QueueCheck> {
         check!(dead_letter::malformed_entries_dead_lettered, wire_format),
         check!(delivery::lease_respects_max, always),
         check!(delivery::concurrent_leasers_exclusive, always),
+        check!(flow::defer_does_not_charge, delayed_delivery),
+        check!(flow::ordered_sessions_in_order, ordered_sessions),
+        check!(flow::ordered_session_head_keeps_its_place, ordered_sessions),
+        check!(flow::ordered_session_id_validated, ordered_sessions),
     ]
 }
