@@ -9,7 +9,10 @@
 //!   (peak-EWMA power-of-two-choices by default), active health checks, safe
 //!   retries, deadlines.
 //! * [`LlmClient`]: text in, text (or a token stream) out over the
-//!   TensorRT-LLM ensemble convention.
+//!   TensorRT-LLM ensemble convention; an `agentscale_core::ChatModel`.
+//! * [`TritonEmbedder`]: an `agentscale_core::Embedder` over a
+//!   sentence-embedding model (batching, dimension checks, deadline,
+//!   retries of transient failures).
 //!
 //! Every call — unary, streaming, admin — runs on one transport: tonic's
 //! gRPC codec over one [`h2`](https://docs.rs/h2) HTTP/2 connection per
@@ -55,6 +58,7 @@ mod pb {
 }
 
 mod client;
+mod embed;
 mod errors;
 mod llm;
 mod pool;
@@ -76,6 +80,7 @@ pub use client::{
     DEFAULT_DEADLINE, DEFAULT_KEEPALIVE, DEFAULT_MAX_HEADER_LIST_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_BUFFER, DEFAULT_STREAM_DEADLINE,
 };
+pub use embed::{TritonEmbedder, TritonEmbedderConfig, TritonEmbedderConfigBuilder, MAX_EMBED_BATCH};
 pub use llm::{Inference, LlmClient};
 pub use pool::{PoolStats, TritonPool, TritonPoolBuilder};
 pub use request::{InferRequest, InferResponse, Param, SequenceId, RESERVED_PARAMETERS};

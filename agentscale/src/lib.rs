@@ -53,15 +53,15 @@
 #![warn(missing_docs)]
 
 pub use agentscale_core::{
-    balance, config, error, join, metrics, orchestrate, output, results, task, typed, worker,
+    balance, chat, config, error, join, metrics, orchestrate, output, results, task, typed, worker,
 };
 pub use agentscale_core::{
-    Backoff, BoxError, CacheOutcome, Cached, Capabilities, Client, CodecError, DeadLetter, Depth, Embedder,
-    Enqueued, Error, ErrorKind, Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, Lease, MemoryRecord,
-    MemoryStore, Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, Recorded, Result,
-    ResultStore, SessionKey, SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId,
-    TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt, ToolKey, Updated, Worker, WorkerReport,
-    WorkerStats,
+    Backoff, BoxError, CacheOutcome, Cached, Capabilities, ChatChunk, ChatMessage, ChatModel, ChatRequest,
+    ChatResponse, ChatStream, Client, CodecError, DeadLetter, Depth, Embedder, Enqueued, Error, ErrorKind,
+    Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, Lease, MemoryRecord, MemoryStore, Metric, Nack,
+    Namespace, Orchestrator, Output, Pending, Priority, Recorded, Result, ResultStore, SessionKey,
+    SessionState, SessionStore, SessionStoreExt, Task, TaskContext, TaskId, TaskOutcome, TaskQueue,
+    TaskResult, ToolCache, ToolCacheExt, ToolKey, Updated, Usage, Worker, WorkerReport, WorkerStats,
 };
 
 /// Task queues: the [`queue::TaskQueue`] contract and its
@@ -80,7 +80,8 @@ pub mod state {
     pub use agentscale_state::*;
 }
 
-/// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.
+/// The NVIDIA Triton (KServe v2 gRPC) client, replica pool, LLM helper
+/// ([`ChatModel`]) and sentence embedder (`TritonEmbedder`, an [`Embedder`]).
 #[cfg(feature = "triton")]
 #[cfg_attr(docsrs, doc(cfg(feature = "triton")))]
 pub mod infer {
