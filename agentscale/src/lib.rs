@@ -82,8 +82,10 @@ pub mod state {
 
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool, LLM helper
 /// ([`ChatModel`]) and sentence embedder (`TritonEmbedder`, an [`Embedder`]).
-#[cfg(feature = "triton")]
-#[cfg_attr(docsrs, doc(cfg(feature = "triton")))]
+/// With feature `openai`, [`infer::openai`] is the OpenAI-compatible client
+/// (NIM, vLLM) behind the same interfaces.
+#[cfg(any(feature = "triton", feature = "openai"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "triton", feature = "openai"))))]
 pub mod infer {
     pub use agentscale_infer::*;
 }
@@ -92,6 +94,7 @@ pub use agentscale_queue::LocalQueue;
 pub use agentscale_state::local::{
     HashEmbedder, LocalJoinStore, LocalMemoryStore, LocalResultStore, LocalSessionStore, LocalToolCache,
 };
+pub use agentscale_state::rag::{Document, Rag, Recalled};
 
 /// `#[async_trait]`, re-exported so a handler needs no extra dependency (and
 /// no version to guess).
