@@ -82,7 +82,7 @@ pub mod state {
 
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool, LLM helper
 /// ([`ChatModel`]) and sentence embedder (`TritonEmbedder`, an [`Embedder`]).
-/// With feature `openai`, [`infer::openai`] is the OpenAI-compatible client
+/// With feature `openai`, `infer::openai` is the OpenAI-compatible client
 /// (NIM, vLLM) behind the same interfaces.
 #[cfg(any(feature = "triton", feature = "openai"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "triton", feature = "openai"))))]
