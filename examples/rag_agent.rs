@@ -21,16 +21,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale::infer::{LlmClient, TritonClient, TritonEmbedder, TritonEmbedderConfig};
-use agentscale::{ChatMessage, ChatModel, ChatRequest, Document, Filter, LocalMemoryStore, Metric, Namespace, Rag};
+use agentscale::{
+    ChatMessage, ChatModel, ChatRequest, Document, Filter, LocalMemoryStore, Metric, Namespace, Rag,
+};
 use futures::StreamExt;
 
 fn chat_model(triton: TritonClient) -> agentscale::Result<Arc<dyn ChatModel>> {
     #[cfg(feature = "openai")]
     if std::env::var("AGENTSCALE_OPENAI_BASE_URL").is_ok() {
         use agentscale::infer::openai::{OpenAiClient, OpenAiConfig};
-        return Ok(Arc::new(OpenAiClient::new(OpenAiConfig::from_env("AGENTSCALE_OPENAI")?)?));
+        return Ok(Arc::new(OpenAiClient::new(OpenAiConfig::from_env(
+            "AGENTSCALE_OPENAI",
+        )?)?));
     }
-    Ok(Arc::new(LlmClient::new(triton, "llm_stream").deadline(Duration::from_secs(30))))
+    Ok(Arc::new(
+        LlmClient::new(triton, "llm_stream").deadline(Duration::from_secs(30)),
+    ))
 }
 
 #[tokio::main]
@@ -42,7 +48,10 @@ async fn main() -> agentscale::Result<()> {
     let triton = TritonClient::new(url)?;
 
     // Long-term memory: an in-process HNSW-capable store and a semantic embedder.
-    let embedder = Arc::new(TritonEmbedder::new(triton.clone(), TritonEmbedderConfig::default())?);
+    let embedder = Arc::new(TritonEmbedder::new(
+        triton.clone(),
+        TritonEmbedderConfig::default(),
+    )?);
     let store = Arc::new(LocalMemoryStore::new(384, Metric::Cosine)?);
     let rag = Rag::new(store, embedder)?;
     let ns = Namespace::new("acme", "support-handbook")?;
@@ -50,23 +59,37 @@ async fn main() -> agentscale::Result<()> {
         .remember_all(
             &ns,
             vec![
-                Document::new("Refunds are paid to the original card within 14 days of receiving the returned item.")
-                    .with_meta("topic", "billing"),
-                Document::new("Orders ship from the Oslo warehouse every weekday at 3 pm.").with_meta("topic", "shipping"),
+                Document::new(
+                    "Refunds are paid to the original card within 14 days of receiving the returned item.",
+                )
+                .with_meta("topic", "billing"),
+                Document::new("Orders ship from the Oslo warehouse every weekday at 3 pm.")
+                    .with_meta("topic", "shipping"),
                 Document::new("Passwords can be reset from the login page with the 'forgot password' link.")
                     .with_meta("topic", "account"),
-                Document::new("Items may be returned unused within 30 days; print the label from your order page.")
-                    .with_meta("topic", "billing"),
-                Document::new("Support is open from 8 am to 6 pm CET, Monday to Friday.").with_meta("topic", "contact"),
+                Document::new(
+                    "Items may be returned unused within 30 days; print the label from your order page.",
+                )
+                .with_meta("topic", "billing"),
+                Document::new("Support is open from 8 am to 6 pm CET, Monday to Friday.")
+                    .with_meta("topic", "contact"),
             ],
         )
         .await?;
-    println!("remembered {} documents", added.iter().filter(|a| a.inserted).count());
+    println!(
+        "remembered {} documents",
+        added.iter().filter(|a| a.inserted).count()
+    );
 
     // Recall the closest documents, then answer from them.
     let recalled = rag.recall(&ns, &question, 2, &Filter::all()).await?;
     for r in &recalled {
-        println!("recalled ({:.3}) [{}] {}", r.score, r.metadata.get("topic").map_or("", String::as_str), r.text);
+        println!(
+            "recalled ({:.3}) [{}] {}",
+            r.score,
+            r.metadata.get("topic").map_or("", String::as_str),
+            r.text
+        );
     }
     let request = ChatRequest::new(vec![
         ChatMessage::system(format!(
@@ -84,7 +107,10 @@ async fn main() -> agentscale::Result<()> {
         print!("{}", chunk.text);
         let _ = std::io::stdout().flush();
         if let Some(u) = chunk.usage {
-            print!(" [tokens: {} prompt + {} completion]", u.prompt_tokens, u.completion_tokens);
+            print!(
+                " [tokens: {} prompt + {} completion]",
+                u.prompt_tokens, u.completion_tokens
+            );
         }
     }
     println!();
