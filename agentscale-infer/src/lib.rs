@@ -28,7 +28,7 @@
 //! * `raw`: the generated protocol types ([`pb`]), [`TritonClient::raw_grpc`]
 //!   and the calls that return protocol messages (`model_config`,
 //!   `model_statistics`) — an escape hatch that ties you to tonic/prost.
-//! * `openai`: [`openai::OpenAiClient`], a client of OpenAI-compatible HTTP
+//! * `openai`: `openai::OpenAiClient`, a client of OpenAI-compatible HTTP
 //!   APIs (NVIDIA NIM, vLLM, TEI) for chat completions (streamed too) and
 //!   embeddings, behind the same `ChatModel` / `Embedder` interfaces.
 //! * `testing`: an in-process no-op server ([`testing`]) for tests and

@@ -16,8 +16,9 @@
 //!   code (`429` → `ResourceExhausted`, `401` → `Unauthenticated`, …) and the
 //!   server's message (clipped); bodies and streams are read up to
 //!   `max_response_bytes`.
-//! * Token usage is reported on every answer ([`ChatResponse::usage`],
-//!   the last [`ChatChunk`] of a stream, [`Embeddings::usage`]) and summed
+//! * Token usage is reported on every answer
+//!   ([`ChatResponse::usage`](agentscale_core::ChatResponse::usage), the
+//!   last [`ChatChunk`](agentscale_core::ChatChunk) of a stream, [`Embeddings::usage`]) and summed
 //!   in [`OpenAiClient::usage_totals`].
 //! * The API key is a [`Secret`](agentscale_core::config::Secret): never in
 //!   `Debug` output or logs.
