@@ -11,6 +11,7 @@
 //! * [`Task`]: the envelope producers enqueue, with a versioned wire encoding.
 //! * [`TaskQueue`]: at-least-once queue with leases, fencing and dead letters.
 //! * [`SessionStore`], [`MemoryStore`], [`ToolCache`]: state outside the process.
+//! * [`Embedder`], [`ChatModel`]: the model contracts (embeddings, text generation).
 //! * [`balance::Policy`]: endpoint selection.
 //! * [`worker::Worker`]: N concurrent handlers over any queue, with retries,
 //!   heartbeats and graceful shutdown.
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod flow;
@@ -39,6 +41,7 @@ pub mod task;
 pub mod typed;
 pub mod worker;
 
+pub use chat::{ChatChunk, ChatMessage, ChatModel, ChatRequest, ChatResponse, ChatStream, Role, Usage};
 pub use error::{BoxError, CodecError, Error, ErrorKind, Result, RpcCode};
 pub use join::{JoinId, JoinPolicy, JoinStore};
 pub use keeper::{QueueKeeper, QueueKeeperConfig};
@@ -47,10 +50,10 @@ pub use output::Output;
 pub use queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
 pub use results::{Client, Pending, Recorded, ResultStore, TaskOutcome, TaskResult};
 pub use state::{
-    now_ms, validate_ident, validate_records, validate_search, validate_vector, Added, ComputeFuture,
-    Embedder, ExpiryMode, Filter, Hit, MemoryRecord, MemoryStore, Metric, Namespace, SessionKey,
-    SessionState, SessionStore, ToolCache, ToolKey, MAX_MEMORY_BATCH, MAX_MEMORY_ID_LEN,
-    MAX_MEMORY_METADATA_BYTES, MAX_MEMORY_TEXT_BYTES, MAX_METADATA_KEY_LEN, MAX_SEARCH_K,
+    now_ms, validate_embeddings, validate_ident, validate_records, validate_search, validate_texts,
+    validate_vector, Added, ComputeFuture, Embedder, ExpiryMode, Filter, Hit, MemoryRecord, MemoryStore,
+    Metric, Namespace, SessionKey, SessionState, SessionStore, ToolCache, ToolKey, MAX_MEMORY_BATCH,
+    MAX_MEMORY_ID_LEN, MAX_MEMORY_METADATA_BYTES, MAX_MEMORY_TEXT_BYTES, MAX_METADATA_KEY_LEN, MAX_SEARCH_K,
 };
 pub use task::{Priority, Task, TaskId};
 pub use typed::{CacheOutcome, Cached, SessionStoreExt, ToolCacheExt, Updated};

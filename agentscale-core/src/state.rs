@@ -563,6 +563,58 @@ pub trait Embedder: Send + Sync + Debug {
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
 }
 
+/// Checks texts before they are sent to an embedding model: none empty (or
+/// only whitespace), none over [`MAX_MEMORY_TEXT_BYTES`], no NUL characters.
+pub fn validate_texts(texts: &[String]) -> Result<()> {
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            return Err(Error::InvalidInput(format!("text {i} is empty")));
+        }
+        if t.len() > MAX_MEMORY_TEXT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "text {i} is {} bytes; at most {MAX_MEMORY_TEXT_BYTES}",
+                t.len()
+            )));
+        }
+        if t.contains('\0') {
+            return Err(Error::InvalidInput(format!("text {i} contains a NUL character")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks what an embedding model returned: one vector per text, each
+/// `dimensions` long and finite. A model of another dimension than the
+/// embedder was configured for is [`Error::InvalidConfig`] (it would
+/// silently mismatch the store); a short or non-finite answer is
+/// [`Error::Backend`]. `model` names the model in the error.
+pub fn validate_embeddings(model: &str, texts: usize, dimensions: usize, vectors: &[Vec<f32>]) -> Result<()> {
+    if vectors.len() != texts {
+        return Err(Error::Backend {
+            message: format!(
+                "model {model} returned {} vectors for {texts} texts",
+                vectors.len()
+            ),
+            source: None,
+        });
+    }
+    for (i, v) in vectors.iter().enumerate() {
+        if v.len() != dimensions {
+            return Err(Error::InvalidConfig(format!(
+                "model {model} returned a {}-dimensional vector; the embedder is configured for {dimensions}",
+                v.len()
+            )));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Backend {
+                message: format!("model {model} returned a NaN or infinite value in vector {i}"),
+                source: None,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The key of a cached tool result: tenant + tool + tool version + canonical
 /// arguments. Arguments are canonicalised (object keys sorted, no whitespace)
 /// so `{"a":1,"b":2}` and `{"b":2,"a":1}` share an entry.

@@ -9,7 +9,10 @@
 //!   (peak-EWMA power-of-two-choices by default), active health checks, safe
 //!   retries, deadlines.
 //! * [`LlmClient`]: text in, text (or a token stream) out over the
-//!   TensorRT-LLM ensemble convention.
+//!   TensorRT-LLM ensemble convention; an `agentscale_core::ChatModel`.
+//! * [`TritonEmbedder`]: an `agentscale_core::Embedder` over a
+//!   sentence-embedding model (batching, dimension checks, deadline,
+//!   retries of transient failures).
 //!
 //! Every call — unary, streaming, admin — runs on one transport: tonic's
 //! gRPC codec over one [`h2`](https://docs.rs/h2) HTTP/2 connection per
@@ -25,6 +28,9 @@
 //! * `raw`: the generated protocol types ([`pb`]), [`TritonClient::raw_grpc`]
 //!   and the calls that return protocol messages (`model_config`,
 //!   `model_statistics`) — an escape hatch that ties you to tonic/prost.
+//! * `openai`: `openai::OpenAiClient`, a client of OpenAI-compatible HTTP
+//!   APIs (NVIDIA NIM, vLLM, TEI) for chat completions (streamed too) and
+//!   embeddings, behind the same `ChatModel` / `Embedder` interfaces.
 //! * `testing`: an in-process no-op server ([`testing`]) for tests and
 //!   benchmarks (implies `raw`).
 #![forbid(unsafe_code)]
@@ -55,8 +61,12 @@ mod pb {
 }
 
 mod client;
+mod embed;
 mod errors;
 mod llm;
+#[cfg(feature = "openai")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
+pub mod openai;
 mod pool;
 mod request;
 mod stream;
@@ -76,6 +86,7 @@ pub use client::{
     DEFAULT_DEADLINE, DEFAULT_KEEPALIVE, DEFAULT_MAX_HEADER_LIST_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_STREAM_BUFFER, DEFAULT_STREAM_DEADLINE,
 };
+pub use embed::{TritonEmbedder, TritonEmbedderConfig, TritonEmbedderConfigBuilder, MAX_EMBED_BATCH};
 pub use llm::{Inference, LlmClient};
 pub use pool::{PoolStats, TritonPool, TritonPoolBuilder};
 pub use request::{InferRequest, InferResponse, Param, SequenceId, RESERVED_PARAMETERS};

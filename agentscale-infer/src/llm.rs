@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agentscale_core::{Error, Result};
+use agentscale_core::{ChatChunk, ChatModel, ChatRequest, ChatResponse, ChatStream, Error, Result};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
@@ -97,7 +97,11 @@ impl<I: Inference> LlmClient<I> {
     }
 
     fn request(&self, prompt: &str, stream: bool) -> Result<InferRequest> {
-        if self.max_tokens <= 0 {
+        self.request_with(prompt, stream, self.max_tokens)
+    }
+
+    fn request_with(&self, prompt: &str, stream: bool, max_tokens: i32) -> Result<InferRequest> {
+        if max_tokens <= 0 {
             return Err(Error::InvalidInput("max_tokens must be positive".into()));
         }
         let shape = if self.batch_dim { vec![1, 1] } else { vec![1] };
@@ -107,7 +111,7 @@ impl<I: Inference> LlmClient<I> {
                 shape.clone(),
                 [prompt.as_bytes()],
             ))
-            .input(Tensor::new("max_tokens", shape.clone(), &[self.max_tokens]))
+            .input(Tensor::new("max_tokens", shape.clone(), &[max_tokens]))
             .input(Tensor::new("stream", shape, &[stream]))
             .output("text_output");
         for (k, v) in &self.params {
@@ -136,6 +140,50 @@ impl<I: Inference> LlmClient<I> {
     ) -> Result<impl Stream<Item = Result<String>> + Send + 'static> {
         let s = self.inner.infer_stream(self.request(prompt, true)?).await?;
         Ok(s.map(|r| r.and_then(|r| text_of(&r))))
+    }
+}
+
+impl<I: Inference> LlmClient<I> {
+    fn chat_request(&self, request: &ChatRequest, stream: bool) -> Result<InferRequest> {
+        request.validate()?;
+        let max_tokens = match request.max_tokens {
+            Some(n) => {
+                i32::try_from(n).map_err(|_| Error::InvalidInput(format!("max_tokens {n} is too large")))?
+            }
+            None => self.max_tokens,
+        };
+        let mut req = self.request_with(&request.to_prompt(), stream, max_tokens)?;
+        if let Some(t) = request.temperature {
+            req = req.param("temperature", Param::Double(f64::from(t)));
+        }
+        Ok(req)
+    }
+}
+
+/// The TensorRT-LLM ensemble behind the common chat interface, so an agent
+/// can swap it for an OpenAI-compatible server by configuration. The
+/// conversation is sent as one prompt ([`ChatRequest::to_prompt`]); a
+/// temperature goes as the request parameter `temperature`. The ensemble
+/// reports no token counts, so `usage` is `None`.
+#[async_trait]
+impl<I: Inference + std::fmt::Debug + 'static> ChatModel for LlmClient<I> {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        let mut s = self
+            .inner
+            .infer_stream(self.chat_request(request, false)?)
+            .await?;
+        let mut text = String::new();
+        while let Some(r) = s.next().await {
+            text.push_str(&text_of(&r?)?);
+        }
+        Ok(ChatResponse::new(text))
+    }
+
+    async fn chat_stream(&self, request: &ChatRequest) -> Result<ChatStream> {
+        let s = self.inner.infer_stream(self.chat_request(request, true)?).await?;
+        Ok(Box::pin(
+            s.map(|r| r.and_then(|r| text_of(&r)).map(ChatChunk::text)),
+        ))
     }
 }
 

@@ -14,6 +14,8 @@
 //! | `redis` | Redis session store (Lua CAS), two-level tool cache with fleet-wide single-flight | `redis` |
 //! | `pgvector` | long-term memory in PostgreSQL + pgvector (HNSW, tenant isolation in SQL, idempotent add) | `pgvector` |
 //!
+//! [`rag::Rag`] remembers and recalls text over any store and embedder.
+//!
 //! ## Guarantees (every backend)
 //!
 //! * Session writes are compare-and-set on a version: a stale writer gets
@@ -73,6 +75,7 @@
 
 mod cached;
 pub mod local;
+pub mod rag;
 
 #[cfg(feature = "pgvector")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pgvector")))]

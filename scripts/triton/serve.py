@@ -15,15 +15,25 @@ Models (all on CPU, batching disabled so shapes are exactly what clients send):
                      Raises if text_input contains "FAIL" (stream error test).
   always_error       raises ValueError("agentscale test model always fails: ...")
   slow               INPUT0 FP32 [-1] -> OUTPUT0 after sleeping DELAY_MS (INT32 [1]) ms
+  minilm             sentence embeddings (all-MiniLM-L6-v2, minilm.py): TEXT BYTES [1]
+                     -> EMBEDDING FP32 [384] (mean-pooled, L2-normalised), batching
+                     on (max batch 64, dynamic batcher), so clients send [n, 1] and
+                     get [n, 384]. Needs the weights package (scripts/services/triton.sh).
 """
 import argparse
+import os
 import pathlib
 import logging
+import sys
 import time
 
-import numpy as np
-from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+# Before numpy loads: see minilm.py (one BLAS thread).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # noqa: E402
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig  # noqa: E402
 
 DTYPES = {
     "bool": np.bool_,
@@ -91,6 +101,27 @@ def slow(requests):
     delay = max(int(_scalar(r, "DELAY_MS", 0)) for r in requests)
     time.sleep(delay / 1000.0)
     return [{"OUTPUT0": r["INPUT0"]} for r in requests]
+
+
+MINILM_MAX_BATCH = 64
+
+
+def minilm_infer(model):
+    def infer(requests):
+        # Each request is [b, 1] texts; run them all as one forward pass.
+        texts, sizes = [], []
+        for r in requests:
+            rows = r["TEXT"].reshape(-1)
+            sizes.append(len(rows))
+            texts.extend(t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in rows)
+        out = model.embed(texts)
+        result, at = [], 0
+        for n in sizes:
+            result.append({"EMBEDDING": out[at : at + n]})
+            at += n
+        return result
+
+    return infer
 
 
 def main():
@@ -182,6 +213,21 @@ def main():
             outputs=[Tensor(name="OUTPUT0", dtype=np.float32, shape=(-1,))],
             config=NOBATCH,
         )
+        if not only or "minilm" in only:
+            sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+            import minilm
+
+            t.bind(
+                model_name="minilm",
+                infer_func=minilm_infer(minilm.MiniLM()),
+                inputs=[Tensor(name="TEXT", dtype=bytes, shape=(1,))],
+                outputs=[Tensor(name="EMBEDDING", dtype=np.float32, shape=(minilm.DIM,))],
+                config=ModelConfig(
+                    batching=True,
+                    max_batch_size=MINILM_MAX_BATCH,
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=2000),
+                ),
+            )
         triton.serve()
 
 

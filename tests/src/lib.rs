@@ -6,10 +6,12 @@
 #![allow(missing_docs)]
 
 pub mod net_cut;
+pub mod openai_server;
 pub mod orchestration_suite;
 pub mod pg_server;
 pub mod pki;
 pub mod redis_server;
+pub mod semantic;
 pub mod tansu_server;
 pub mod triton_replica;
 
