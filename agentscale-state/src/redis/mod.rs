@@ -12,7 +12,7 @@
 //!   one Lua script.
 //!
 //! Both use the multiplexed, auto-reconnecting connection of an
-//! [`agentscale_redis::Redis`] handle (redis-rs `ConnectionManager`), which
+//! [`agentscale_redis::Redis`] handle (a multiplexed connection, or the cluster client), which
 //! they can share with each other and with a `RedisQueue`; neither issues
 //! blocking commands. Connection failures, timeouts and transient server
 //! states (including `READONLY` after a failover) are
