@@ -65,12 +65,19 @@ impl RedisConnection {
     /// owns `key`'s slot: on a cluster, the master of [`key_slot`]`(key)`;
     /// on one server, that server. `SCAN MATCH '<prefix>{tag}*'` thereby
     /// sees every key of one hash tag.
-    pub async fn query_at_key<T: redis::FromRedisValue>(&mut self, cmd: &Cmd, key: &str) -> redis::RedisResult<T> {
+    pub async fn query_at_key<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        key: &str,
+    ) -> redis::RedisResult<T> {
         match &mut self.0 {
             Conn::Cluster(c) => {
                 let route = Route::new(key_slot(key.as_bytes()), SlotAddr::Master);
                 let v = c
-                    .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
                     .await?;
                 redis::from_owned_redis_value(v)
             }
@@ -146,7 +153,9 @@ impl bb8::ManageConnection for BlockingManager {
 
     async fn connect(&self) -> std::result::Result<RedisConnection, RedisError> {
         Ok(match &self.0 {
-            Source::Single(c) => RedisConnection(Conn::Multiplexed(c.get_multiplexed_async_connection().await?)),
+            Source::Single(c) => {
+                RedisConnection(Conn::Multiplexed(c.get_multiplexed_async_connection().await?))
+            }
             Source::Cluster(c) => RedisConnection(Conn::Cluster(c.get_async_connection().await?)),
         })
     }
@@ -226,7 +235,10 @@ pub(crate) async fn connect(config: &RedisConfig) -> Result<(RedisConnection, Bl
         .await
         .map_err(|e| crate::map_error("connect to the cluster", e))?;
     let blocking = client(config, Duration::from_secs(3600))?;
-    Ok((RedisConnection::cluster(conn), BlockingManager(Source::Cluster(blocking))))
+    Ok((
+        RedisConnection::cluster(conn),
+        BlockingManager(Source::Cluster(blocking)),
+    ))
 }
 
 /// Bounds the cluster client's first connect (its slot-map fetch retries

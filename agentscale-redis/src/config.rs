@@ -89,7 +89,11 @@ impl fmt::Debug for RedisConfig {
             .field("blocking_connections", &self.blocking_connections)
             .field(
                 "cluster_nodes",
-                &self.cluster_nodes.iter().map(|n| redact_url(n.expose())).collect::<Vec<_>>(),
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redact_url(n.expose()))
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -83,7 +83,12 @@ impl fmt::Debug for Redis {
         if self.config.cluster_nodes.is_empty() {
             d.field("url", &redact_url(self.config.url.expose()));
         } else {
-            let nodes: Vec<String> = self.config.cluster_nodes.iter().map(|n| redact_url(n.expose())).collect();
+            let nodes: Vec<String> = self
+                .config
+                .cluster_nodes
+                .iter()
+                .map(|n| redact_url(n.expose()))
+                .collect();
             d.field("cluster_nodes", &nodes);
         }
         d.finish_non_exhaustive()

@@ -10,8 +10,8 @@ use agentscale_core::join::{
 };
 use agentscale_core::task::now_ms;
 use agentscale_core::{CodecError, Error, JoinId, JoinStore, Result, Task, TaskId};
-use async_trait::async_trait;
 use agentscale_redis::RedisConnection;
+use async_trait::async_trait;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use agentscale_core::results::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_RESULT_TTL};
 use agentscale_core::task::now_ms;
 use agentscale_core::{Error, Recorded, Result, ResultStore, TaskId, TaskOutcome, TaskResult};
-use async_trait::async_trait;
 use agentscale_redis::RedisConnection;
+use async_trait::async_trait;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};

@@ -3,9 +3,9 @@
 use std::fmt;
 
 use agentscale_core::{Error, Result, SessionKey, SessionState, SessionStore};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
 use bytes::Bytes;
-use agentscale_redis::RedisConnection;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};

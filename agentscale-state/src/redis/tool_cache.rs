@@ -4,10 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use agentscale_core::{ComputeFuture, Error, ErrorKind, Result, ToolCache, ToolKey};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
-use agentscale_redis::RedisConnection;
 use redis::{Script, Value};
 
 use super::config::{millis, RedisStateConfig};
