@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use agentscale_core::{Task, TaskQueue};
 use agentscale_queue::kafka::{KafkaQueue, KafkaQueueConfig};
-use agentscale_testkit::{service_env, unique_name, Suites};
+use agentscale_testkit::{unique_name, Suites};
 use std::sync::Mutex;
 
 const PARTITIONS: i32 = 4;
@@ -151,14 +151,14 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
             *by_member.entry(*member).or_default() += 1;
         }
     }
-    println!(
+    eprintln!(
         "kafka scale: {sent} tasks, {} deliveries acked, {} tasks delivered more than once, \
          work of the 4-member phase by member: {by_member:?} ({at_four} deliveries by then)",
         log.len(),
         duplicates.len()
     );
     for (n, v) in &duplicates {
-        println!("  task {n} acked by (member, attempt) {v:?}");
+        eprintln!("  task {n} acked by (member, attempt) {v:?}");
         // A redelivery after a rebalance is the same record read again from
         // the last committed offset: a later attempt, never attempt 1 twice
         // by one member.
