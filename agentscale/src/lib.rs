@@ -86,7 +86,9 @@ pub mod state {
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
-    pub use agentscale_redis::{key_slot, map_error, Redis, RedisConfig, RedisConfigBuilder, RedisConnection};
+    pub use agentscale_redis::{
+        key_slot, map_error, Redis, RedisConfig, RedisConfigBuilder, RedisConnection,
+    };
 }
 
 /// The NVIDIA Triton (KServe v2 gRPC) client, replica pool and LLM helper.

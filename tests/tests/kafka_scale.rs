@@ -57,6 +57,26 @@ async fn leave(m: Member) {
     m.queue.close().await;
 }
 
+/// Waits until the group has settled: every member owns at least one
+/// partition and the members own each partition exactly once.
+async fn settled(members: &[Member], phase: &str) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned: Vec<Vec<i32>> = members.iter().map(|m| m.queue.assigned_partitions()).collect();
+        let mut all: Vec<i32> = owned.iter().flatten().copied().collect();
+        all.sort_unstable();
+        if owned.iter().all(|p| !p.is_empty()) && all == (0..PARTITIONS).collect::<Vec<_>>() {
+            eprintln!("kafka scale: {phase}: assignment {owned:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{phase}: the group did not settle in 60 s: {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Enqueues tasks `from..to` (payload = the number) through `q`.
 async fn produce(q: &KafkaQueue, from: usize, to: usize) {
     for n in from..to {
@@ -77,6 +97,7 @@ async fn drained(log: &Log, upto: usize, phase: &str) {
             .filter_map(|(_, p, _)| p.parse().ok())
             .collect();
         if (0..upto).all(|n| done.contains(&n)) {
+            eprintln!("kafka scale: {phase}: {upto} tasks processed");
             return;
         }
         assert!(
@@ -102,7 +123,11 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
         .build()
         .expect("cfg");
     let log: Log = Arc::default();
-    let producer = KafkaQueue::connect(cfg.clone()).await.expect("producer");
+    // A producer-only queue: a group member that never leases would hold
+    // partitions and starve the workers.
+    let mut producer_cfg = cfg.clone();
+    producer_cfg.consume = false;
+    let producer = KafkaQueue::connect(producer_cfg).await.expect("producer");
     let mut members = vec![join(cfg.clone(), 0, log.clone()).await];
     let mut sent = 0;
     // Grow: one member, then two, three, four; a batch of tasks per step.
@@ -110,6 +135,7 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
         if size > members.len() {
             members.push(join(cfg.clone(), size - 1, log.clone()).await);
         }
+        settled(&members, &format!("{size} members")).await;
         produce(&producer, sent, sent + PER_PHASE).await;
         sent += PER_PHASE;
         drained(&log, sent, &format!("{size} members")).await;
@@ -121,6 +147,7 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
     while members.len() > 1 {
         let m = members.pop().expect("member");
         leave(m).await;
+        settled(&members, &format!("{} members", members.len())).await;
         produce(&producer, sent, sent + PER_PHASE).await;
         sent += PER_PHASE;
         drained(&log, sent, &format!("{} members", members.len())).await;
@@ -157,8 +184,12 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
         log.len(),
         duplicates.len()
     );
+    let mut per_phase: BTreeMap<usize, usize> = BTreeMap::new();
+    for (n, _) in &duplicates {
+        *per_phase.entry(**n / PER_PHASE).or_default() += 1;
+    }
+    eprintln!("kafka scale: duplicates by phase (0-based, 1,2,3,4,3,2,1 members): {per_phase:?}");
     for (n, v) in &duplicates {
-        eprintln!("  task {n} acked by (member, attempt) {v:?}");
         // A redelivery after a rebalance is the same record read again from
         // the last committed offset: a later attempt, never attempt 1 twice
         // by one member.
@@ -168,23 +199,30 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
             "task {n} acked twice on its first attempt by one member: a second copy in the topic, not a redelivery: {v:?}"
         );
     }
+    // Seen on tansu: 0 to 74 of 840 per run (see docs/kafka.md, "Scaling
+    // out"); a quarter of all tasks would mean a rebalance replays far more
+    // than its uncommitted window.
     assert!(
-        duplicates.len() * 10 <= sent,
-        "{} duplicates out of {sent}: more than a rebalance's in-flight window",
+        duplicates.len() * 4 <= sent,
+        "{} duplicates out of {sent}: more than a rebalance's uncommitted window",
         duplicates.len()
     );
-    assert!(
-        by_member.len() >= 3,
-        "with 4 members on 4 partitions the work spreads over at least 3 of them: {by_member:?}"
+    assert_eq!(
+        by_member.len(),
+        PARTITIONS as usize,
+        "with 4 members owning one partition each, every member works: {by_member:?}"
     );
 }
 
 fn main() {
     agentscale_testkit::run(|| {
-        Suites::new().service_test(
-            "AGENTSCALE_KAFKA_BROKERS",
-            "kafka_partitions_scale_out_and_in",
-            kafka_partitions_scale_out_and_in,
-        )
+        // Seven phases, each with a rebalance (a member joins or leaves).
+        Suites::new()
+            .check_timeout(Duration::from_secs(600))
+            .service_test(
+                "AGENTSCALE_KAFKA_BROKERS",
+                "kafka_partitions_scale_out_and_in",
+                kafka_partitions_scale_out_and_in,
+            )
     })
 }
