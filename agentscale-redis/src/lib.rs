@@ -24,8 +24,9 @@
 //!
 //! [`map_error`] is the one conversion: connection trouble, timeouts and
 //! server states that pass by themselves (`LOADING`, `TRYAGAIN`,
-//! `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY`, which a replica answers
-//! after a failover demoted the node we were talking to) are
+//! `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, which a replica answers
+//! after a failover demoted the node we were talking to, and on a cluster a
+//! `MOVED`/`ASK` redirect still unresolved after the client's retries) are
 //! [`Error::Unavailable`] (retry later); everything else is
 //! [`Error::Backend`].
 //!
@@ -188,7 +189,8 @@ pub fn map_error(context: &str, e: redis::RedisError) -> Error {
 }
 
 /// Whether `e` is worth retrying later (connection trouble, timeouts,
-/// loading, failover in progress, a read-only replica after failover).
+/// loading, failover in progress, a read-only replica after failover, a
+/// cluster redirect the client could not resolve).
 pub fn is_transient(e: &redis::RedisError) -> bool {
     use redis::ErrorKind as K;
     e.is_timeout()
@@ -197,7 +199,17 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_io_error()
         || matches!(
             e.kind(),
-            K::BusyLoadingError | K::TryAgain | K::ClusterDown | K::MasterDown | K::ReadOnly | K::IoError
+            K::BusyLoadingError
+                | K::TryAgain
+                | K::ClusterDown
+                | K::MasterDown
+                | K::ReadOnly
+                | K::IoError
+                // A redirect that outlived the cluster client's retries:
+                // the slot map is in flux (a failover or a migration).
+                | K::Moved
+                | K::Ask
+                | K::ClusterConnectionNotFound
         )
 }
 
@@ -217,7 +229,15 @@ mod tests {
 
     #[test]
     fn read_only_after_failover_is_transient() {
-        for code in ["READONLY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"] {
+        for code in [
+            "READONLY",
+            "LOADING",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MASTERDOWN",
+            "MOVED 2739 127.0.0.1:7000",
+            "ASK 2739 127.0.0.1:7001",
+        ] {
             let e = map_error("SET", server_error(code));
             assert_eq!(e.kind(), ErrorKind::Unavailable, "{code}: {e}");
         }
