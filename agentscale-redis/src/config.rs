@@ -67,6 +67,12 @@ pub struct RedisConfig {
     /// Connections reserved for blocking commands such as `XREADGROUP BLOCK`
     /// (default 4); they never share a connection with other traffic.
     pub blocking_connections: u32,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each; default
+    /// empty). When set, the handle speaks to the cluster through the
+    /// cluster client (see [`RedisConnection`](crate::RedisConnection)) and
+    /// `url` is not used; `password` and the timeouts apply to every node.
+    /// From the environment: a comma-separated list.
+    pub cluster_nodes: Vec<Secret>,
 }
 
 impl Default for RedisConfig {
@@ -81,6 +87,7 @@ impl Default for RedisConfig {
             reconnect_retries: 1,
             reconnect_max_delay: Duration::from_millis(500),
             blocking_connections: 4,
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -97,6 +104,14 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_retries", &self.reconnect_retries)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("blocking_connections", &self.blocking_connections)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redact_url(n.expose()))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -158,6 +173,7 @@ impl RedisConfig {
                 self.blocking_connections
             ));
         }
+        crate::cluster::validate_nodes(self)?;
         Ok(())
     }
 
@@ -262,6 +278,11 @@ impl RedisConfigBuilder {
     /// Connections reserved for blocking commands.
     pub fn blocking_connections(mut self, n: u32) -> Self {
         self.config.blocking_connections = n;
+        self
+    }
+    /// Seed nodes of a Redis Cluster (switches the handle to cluster mode).
+    pub fn cluster_nodes<S: Into<Secret>>(mut self, nodes: impl IntoIterator<Item = S>) -> Self {
+        self.config.cluster_nodes = nodes.into_iter().map(Into::into).collect();
         self
     }
     /// Validates and returns the configuration.

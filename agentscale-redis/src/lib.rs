@@ -32,14 +32,35 @@
 //!
 //! [`map_error`] is the one conversion: connection trouble, timeouts and
 //! server states that pass by themselves (`LOADING`, `TRYAGAIN`,
-//! `CLUSTERDOWN`, `MASTERDOWN`, and `READONLY`, which a replica answers
-//! after a failover demoted the node we were talking to) are
+//! `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, which a replica answers
+//! after a failover demoted the node we were talking to, and on a cluster a
+//! `MOVED`/`ASK` redirect still unresolved after the client's retries) are
 //! [`Error::Unavailable`] (retry later); everything else is
 //! [`Error::Backend`].
+//!
+//! # Redis Cluster
+//!
+//! Set [`RedisConfig::cluster_nodes`] to seed nodes and the same handle
+//! speaks to a Redis Cluster (redis-rs's async cluster client: commands go
+//! to the master owning the key's slot, `MOVED`/`ASK` redirects and
+//! failovers are followed below the caller); see [`RedisConnection`].
+//!
+//! ```no_run
+//! # async fn demo() -> agentscale_core::Result<()> {
+//! use agentscale_redis::{Redis, RedisConfig};
+//!
+//! let cfg = RedisConfig::builder()
+//!     .cluster_nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+//!     .build()?;
+//! let redis = Redis::connect(cfg).await?;
+//! assert!(redis.is_cluster());
+//! # Ok(()) }
+//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cluster;
 mod config;
 mod tls;
 
@@ -47,29 +68,41 @@ use std::fmt;
 
 use agentscale_core::config::redact_url;
 use agentscale_core::{Error, Result};
-use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use cluster::{key_slot, BlockingManager, RedisConnection};
 pub use config::{RedisConfig, RedisConfigBuilder};
 pub use tls::RedisTlsConfig;
 
-/// A connection pool entry for blocking commands.
-pub type BlockingConnection<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
+/// A connection pool entry for blocking commands (derefs to a
+/// [`RedisConnection`]).
+pub type BlockingConnection<'a> = bb8::PooledConnection<'a, BlockingManager>;
 
-/// A handle on one Redis server: a shared multiplexed connection plus a pool
-/// of dedicated connections for blocking commands. Cheap to clone.
+/// A handle on one Redis server or one Redis Cluster: a shared multiplexed
+/// connection plus a pool of dedicated connections for blocking commands.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
     config: RedisConfig,
-    conn: ConnectionManager,
-    blocking: bb8::Pool<RedisConnectionManager>,
+    conn: RedisConnection,
+    blocking: bb8::Pool<BlockingManager>,
 }
 
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Redis")
-            .field("url", &redact_url(self.config.url.expose()))
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Redis");
+        if self.config.cluster_nodes.is_empty() {
+            d.field("url", &redact_url(self.config.url.expose()));
+        } else {
+            let nodes: Vec<String> = self
+                .config
+                .cluster_nodes
+                .iter()
+                .map(|n| redact_url(n.expose()))
+                .collect();
+            d.field("cluster_nodes", &nodes);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
@@ -79,6 +112,15 @@ impl Redis {
     /// connects lazily, on first use.
     pub async fn connect(config: RedisConfig) -> Result<Redis> {
         config.validate()?;
+        if !config.cluster_nodes.is_empty() {
+            let (conn, manager) = cluster::connect(&config).await?;
+            let blocking = Self::pool(&config, manager);
+            return Ok(Redis {
+                config,
+                conn,
+                blocking,
+            });
+        }
         let shown = redact_url(config.url.expose());
         let client = config.client()?;
         let info = client.get_connection_info().clone();
@@ -93,18 +135,29 @@ impl Redis {
         let conn = ConnectionManager::new_with_config(client, mc)
             .await
             .map_err(|e| map_connect_error(&shown, e))?;
-        let manager = RedisConnectionManager::new(info)
+        let manager = redis::Client::open(info)
             .map_err(|e| Error::InvalidConfig(format!("redis url {shown} is invalid: {:?}", e.kind())))?;
-        let blocking = bb8::Pool::builder()
+        let blocking = Self::pool(&config, BlockingManager::single(manager));
+        Ok(Redis {
+            config,
+            conn: RedisConnection::managed(conn),
+            blocking,
+        })
+    }
+
+    /// The pool of dedicated connections (connects lazily).
+    fn pool(config: &RedisConfig, manager: BlockingManager) -> bb8::Pool<BlockingManager> {
+        bb8::Pool::builder()
             .max_size(config.blocking_connections)
             .connection_timeout(config.connect_timeout)
             .test_on_check_out(false)
-            .build_unchecked(manager);
-        Ok(Redis {
-            config,
-            conn,
-            blocking,
-        })
+            .build_unchecked(manager)
+    }
+
+    /// Whether this handle speaks to a Redis Cluster
+    /// ([`RedisConfig::cluster_nodes`] set).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     /// The configuration.
@@ -112,15 +165,16 @@ impl Redis {
         &self.config
     }
 
-    /// The shared multiplexed connection (a redis-rs type: an escape hatch
-    /// for backends and for commands agentscale does not wrap). Clone it per
-    /// use; clones share one socket. Never send blocking commands on it.
-    pub fn connection(&self) -> ConnectionManager {
+    /// The shared multiplexed connection (a redis-rs `ConnectionLike`: an
+    /// escape hatch for backends and for commands agentscale does not wrap).
+    /// Clone it per use; clones share one socket per node. Never send
+    /// blocking commands on it.
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
-    /// A dedicated connection for one blocking command (a redis-rs type,
-    /// like [`connection`](Self::connection)). Waits up to `connect_timeout`
+    /// A dedicated connection for one blocking command (a
+    /// [`RedisConnection`] like [`connection`](Self::connection)). Waits up to `connect_timeout`
     /// for a free one.
     pub async fn blocking_connection(&self) -> Result<BlockingConnection<'_>> {
         self.blocking.get().await.map_err(|e| match e {
@@ -175,7 +229,8 @@ pub fn map_error(context: &str, e: redis::RedisError) -> Error {
 }
 
 /// Whether `e` is worth retrying later (connection trouble, timeouts,
-/// loading, failover in progress, a read-only replica after failover).
+/// loading, failover in progress, a read-only replica after failover, a
+/// cluster redirect the client could not resolve).
 pub fn is_transient(e: &redis::RedisError) -> bool {
     use redis::ErrorKind as K;
     e.is_timeout()
@@ -184,7 +239,17 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_io_error()
         || matches!(
             e.kind(),
-            K::BusyLoadingError | K::TryAgain | K::ClusterDown | K::MasterDown | K::ReadOnly | K::IoError
+            K::BusyLoadingError
+                | K::TryAgain
+                | K::ClusterDown
+                | K::MasterDown
+                | K::ReadOnly
+                | K::IoError
+                // A redirect that outlived the cluster client's retries:
+                // the slot map is in flux (a failover or a migration).
+                | K::Moved
+                | K::Ask
+                | K::ClusterConnectionNotFound
         )
 }
 
@@ -204,7 +269,15 @@ mod tests {
 
     #[test]
     fn read_only_after_failover_is_transient() {
-        for code in ["READONLY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"] {
+        for code in [
+            "READONLY",
+            "LOADING",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MASTERDOWN",
+            "MOVED 2739 127.0.0.1:7000",
+            "ASK 2739 127.0.0.1:7001",
+        ] {
             let e = map_error("SET", server_error(code));
             assert_eq!(e.kind(), ErrorKind::Unavailable, "{code}: {e}");
         }

@@ -106,17 +106,16 @@ impl RedisQueue {
     }
 
     /// Deletes every key starting with `prefix` (SCAN + DEL).
-    async fn delete_matching(&self, conn: &mut redis::aio::ConnectionManager, prefix: &str) -> Result<()> {
+    async fn delete_matching(&self, conn: &mut agentscale_redis::RedisConnection, prefix: &str) -> Result<()> {
         let pattern = format!("{}*", escape_glob(prefix));
         let mut cursor: u64 = 0;
         loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(conn)
+            // The idempotency keys share the queue's hash tag: on a cluster
+            // they all live on the master of the dead-letter key's slot.
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let (next, found): (u64, Vec<String>) = conn
+                .query_at_key(&scan, &self.inner.keys.dead)
                 .await
                 .map_err(|e| map_err("SCAN", e))?;
             if !found.is_empty() {

@@ -10,8 +10,8 @@ use agentscale_core::join::{
 };
 use agentscale_core::task::now_ms;
 use agentscale_core::{CodecError, Error, JoinId, JoinStore, Result, Task, TaskId};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};
@@ -119,7 +119,7 @@ return 1
 /// expire with the join's TTL.
 #[derive(Clone)]
 pub struct RedisJoinStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     ttl_ms: u64,
     create: Script,

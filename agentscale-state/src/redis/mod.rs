@@ -12,7 +12,7 @@
 //!   one Lua script.
 //!
 //! Both use the multiplexed, auto-reconnecting connection of an
-//! [`agentscale_redis::Redis`] handle (redis-rs `ConnectionManager`), which
+//! [`agentscale_redis::Redis`] handle (a multiplexed connection, or the cluster client), which
 //! they can share with each other and with a `RedisQueue`; neither issues
 //! blocking commands. Connection failures, timeouts and transient server
 //! states (including `READONLY` after a failover) are
@@ -21,7 +21,9 @@
 //!
 //! Keys (see `docs/state.md`) carry a Redis Cluster hash tag, so all keys of
 //! one session (or one tool entry) share a slot and the Lua scripts are
-//! cluster-safe. This client connects to a single Redis endpoint (or a proxy).
+//! cluster-safe. The session store and tool cache run on a Redis Cluster
+//! through a cluster handle (`RedisConfig::cluster_nodes`, then `new`); the
+//! result and join stores still open their own single-node connection.
 //!
 //! ```no_run
 //! # async fn run() -> agentscale_core::Result<()> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use agentscale_core::results::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_RESULT_TTL};
 use agentscale_core::task::now_ms;
 use agentscale_core::{Error, Recorded, Result, ResultStore, TaskId, TaskOutcome, TaskResult};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};
@@ -38,7 +38,7 @@ return 1
 /// check, so no completion is missed.
 #[derive(Clone)]
 pub struct RedisResultStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     ttl_ms: u64,
     max_output_bytes: usize,

@@ -3,9 +3,9 @@
 use std::fmt;
 
 use agentscale_core::{Error, Result, SessionKey, SessionState, SessionStore};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::config::{millis, RedisStateConfig};
@@ -88,7 +88,7 @@ return h
 /// gets [`Error::Conflict`] if the first attempt did apply).
 #[derive(Clone)]
 pub struct RedisSessionStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     ttl_ms: u64,
     history_cap: usize,

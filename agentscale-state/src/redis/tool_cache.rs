@@ -4,10 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use agentscale_core::{ComputeFuture, Error, ErrorKind, Result, ToolCache, ToolKey};
+use agentscale_redis::RedisConnection;
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::config::{millis, RedisStateConfig};
@@ -65,7 +65,7 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 ///   (retryable); a value computed just before Redis failed is still returned.
 #[derive(Clone)]
 pub struct RedisToolCache {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     local: Cache<ToolKey, Cached>,
     prefix: String,
     local_ttl: Duration,
@@ -299,7 +299,7 @@ impl RedisToolCache {
 
 /// Releases a computation lock whose holder was dropped before finishing.
 struct ReleaseOnDrop {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     script: Script,
     /// (value key, lock key, token); `None` once the holder finished normally.
     keys: Option<(String, String, String)>,
