@@ -14,7 +14,7 @@
 //!   nothing and are counted in [`TaskResult::duplicates`].
 //! * **Bounded.** Every record lives for the store's TTL; outputs larger than
 //!   [`ResultStore::max_output_bytes`] are refused with
-//!   [`CodecError::TooLarge`](crate::CodecError::TooLarge) (the worker then
+//!   [`CodecError::TooLarge`] (the worker then
 //!   dead-letters the task with that reason), never truncated.
 //! * **Waiting is not polling.** [`ResultStore::wait`] sleeps until the
 //!   result is recorded (in-process: a notification; Redis: a per-task

@@ -178,7 +178,7 @@ impl<H: Handler> WorkerBuilder<H> {
     /// in the orchestrator's result store, reports children into their joins
     /// (enqueuing continuations when a join is decided), handles deadline
     /// tasks, skips children of decided joins and sets
-    /// [`TaskContext::is_cancelled`] on running ones.
+    /// [`TaskContext::is_cancelled`](super::TaskContext::is_cancelled) on running ones.
     pub fn orchestrator(mut self, orchestrator: Arc<Orchestrator>) -> Self {
         self.orchestrator = Some(orchestrator);
         self

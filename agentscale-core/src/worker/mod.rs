@@ -47,7 +47,7 @@
 //! * **Failures.** A handler error that is not [`Error::is_retryable`]
 //!   dead-letters the task at once with the error as reason. A retryable error,
 //!   a panic (caught; its message goes into the reason) or the per-task timeout
-//!   is a failed attempt: the task is nacked with [`Nack::Retry`] and an
+//!   is a failed attempt: the task is nacked with [`Nack::Retry`](crate::Nack::Retry) and an
 //!   exponential, jittered delay ([`Backoff`]) until the attempt number reaches
 //!   the task's `max_attempts`, then dead-lettered with the reason and the
 //!   attempt count. A panic never kills the worker.
@@ -61,7 +61,7 @@
 //! * **Graceful shutdown.** When the future given to [`Worker::run_until`]
 //!   resolves, the worker stops leasing, lets in-flight tasks finish within the
 //!   grace period, then cancels the rest and hands them back with
-//!   [`Nack::Release`] (no attempt charged), flushes its acks and returns a
+//!   [`Nack::Release`](crate::Nack::Release) (no attempt charged), flushes its acks and returns a
 //!   [`WorkerReport`]. Pick a grace period shorter than Kubernetes'
 //!   `terminationGracePeriodSeconds`.
 //! * **Tracing.** Every task runs in an `agentscale.task` span with the task
