@@ -106,7 +106,11 @@ impl RedisQueue {
     }
 
     /// Deletes every key starting with `prefix` (SCAN + DEL).
-    async fn delete_matching(&self, conn: &mut agentscale_redis::RedisConnection, prefix: &str) -> Result<()> {
+    async fn delete_matching(
+        &self,
+        conn: &mut agentscale_redis::RedisConnection,
+        prefix: &str,
+    ) -> Result<()> {
         let pattern = format!("{}*", escape_glob(prefix));
         let mut cursor: u64 = 0;
         loop {
