@@ -116,7 +116,10 @@ pub(super) async fn ordered_session_head_keeps_its_place(fx: &QueueFixture) {
     let fast: Vec<Task> = (0..3).map(|i| in_session("fast", i)).collect();
     enqueue_all(q, &slow).await;
     enqueue_all(q, &fast).await;
-    let head = lease_available(q, Duration::from_millis(300)).await;
+    // A short quiet period: a wrongly delivered second task of a session
+    // would be ready at once, and the slow head's lease (extended below)
+    // must not expire while we wait.
+    let head = lease_available(q, Duration::from_millis(100)).await;
     assert_eq!(
         head.len(),
         2,
@@ -127,6 +130,11 @@ pub(super) async fn ordered_session_head_keeps_its_place(fx: &QueueFixture) {
         .into_iter()
         .partition(|l| l.task().session_id.as_deref() == Some("slow"));
     let mut slow_head = slow_head.into_iter().next().expect("slow head");
+    if c.lease_extension {
+        q.extend(&slow_head, c.lease_timeout * 4)
+            .await
+            .expect("keep slow head");
+    }
     // No head-of-line blocking: the fast session completes while slow's head is held.
     let mut fast_lease = fast_head.into_iter().next().expect("fast head");
     for i in 0..3 {
@@ -136,7 +144,7 @@ pub(super) async fn ordered_session_head_keeps_its_place(fx: &QueueFixture) {
             fast_lease = lease_one(q, long_wait(&c)).await;
         }
         if c.lease_extension {
-            q.extend(&slow_head, c.lease_timeout)
+            q.extend(&slow_head, c.lease_timeout * 4)
                 .await
                 .expect("keep slow head");
         }
