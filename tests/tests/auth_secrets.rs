@@ -207,6 +207,28 @@ fn auth_secrets_never_leak_into_debug_errors_or_trace_logs() {
             }
             Err(e) => shown.push(format!("{e} {e:?}")),
         }
+        // OpenAI-compatible endpoint (NIM, vLLM): the marker as the API key,
+        // a private CA, a refused endpoint.
+        let config = agentscale_infer::openai::OpenAiConfig::builder()
+            .base_url(format!("https://127.0.0.1:{}/v1", refused_port()))
+            .api_key(marker.clone())
+            .ca_pem(pki.ca_pem.clone())
+            .chat_model("m")
+            .max_attempts(2)
+            .retry_backoff(Duration::from_millis(10))
+            .build()
+            .expect("openai config");
+        shown.push(format!("{config:?}"));
+        let client = agentscale_infer::openai::OpenAiClient::new(config).expect("openai client");
+        shown.push(format!("{client:?}"));
+        let e = agentscale_core::ChatModel::chat(
+            &client,
+            &agentscale_core::ChatRequest::new(vec![agentscale_core::ChatMessage::user("hi")]),
+        )
+        .await
+        .expect_err("openai refused");
+        shown.push(format!("{e} {e:?}"));
+
         // The client key itself must not show either.
         let key_line = pki.client.key_pem.lines().nth(1).expect("key body").to_string();
         for s in &shown {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentscale_core::flow::limit::{Admission, Exceeded, Limit, Limiter, LocalLimiter};
+use agentscale_core::metrics::{LimitDecision, Metrics};
 use agentscale_core::worker::{Handler, TaskContext, Worker, WorkerReport};
 use agentscale_core::{Error, ErrorKind, Output, Task, TaskQueue};
 use agentscale_queue::redis::{RedisLimiter, RedisQueue, RedisQueueConfig};
@@ -191,8 +192,10 @@ async fn local_worker_respects_in_flight_cap() {
             .expect("enqueue");
     }
     let rec = recorder(Duration::from_millis(20));
+    let metrics = Metrics::new();
     let worker = Worker::builder(Arc::new(q.clone()), rec.clone())
         .concurrency(8)
+        .metrics(metrics.clone())
         .limiter(limiter.clone(), |t: &Task| {
             t.tenant.iter().map(|t| format!("tenant:{t}")).collect()
         })
@@ -222,6 +225,13 @@ async fn local_worker_respects_in_flight_cap() {
     let acme_stats = stats.iter().find(|s| s.key == "tenant:acme").expect("stats");
     assert_eq!(acme_stats.granted, 20);
     assert!(acme_stats.deferred_in_flight > 0);
+    // The same decisions, per key, in the worker's metrics.
+    assert_eq!(metrics.limit_count("tenant:acme", LimitDecision::Granted), 20);
+    assert_eq!(
+        metrics.limit_count("tenant:acme", LimitDecision::DeferredInFlight),
+        acme_stats.deferred_in_flight
+    );
+    assert_eq!(metrics.limit_count("tenant:other", LimitDecision::Granted), 5);
 }
 
 /// Two limiters on one Redis prefix share buckets and slots; limits change

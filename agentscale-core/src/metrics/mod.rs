@@ -28,6 +28,7 @@
 //! | `agentscale_task_duration_seconds` | histogram | | handler run time of every attempt |
 //! | `agentscale_tool_cache_total` | counter | `outcome="hit"\|"miss"\|"coalesced"` | typed tool calls by how they were answered |
 //! | `agentscale_tasks_promoted_total` | counter | | due delayed tasks a [`QueueKeeper`](crate::keeper::QueueKeeper) moved to ready |
+//! | `agentscale_limit_decisions_total` | counter | `key`, `decision="granted"\|"deferred_rate"\|"deferred_in_flight"` | a worker's limiter decisions per limit key (at most [`MAX_LIMIT_KEYS`] keys, the rest as `key="_other"`) |
 //!
 //! `panicked` and `timed_out` count failed attempts by cause; each such attempt
 //! is also counted once as `retried` or `dead_lettered`.
@@ -204,6 +205,51 @@ struct Values {
     depth_polls: AtomicU64,
     tool_cache: [AtomicU64; 3],
     promoted: AtomicU64,
+    /// Limiter decisions per key: granted, deferred (rate), deferred
+    /// (in-flight cap). At most [`MAX_LIMIT_KEYS`] keys; later ones are
+    /// counted under [`OTHER_LIMIT_KEY`].
+    limits: Mutex<BTreeMap<String, [u64; 3]>>,
+}
+
+/// The most limit keys exported one by one; decisions on further keys are
+/// summed under [`OTHER_LIMIT_KEY`] so a per-tenant key cannot grow the
+/// metrics without bound.
+pub const MAX_LIMIT_KEYS: usize = 1000;
+
+/// The `key` label of the decisions on keys past [`MAX_LIMIT_KEYS`].
+pub const OTHER_LIMIT_KEY: &str = "_other";
+
+/// What a limiter decided for one task and one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitDecision {
+    /// The task may run.
+    Granted,
+    /// Deferred: the key's rate was spent.
+    DeferredRate,
+    /// Deferred: the key's in-flight cap was reached.
+    DeferredInFlight,
+}
+
+impl LimitDecision {
+    /// All decisions, in label order.
+    pub const ALL: [LimitDecision; 3] = [
+        LimitDecision::Granted,
+        LimitDecision::DeferredRate,
+        LimitDecision::DeferredInFlight,
+    ];
+
+    /// The `decision` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitDecision::Granted => "granted",
+            LimitDecision::DeferredRate => "deferred_rate",
+            LimitDecision::DeferredInFlight => "deferred_in_flight",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// agentscale's metrics: the autoscaling and health surface of a worker
@@ -319,6 +365,31 @@ impl Metrics {
         self.values.tool_cache[tool_cache_index(outcome)].load(Ordering::Relaxed)
     }
 
+    /// Counts one limiter decision for `key` (the worker records these for
+    /// its limiters).
+    pub fn record_limit(&self, key: &str, decision: LimitDecision) {
+        let mut limits = self.values.limits.lock();
+        if let Some(s) = limits.get_mut(key) {
+            s[decision.index()] += 1;
+            return;
+        }
+        let name = if limits.len() < MAX_LIMIT_KEYS {
+            key
+        } else {
+            OTHER_LIMIT_KEY
+        };
+        limits.entry(name.to_owned()).or_default()[decision.index()] += 1;
+    }
+
+    /// The decisions counted for `key` so far.
+    pub fn limit_count(&self, key: &str, decision: LimitDecision) -> u64 {
+        self.values
+            .limits
+            .lock()
+            .get(key)
+            .map_or(0, |s| s[decision.index()])
+    }
+
     /// Counts `n` due delayed tasks a queue keeper moved to ready.
     pub fn record_promoted(&self, n: u64) {
         self.values.promoted.fetch_add(n, Ordering::Relaxed);
@@ -404,6 +475,9 @@ mod tests {
         m.record_outcomes(Outcome::Retried, 2);
         m.observe_duration(Duration::from_millis(3));
         m.record_promoted(2);
+        m.record_limit("tenant_a", LimitDecision::Granted);
+        m.record_limit("tenant_a", LimitDecision::DeferredRate);
+        m.record_limit("tenant_a", LimitDecision::DeferredRate);
         m.worker_started(8);
         m.add_busy(3);
         let text = m.encode();
@@ -423,12 +497,34 @@ mod tests {
             "agentscale_tasks_total{outcome=\"retried\"} 2",
             "agentscale_tasks_total{outcome=\"dead_lettered\"} 0",
             "agentscale_task_duration_seconds_count 1",
+            "agentscale_limit_decisions_total{key=\"tenant_a\",decision=\"granted\"} 1",
+            "agentscale_limit_decisions_total{key=\"tenant_a\",decision=\"deferred_rate\"} 2",
+            "agentscale_limit_decisions_total{key=\"tenant_a\",decision=\"deferred_in_flight\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(m.is_ready());
         m.worker_draining();
         assert!(!m.is_ready());
+    }
+
+    #[test]
+    fn limit_keys_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_LIMIT_KEYS + 5 {
+            m.record_limit(&format!("k{i}"), LimitDecision::Granted);
+        }
+        assert_eq!(m.limit_count("k0", LimitDecision::Granted), 1);
+        assert_eq!(
+            m.limit_count(&format!("k{}", MAX_LIMIT_KEYS + 1), LimitDecision::Granted),
+            0
+        );
+        assert_eq!(m.limit_count(OTHER_LIMIT_KEY, LimitDecision::Granted), 5);
+        let text = m.encode();
+        assert_eq!(
+            text.matches("agentscale_limit_decisions_total{").count(),
+            (MAX_LIMIT_KEYS + 1) * 3
+        );
     }
 
     #[test]

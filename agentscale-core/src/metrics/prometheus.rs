@@ -132,6 +132,21 @@ impl Collector for AgentscaleCollector {
         )?;
         promoted.encode_counter::<NoLabelSet, _, u64>(&v.promoted.load(Ordering::Relaxed), None)?;
 
+        let limits: Vec<(String, [u64; 3])> = v.limits.lock().iter().map(|(k, c)| (k.clone(), *c)).collect();
+        let mut decisions = encoder.encode_descriptor(
+            "agentscale_limit_decisions",
+            "Limiter decisions per limit key",
+            None,
+            MetricType::Counter,
+        )?;
+        for (key, counts) in &limits {
+            for d in super::LimitDecision::ALL {
+                decisions
+                    .encode_family(&[("key", key.as_str()), ("decision", d.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&counts[d.index()], None)?;
+            }
+        }
+
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(DURATION_BUCKETS + 1);
         for (i, count) in v.duration_buckets.iter().enumerate() {

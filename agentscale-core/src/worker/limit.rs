@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::process::{process_in_span, settle};
 use super::{Handler, Shared};
-use crate::flow::limit::{Admission, Limiter, Permit};
+use crate::flow::limit::{Admission, Exceeded, Limiter, Permit};
+use crate::metrics::LimitDecision;
 use crate::queue::{Lease, Nack};
 use crate::task::Task;
 
@@ -48,7 +49,11 @@ pub(super) async fn process_limited<H: Handler>(
     let mut defer = None;
     'outer: for l in limiters {
         for key in (l.keys)(lease.task()) {
-            match l.limiter.acquire(&key, hold).await {
+            let admission = l.limiter.acquire(&key, hold).await;
+            if let (Some(m), Ok(a)) = (&shared.metrics, &admission) {
+                m.record_limit(&key, decision_of(a));
+            }
+            match admission {
                 Ok(Admission::Granted(p)) => permits.push((&l.limiter, p)),
                 Ok(Admission::Deferred { retry_in, exceeded }) => {
                     tracing::debug!(%key, ?exceeded, ?retry_in, "over its limit; deferring the task");
@@ -73,6 +78,20 @@ pub(super) async fn process_limited<H: Handler>(
     };
     release_all(permits).await;
     out
+}
+
+fn decision_of(a: &Admission) -> LimitDecision {
+    match a {
+        Admission::Granted(_) => LimitDecision::Granted,
+        Admission::Deferred {
+            exceeded: Exceeded::Rate,
+            ..
+        } => LimitDecision::DeferredRate,
+        Admission::Deferred {
+            exceeded: Exceeded::InFlight,
+            ..
+        } => LimitDecision::DeferredInFlight,
+    }
 }
 
 async fn release_all(permits: Vec<(&Arc<dyn Limiter>, Permit)>) {

@@ -73,6 +73,10 @@ pub struct OpenAiConfig {
     pub retry_backoff: Duration,
     /// Largest response body (or total streamed bytes) read (default 16 MiB).
     pub max_response_bytes: usize,
+    /// PEM certificate(s) of a private CA to trust for `https` besides the
+    /// system's roots (default empty: the system's roots only). The server's
+    /// certificate and host name are always verified.
+    pub ca_pem: String,
 }
 
 impl Default for OpenAiConfig {
@@ -92,6 +96,7 @@ impl Default for OpenAiConfig {
             max_attempts: 3,
             retry_backoff: Duration::from_millis(200),
             max_response_bytes: 16 * 1024 * 1024,
+            ca_pem: String::new(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff", &self.retry_backoff)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("custom_ca", &!self.ca_pem.is_empty())
             .finish()
     }
 }
@@ -172,6 +178,12 @@ impl OpenAiConfig {
         }
         if self.max_response_bytes < 1024 {
             return bad("openai max_response_bytes must be at least 1024".into());
+        }
+        if !self.ca_pem.is_empty() {
+            match reqwest::Certificate::from_pem_bundle(self.ca_pem.as_bytes()) {
+                Ok(certs) if !certs.is_empty() => {}
+                _ => return bad("openai ca_pem holds no PEM certificate".into()),
+            }
         }
         Ok(())
     }
@@ -238,6 +250,12 @@ impl OpenAiConfigBuilder {
         /// Sets the largest response read.
         max_response_bytes: usize,
     }
+    /// Trusts the private CA(s) in `pem` for `https`, besides the system's roots.
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.config.ca_pem = pem.into();
+        self
+    }
+
     /// Validates and returns the config.
     pub fn build(self) -> Result<OpenAiConfig> {
         self.config.validate()?;

@@ -87,9 +87,17 @@ impl OpenAiClient {
     /// A client for `config` (validated here).
     pub fn new(config: OpenAiConfig) -> Result<Self> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("agentscale/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("agentscale/", env!("CARGO_PKG_VERSION")));
+        if !config.ca_pem.is_empty() {
+            let certs = reqwest::Certificate::from_pem_bundle(config.ca_pem.as_bytes())
+                .map_err(|e| Error::InvalidConfig(format!("openai ca_pem: {e}")))?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| Error::InvalidConfig(format!("openai HTTP client: {e}")))?;
         Ok(OpenAiClient {
@@ -359,6 +367,11 @@ mod tests {
         assert!(OpenAiConfig::builder().base_url("ftp://x").build().is_err());
         assert!(OpenAiConfig::builder().max_attempts(0).build().is_err());
         assert!(OpenAiConfig::builder().api_key("a\nb").build().is_err());
+        let err = OpenAiConfig::builder()
+            .ca_pem("not a certificate")
+            .build()
+            .expect_err("bad CA");
+        assert_eq!(err.kind(), agentscale_core::ErrorKind::InvalidConfig, "{err}");
         let loaded = agentscale_core::config::ConfigLoader::new()
             .env_prefix("T")
             .env_vars([
