@@ -23,6 +23,8 @@ COPY agentscale-autoscale/Cargo.toml agentscale-autoscale/
 COPY agentscale/Cargo.toml agentscale/
 COPY agentscale-testkit/Cargo.toml agentscale-testkit/
 COPY agentscale-redis/Cargo.toml agentscale-redis/
+COPY agentscale-rollout/Cargo.toml agentscale-rollout/
+COPY agentscale-cli/Cargo.toml agentscale-cli/
 COPY benches/Cargo.toml benches/
 COPY examples/Cargo.toml examples/
 COPY tests/Cargo.toml tests/

@@ -1,5 +1,5 @@
-//! Applying a changed ConfigMap without a restart: worker concurrency and the
-//! log level change live; a changed queue name is reported as needing a
+//! Applying a changed ConfigMap without a restart: worker concurrency, the
+//! log level and the rate limits change live; a changed queue name is reported as needing a
 //! restart; an invalid file is rejected and the running config kept.
 //!
 //! ```text
@@ -8,15 +8,19 @@
 //! ```
 //!
 //! With a path, the example runs until Ctrl-C; edit the file (TOML:
-//! `concurrency = 8`, `log_level = "debug"`, `queue = "agents"`) and watch.
+//! `concurrency = 8`, `log_level = "debug"`, `queue = "agents"`, and a
+//! `[limits.tenant_demo]` table with `rate_per_second` / `max_in_flight`)
+//! and watch.
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentscale::config::reload::{ReloadOutcome, Reloadable, Reloader};
 use agentscale::config::ConfigLoader;
+use agentscale::flow::limit::{check_definition, sync_limits, Limit, Limiter, LocalLimiter};
 use agentscale::{async_trait, Error, Handler, LocalQueue, Output, Task, TaskContext, TaskQueue, Worker};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -31,6 +35,10 @@ struct Settings {
     log_level: String,
     /// Restart only: the queue the worker consumes.
     queue: String,
+    /// Live: limits by key (the worker counts every task against
+    /// `tenant_<tenant>`).
+    #[serde(default)]
+    limits: BTreeMap<String, Limit>,
 }
 
 impl Reloadable for Settings {
@@ -40,6 +48,9 @@ impl Reloadable for Settings {
         }
         EnvFilter::try_new(&self.log_level)
             .map_err(|e| Error::InvalidConfig(format!("log_level {:?}: {e}", self.log_level)))?;
+        for (key, limit) in &self.limits {
+            check_definition(key, limit)?;
+        }
         Ok(())
     }
 
@@ -52,6 +63,7 @@ impl Reloadable for Settings {
             concurrency: next.concurrency,
             log_level: next.log_level,
             queue: self.queue.clone(),
+            limits: next.limits,
         };
         (merged, restart)
     }
@@ -96,8 +108,13 @@ async fn main() -> agentscale::Result<()> {
     for i in 0..400 {
         queue.enqueue(Task::new("work", format!("{i}"))).await?;
     }
+    let limiter = Arc::new(LocalLimiter::new());
+    sync_limits(&*limiter, &start.limits).await?;
     let worker = Worker::builder(queue.clone(), Slow)
         .concurrency(start.concurrency)
+        .limiter(limiter.clone(), |t: &Task| {
+            vec![format!("tenant_{}", t.tenant.as_deref().unwrap_or("demo"))]
+        })
         .build()?;
     let concurrency = worker.concurrency_handle();
 
@@ -113,7 +130,14 @@ async fn main() -> agentscale::Result<()> {
             if let Err(e) = log_level.reload(EnvFilter::new(&s.log_level)) {
                 tracing::warn!(error = %e, "log level not changed");
             }
-            println!("applied: concurrency {} log_level {}", s.concurrency, s.log_level);
+            if let Err(e) = sync_limits(&*limiter, &s.limits).await {
+                tracing::warn!(error = %e, "limits not changed");
+            }
+            let limits = limiter.limits().await.map(|l| l.len()).unwrap_or(0);
+            println!(
+                "applied: concurrency {} log_level {} limits {limits}",
+                s.concurrency, s.log_level
+            );
         }
     });
     tokio::spawn(async move {
@@ -137,7 +161,7 @@ async fn main() -> agentscale::Result<()> {
         }
         // The scripted demo: three ConfigMap updates, then stop.
         let steps = [
-            "concurrency = 8\nlog_level = \"debug\"\nqueue = \"agents\"\n",
+            "concurrency = 8\nlog_level = \"debug\"\nqueue = \"agents\"\n\n[limits.tenant_demo]\nrate_per_second = 200.0\nmax_in_flight = 4\n",
             "concurrency = 0\nlog_level = \"info\"\nqueue = \"agents\"\n",
             "concurrency = 4\nlog_level = \"info\"\nqueue = \"other\"\n",
         ];

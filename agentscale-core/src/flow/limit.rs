@@ -251,6 +251,31 @@ pub fn check_definition(key: &str, limit: &Limit) -> Result<()> {
     limit.validate()
 }
 
+/// Makes `limiter` hold exactly `limits`, for a reloaded config: every
+/// definition is checked first (an invalid one changes nothing and is
+/// [`Error::InvalidConfig`]); then each limit is set (a changed one takes
+/// effect at the next decision, counters kept) and the keys no longer
+/// listed are removed. Returns how many keys were set and removed.
+pub async fn sync_limits(
+    limiter: &dyn Limiter,
+    limits: &std::collections::BTreeMap<String, Limit>,
+) -> Result<(usize, usize)> {
+    for (key, limit) in limits {
+        check_definition(key, limit)?;
+    }
+    let mut removed = 0;
+    for (key, _) in limiter.limits().await? {
+        if !limits.contains_key(&key) {
+            limiter.remove_limit(&key).await?;
+            removed += 1;
+        }
+    }
+    for (key, limit) in limits {
+        limiter.set_limit(key, limit.clone()).await?;
+    }
+    Ok((limits.len(), removed))
+}
+
 /// How long a task waits for an in-flight slot before it is tried again.
 pub const IN_FLIGHT_RETRY: Duration = Duration::from_millis(200);
 

@@ -164,6 +164,24 @@ mod tests {
         matches!(a, Admission::Granted(_))
     }
 
+    #[tokio::test]
+    async fn sync_limits_sets_and_removes_and_refuses_bad_definitions() {
+        use std::collections::BTreeMap;
+        let l = LocalLimiter::new();
+        let cap = |n| Limit::builder().max_in_flight(n).build().expect("limit");
+        let first: BTreeMap<String, Limit> = [("a".to_string(), cap(1)), ("b".to_string(), cap(2))].into();
+        assert_eq!(super::super::sync_limits(&l, &first).await.expect("sync"), (2, 0));
+        let next: BTreeMap<String, Limit> = [("b".to_string(), cap(5)), ("c".to_string(), cap(3))].into();
+        assert_eq!(super::super::sync_limits(&l, &next).await.expect("sync"), (2, 1));
+        let now: Vec<(String, Limit)> = l.limits().await.expect("limits");
+        assert_eq!(now, vec![("b".to_string(), cap(5)), ("c".to_string(), cap(3))]);
+        // An invalid definition (no rate, no cap) changes nothing.
+        let bad: BTreeMap<String, Limit> = [("d".to_string(), Limit::default())].into();
+        let err = super::super::sync_limits(&l, &bad).await.expect_err("bad limit");
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidConfig);
+        assert_eq!(l.limits().await.expect("limits").len(), 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn token_bucket_refills_at_the_rate() {
         let l = LocalLimiter::new();
