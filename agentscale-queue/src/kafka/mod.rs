@@ -119,6 +119,9 @@ use records::*;
 use relay::*;
 pub use security::{KafkaProtocol, KafkaSaslMechanism, KafkaSecurityConfig, KAFKA_TLS_BUILT};
 
+/// Reads a group's committed offsets of the given partitions.
+type Committed<'a> = &'a dyn Fn(TopicPartitionList) -> rdkafka::error::KafkaResult<TopicPartitionList>;
+
 /// Header: when a record in a retry topic is due (ms since the epoch).
 pub const HEADER_DUE_MS: &str = "agentscale-due-ms";
 /// Header: when a delayed task is finally due (ms since the epoch); a record
@@ -650,10 +653,7 @@ impl TaskQueue for KafkaQueue {
             .blocking(move |c| {
                 reader.with(c, |probe| {
                     let timeout = c.connect_timeout;
-                    let lag_of = |cons: &dyn Fn(
-                        TopicPartitionList,
-                    )
-                        -> rdkafka::error::KafkaResult<TopicPartitionList>,
+                    let lag_of = |cons: Committed<'_>,
                                   topic: &str,
                                   probe: &BaseConsumer,
                                   local: &HashMap<i32, (i64, u64)>|
