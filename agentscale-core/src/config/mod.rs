@@ -404,3 +404,21 @@ pub use durations::{duration, parse_duration};
 
 #[cfg(all(test, feature = "toml"))]
 mod tests;
+
+/// Plain setters for a config builder that wraps its config in a `config`
+/// field: `config_setters! { /// Sets x. x: u32, … }` inside the builder's
+/// `impl` block expands to `pub fn x(mut self, value: u32) -> Self`. Used
+/// by the backends' `XConfigBuilder`s so they all read the same way.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! config_setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}

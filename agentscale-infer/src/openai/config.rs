@@ -195,18 +195,6 @@ pub struct OpenAiConfigBuilder {
     config: OpenAiConfig,
 }
 
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: $ty) -> Self {
-                self.config.$name = value;
-                self
-            }
-        )*
-    };
-}
-
 impl OpenAiConfigBuilder {
     /// Sets the API root (up to and including `/v1`).
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
@@ -228,7 +216,7 @@ impl OpenAiConfigBuilder {
         self.config.embedding_model = model.into();
         self
     }
-    setters! {
+    agentscale_core::config_setters! {
         /// Sets the embedding dimension.
         dimensions: usize,
         /// Sets the most texts per embeddings request.

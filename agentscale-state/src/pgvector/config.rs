@@ -156,18 +156,6 @@ pub struct PgVectorConfigBuilder {
     config: PgVectorConfig,
 }
 
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: $ty) -> Self {
-                self.config.$name = value;
-                self
-            }
-        )*
-    };
-}
-
 impl PgVectorConfigBuilder {
     /// Sets the server URL.
     pub fn url(mut self, url: impl Into<Secret>) -> Self {
@@ -193,7 +181,7 @@ impl PgVectorConfigBuilder {
         self
     }
 
-    setters! {
+    agentscale_core::config_setters! {
         /// Sets the vector dimension.
         dimensions: usize,
         /// Sets the metric.
