@@ -1,6 +1,8 @@
 //! Tensor decoding for every datatype (see `checks::tensor_decode`).
 #![no_main]
 
+// Shared by all targets; each uses one of its checks.
+#[allow(dead_code)]
 #[path = "../checks.rs"]
 mod checks;
 
