@@ -59,7 +59,12 @@ impl TaskQueue for Counted {
         for l in &leases {
             // `<shard>:<prio>:<entry>` on a sharded queue, `<prio>:<entry>` on one shard.
             let shard = match l.receipt().matches(':').count() {
-                2 => l.receipt().split(':').next().and_then(|s| s.parse().ok()).unwrap_or(0),
+                2 => l
+                    .receipt()
+                    .split(':')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 _ => 0usize,
             };
             if let Some(c) = self.per_shard.get(shard) {
@@ -284,7 +289,12 @@ async fn drain_once(redis: &Redis, nodes: &[String], shards: usize, n: usize, ar
             consume: rate(n as u64, elapsed),
             per_shard: counted.counts(),
             cpu_bench: after.bench - before.bench,
-            cpu_nodes: after.nodes.iter().zip(&before.nodes).map(|(a, b)| a - b).collect(),
+            cpu_nodes: after
+                .nodes
+                .iter()
+                .zip(&before.nodes)
+                .map(|(a, b)| a - b)
+                .collect(),
         })
     }
     .await;

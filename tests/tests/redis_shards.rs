@@ -247,13 +247,21 @@ async fn receipts_and_dead_letter_ids_route_by_shard(url: String) {
         kind(q.extend(&forged, Duration::from_secs(1)).await),
         Err(ErrorKind::InvalidInput)
     );
-    assert_eq!(kind(q.nack(&forged, Nack::Release).await), Err(ErrorKind::InvalidInput));
+    assert_eq!(
+        kind(q.nack(&forged, Nack::Release).await),
+        Err(ErrorKind::InvalidInput)
+    );
     let batch = q.ack_batch(&[forged, real.clone()]).await;
-    assert_eq!(batch[0].as_ref().map_err(|e| e.kind()).err(), Some(ErrorKind::InvalidInput));
+    assert_eq!(
+        batch[0].as_ref().map_err(|e| e.kind()).err(),
+        Some(ErrorKind::InvalidInput)
+    );
     assert!(batch[1].is_ok(), "the genuine lease in the same batch acks");
     // Dead-letter the other two, list them (ids name the shard), replay one.
     for l in &leases[1..] {
-        q.nack(l, Nack::DeadLetter("route test".into())).await.expect("dead-letter");
+        q.nack(l, Nack::DeadLetter("route test".into()))
+            .await
+            .expect("dead-letter");
     }
     let dead = q.dead_letters(10).await.expect("dead letters");
     assert_eq!(dead.len(), 2);
@@ -318,7 +326,7 @@ async fn shards_spread_over_masters(urls: String) {
             .find(|(s, e, _)| (*s..=*e).contains(&slot))
             .map(|o| o.2.clone())
             .unwrap_or_else(|| panic!("no master serves slot {slot}"));
-        println!("shard {} slot {slot} on {master}", keys.dead);
+        eprintln!("shard {} slot {slot} on {master}", keys.dead);
         slots.insert(slot);
         masters.insert(master);
     }
@@ -360,6 +368,10 @@ fn main() {
                 "receipts_and_dead_letter_ids_route_by_shard",
                 receipts_and_dead_letter_ids_route_by_shard,
             )
-            .service_test(CLUSTER, "cluster_shards_spread_over_masters", shards_spread_over_masters)
+            .service_test(
+                CLUSTER,
+                "cluster_shards_spread_over_masters",
+                shards_spread_over_masters,
+            )
     })
 }

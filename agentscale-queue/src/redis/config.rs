@@ -534,7 +534,11 @@ mod tests {
         assert_eq!(c.shards, 3);
         c.validate().expect("3 shards are valid");
         assert_eq!(
-            RedisQueueConfig::builder().shards(256).build().expect("256").shards,
+            RedisQueueConfig::builder()
+                .shards(256)
+                .build()
+                .expect("256")
+                .shards,
             256
         );
         assert!(agentscale_core::config::parse_duration("3x").is_err());

@@ -345,7 +345,6 @@ impl Shard {
         let mut conn = self.inner.redis.connection();
         inv.invoke_async(&mut conn).await.map_err(|e| map_err(what, e))
     }
-
 }
 
 /// A delayed-set member: priority digit, task id and a random nonce, so the

@@ -276,7 +276,7 @@ impl RedisQueue {
         let deadline = tokio::time::Instant::now() + wait;
         let mut turn = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
         loop {
-            let order = || (0..n).map(move |k| (turn + k) % n);
+            let order = || (0..n).map(move |k| turn.wrapping_add(k) % n);
             // Entries already read into this consumer's pending lists first.
             let mut out = Vec::new();
             for s in order() {

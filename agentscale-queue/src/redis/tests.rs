@@ -22,7 +22,9 @@ fn receipts_parse() {
     let l = Lease::new(Task::new("k", "p"), 1, "7:1:5-3", 1);
     let r = parse_receipt(&l).expect("sharded");
     assert_eq!((r.shard, r.prio, r.id), (7, 1, "5-3"));
-    for bad in ["", "x", "3:1-0", "1:", "a:1-0", "x:1:1-0", "1:3:1-0", "-1:1:1-0", "1:1:"] {
+    for bad in [
+        "", "x", "3:1-0", "1:", "a:1-0", "x:1:1-0", "1:3:1-0", "-1:1:1-0", "1:1:",
+    ] {
         let l = Lease::new(Task::new("k", "p"), 1, bad, 1);
         assert!(parse_receipt(&l).is_err(), "{bad}");
     }
@@ -30,7 +32,10 @@ fn receipts_parse() {
 
 #[test]
 fn one_shard_is_the_plain_layout() {
-    assert_eq!(RedisQueueKeys::for_shard("as", "jobs", 0, 1), RedisQueueKeys::new("as", "jobs"));
+    assert_eq!(
+        RedisQueueKeys::for_shard("as", "jobs", 0, 1),
+        RedisQueueKeys::new("as", "jobs")
+    );
     assert_eq!(shard_tag("jobs", 0, 1), "jobs");
 }
 
