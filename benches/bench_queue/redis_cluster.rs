@@ -211,7 +211,7 @@ pub async fn run(args: &Args) -> Result<()> {
     println!("| round | shards | consume (tasks/s) | leases per shard | bench CPU s | master CPU s (each) | replica CPU s (sum) |");
     println!("|---|---|---|---|---|---|---|");
     let (mut one, mut three) = (Vec::new(), Vec::new());
-    let mut shares = vec![0u64; SHARDS];
+    let mut shares = [0u64; SHARDS];
     for round in 1..=args.rounds {
         for shards in [1, SHARDS] {
             let d = drain_once(&redis, &nodes, shards, n, args).await?;
