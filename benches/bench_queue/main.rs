@@ -12,6 +12,7 @@ mod common;
 mod kafka;
 mod local;
 mod redis;
+mod redis_cluster;
 
 use clap::{Parser, ValueEnum};
 
@@ -22,6 +23,8 @@ pub enum Backend {
     Memory,
     /// agentscale_queue::redis::RedisQueue vs redis-benchmark pipelined XADD.
     Redis,
+    /// RedisQueue with 3 shards vs 1 shard on Redis Cluster.
+    RedisCluster,
     /// agentscale_queue::kafka::KafkaQueue vs raw rdkafka produce + consume.
     Kafka,
 }
@@ -53,6 +56,7 @@ async fn main() {
     let outcome = match args.backend {
         Backend::Memory => local::run(&args).await,
         Backend::Redis => redis::run(&args).await,
+        Backend::RedisCluster => redis_cluster::run(&args).await,
         Backend::Kafka => kafka::run(&args).await,
     };
     if let Err(e) = outcome {

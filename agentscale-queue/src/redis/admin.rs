@@ -7,12 +7,14 @@ use redis::Value;
 
 use super::*;
 
-/// A ready task seen by [`RedisQueue::peek_ready`] without leasing it.
+/// A ready task seen by [`RedisQueue::peek_ready`](super::RedisQueue::peek_ready) without leasing it.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ReadyEntry {
     /// The stream entry id.
     pub entry_id: String,
+    /// The shard whose stream holds it (0 on a queue of one shard).
+    pub shard: usize,
     /// The priority stream it waits in.
     pub priority: Priority,
     /// The task, when the entry is a decodable envelope.
@@ -21,14 +23,14 @@ pub struct ReadyEntry {
     pub raw: Option<Vec<u8>>,
 }
 
-/// Most entries [`RedisQueue::peek_ready`] returns in one call.
+/// Most entries [`RedisQueue::peek_ready`](super::RedisQueue::peek_ready) returns in one call.
 pub const MAX_PEEK: usize = 1000;
 
-impl RedisQueue {
+impl Shard {
     /// Up to `max` (at most [`MAX_PEEK`]) tasks that wait for their first
     /// delivery, high priority first and oldest first within a priority. Reads
     /// only: nothing is leased, and leased, delayed or dead tasks are not shown.
-    pub async fn peek_ready(&self, max: usize) -> Result<Vec<ReadyEntry>> {
+    pub(super) async fn peek_ready(&self, max: usize) -> Result<Vec<ReadyEntry>> {
         let max = max.min(MAX_PEEK);
         if max == 0 {
             return Ok(Vec::new());
@@ -63,6 +65,7 @@ impl RedisQueue {
             };
             out.push(ReadyEntry {
                 entry_id,
+                shard: self.inner.index,
                 priority,
                 task,
                 raw,
@@ -73,7 +76,7 @@ impl RedisQueue {
 
     /// Deletes every dead letter of this queue at once (`XLEN` and `DEL` in
     /// one `MULTI`) and returns how many there were.
-    pub async fn purge_dead_letters(&self) -> Result<u64> {
+    pub(super) async fn purge_dead_letters(&self) -> Result<u64> {
         let mut conn = self.inner.redis.connection();
         let (len, _): (u64, i64) = redis::pipe()
             .atomic()
@@ -89,7 +92,7 @@ impl RedisQueue {
 
     /// Deletes every key of this queue (streams, delayed set, dead letters,
     /// idempotency keys, ordered-session keys). For tests, benchmarks and decommissioning.
-    pub async fn destroy(&self) -> Result<()> {
+    pub(super) async fn destroy(&self) -> Result<()> {
         let k = &self.inner.keys;
         let mut conn = self.inner.redis.connection();
         let mut del = redis::cmd("DEL");

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// The longest [`RedisQueueConfig::idempotency_ttl`] accepted (30 days).
 pub const MAX_IDEMPOTENCY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The most [`RedisQueueConfig::shards`] accepted.
+pub const MAX_SHARDS: usize = 256;
+
 /// Configuration of a [`RedisQueue`](super::RedisQueue).
 ///
 /// Serde-loadable (durations as milliseconds or strings such as `"30s"`,
@@ -67,6 +70,16 @@ pub struct RedisQueueConfig {
     /// delivered one at a time, in enqueue order, across all consumers. A
     /// session id that is not an identifier is refused at enqueue.
     pub ordered_sessions: bool,
+    /// Streams this queue is spread over (default 1, within 1..=256). With
+    /// 1 the key layout is the plain one (hash tag `{queue}`); with `N > 1`
+    /// shard `i` has its own hash tag (see
+    /// [`shard_tag`](super::shard_tag)), so on Redis Cluster the shards, and
+    /// the CPU they cost, spread over the masters. Enqueue picks a shard by
+    /// session id, else idempotency key, else round-robin; `lease` takes from
+    /// the shards in rotation. Priority is then honoured within a shard, not
+    /// across shards (see the module docs). Changing it changes the key
+    /// layout: drain the queue first. The queue name must not contain `#`.
+    pub shards: usize,
 }
 
 impl Default for RedisQueueConfig {
@@ -86,6 +99,7 @@ impl Default for RedisQueueConfig {
             connect_timeout: Duration::from_secs(5),
             promote_batch: 1000,
             ordered_sessions: false,
+            shards: 1,
         }
     }
 }
@@ -107,6 +121,7 @@ impl fmt::Debug for RedisQueueConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("promote_batch", &self.promote_batch)
             .field("ordered_sessions", &self.ordered_sessions)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -176,6 +191,12 @@ impl RedisQueueConfig {
         self
     }
 
+    /// Sets the number of shards (streams the queue is spread over).
+    pub fn with_shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+
     /// Checks every field; errors are [`Error::InvalidConfig`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
@@ -187,6 +208,15 @@ impl RedisQueueConfig {
             ));
         }
         check_name("queue", &self.queue)?;
+        if self.queue.contains('#') {
+            return bad(format!(
+                "queue {:?} contains '#', which is reserved for the hash tags of shards",
+                self.queue
+            ));
+        }
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return bad(format!("shards {} must be within 1..={MAX_SHARDS}", self.shards));
+        }
         check_name("key_prefix", &self.key_prefix)?;
         check_name("consumer_group", &self.consumer_group)?;
         if let Some(c) = &self.consumer_name {
@@ -336,6 +366,11 @@ impl RedisQueueConfigBuilder {
         self.config.connect_timeout = v;
         self
     }
+    /// Streams the queue is spread over (1..=256).
+    pub fn shards(mut self, v: usize) -> Self {
+        self.config.shards = v;
+        self
+    }
     /// Due delayed tasks moved per lease call.
     pub fn promote_batch(mut self, v: usize) -> Self {
         self.config.promote_batch = v;
@@ -406,6 +441,9 @@ mod tests {
             RedisQueueConfig::new("redis://h", ""),
             RedisQueueConfig::new("redis://h", "a{b}"),
             RedisQueueConfig::new("redis://h", "a b"),
+            RedisQueueConfig::new("redis://h", "a#1"),
+            RedisQueueConfig::new("redis://h", "q").with_shards(0),
+            RedisQueueConfig::new("redis://h", "q").with_shards(257),
             RedisQueueConfig::new("redis://h", "q").with_lease_timeout(Duration::from_millis(1)),
             RedisQueueConfig::new("redis://h", "q").with_block_connections(0),
             RedisQueueConfig::new("redis://h", "q").with_max_envelope_bytes(1),
@@ -472,6 +510,8 @@ mod tests {
                 "block_connections",
             ),
             (RedisQueueConfig::builder().promote_batch(0), "promote_batch"),
+            (RedisQueueConfig::builder().shards(0), "shards"),
+            (RedisQueueConfig::builder().shards(300), "shards"),
         ] {
             let e = b.build().map(|_| ()).expect_err(field);
             assert_eq!(e.kind(), agentscale_core::ErrorKind::InvalidConfig);
@@ -488,6 +528,19 @@ mod tests {
         assert_eq!(c.lease_timeout, Duration::from_secs(2));
         assert_eq!(c.reclaim_interval, Some(Duration::from_millis(250)));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(3600));
+        assert_eq!(c.shards, 1, "default: one stream per priority, the plain layout");
+        let c: RedisQueueConfig =
+            serde_json::from_str(r#"{"url":"redis://h","queue":"q","shards":3}"#).expect("json");
+        assert_eq!(c.shards, 3);
+        c.validate().expect("3 shards are valid");
+        assert_eq!(
+            RedisQueueConfig::builder()
+                .shards(256)
+                .build()
+                .expect("256")
+                .shards,
+            256
+        );
         assert!(agentscale_core::config::parse_duration("3x").is_err());
         assert!(default_consumer_name().contains(&std::process::id().to_string()));
     }

@@ -15,7 +15,7 @@ use super::*;
 /// and reclaim expired leases).
 pub(super) const MAX_BLOCK: Duration = Duration::from_secs(2);
 
-impl RedisQueue {
+impl Shard {
     /// Moves an entry this consumer holds to the dead-letter stream.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn dead_letter_entry(
@@ -57,7 +57,7 @@ impl RedisQueue {
     pub(super) async fn fetch_into_stash<T, F, Fut>(&self, fetch: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(RedisQueue) -> Fut + Send + 'static,
+        F: FnOnce(Shard) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(Vec<RawEntry>, T)>> + Send + 'static,
     {
         let q = self.clone();
@@ -111,7 +111,11 @@ impl RedisQueue {
             let attempt = task
                 .attempt
                 .saturating_add(entry.deliveries.min(u32::MAX as u64) as u32);
-            let receipt = format!("{}:{}", entry.prio, entry.id);
+            let receipt = if self.inner.sharded {
+                format!("{}:{}:{}", self.inner.index, entry.prio, entry.id)
+            } else {
+                format!("{}:{}", entry.prio, entry.id)
+            };
             out.push(Lease::new(task, attempt, receipt, entry.deliveries));
         }
         Ok(out)

@@ -18,6 +18,15 @@
 //! Workers join the consumer group `consumer_group` (default `workers`) on
 //! each priority stream, with a consumer name unique per process.
 //!
+//! # Shards
+//!
+//! With [`RedisQueueConfig::shards`] = `N > 1` the queue is `N` copies of
+//! this layout, shard `i` under the hash tag [`shard_tag`]`(Q, i, N)`
+//! (`Q#i`, or `Q#i.k` so that the shards fall in even slot windows and
+//! spread over a Cluster's masters). How calls are routed over the shards,
+//! and what it costs (priority holds within a shard only), is described in
+//! [`RedisQueue`]'s module, `shards.rs`.
+//!
 //! # Guarantees
 //!
 //! * **Lease = pending entry.** `lease` reads with `XREADGROUP`; the entry
@@ -51,26 +60,27 @@ mod reply;
 mod schedule;
 mod scripts;
 mod sessions;
+mod settle;
+mod shards;
 
-use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::queue::{Capabilities, DeadLetter, Depth, Enqueued, Lease, Nack, TaskQueue};
+use agentscale_core::queue::{DeadLetter, Depth, Enqueued};
 use agentscale_core::task::now_ms;
 use agentscale_core::{Error, Priority, Result, Task, TaskId};
 use agentscale_redis::{map_error as map_err, Redis};
-use async_trait::async_trait;
 use redis::{RedisError, Script, Value};
 
 pub use admin::{ReadyEntry, MAX_PEEK};
-pub use config::{RedisQueueConfig, RedisQueueConfigBuilder, MAX_IDEMPOTENCY_TTL};
+pub use config::{RedisQueueConfig, RedisQueueConfigBuilder, MAX_IDEMPOTENCY_TTL, MAX_SHARDS};
 pub use limit::RedisLimiter;
 use reply::*;
 #[cfg(feature = "schedule")]
 #[cfg_attr(docsrs, doc(cfg(feature = "schedule")))]
 pub use schedule::RedisScheduleStore;
+pub use shards::{shard_tag, RedisQueue};
 
 /// The Redis key names of one queue (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +103,20 @@ pub struct RedisQueueKeys {
 }
 
 impl RedisQueueKeys {
-    /// The key names for `queue` under `prefix`.
+    /// The key names for `queue` under `prefix` (the plain layout, one
+    /// shard: hash tag `{queue}`).
     pub fn new(prefix: &str, queue: &str) -> Self {
-        let base = format!("{prefix}:{{{queue}}}");
+        Self::with_tag(prefix, queue)
+    }
+
+    /// The key names of shard `shard` of a queue spread over `shards`
+    /// (hash tag [`shard_tag`]; with `shards` ≤ 1 the plain layout).
+    pub fn for_shard(prefix: &str, queue: &str, shard: usize, shards: usize) -> Self {
+        Self::with_tag(prefix, &shard_tag(queue, shard, shards))
+    }
+
+    fn with_tag(prefix: &str, tag: &str) -> Self {
+        let base = format!("{prefix}:{{{tag}}}");
         RedisQueueKeys {
             streams: [
                 format!("{base}:stream:high"),
@@ -132,6 +153,10 @@ struct Scripts {
 
 struct Inner {
     config: RedisQueueConfig,
+    /// This shard's index, and whether receipts and dead-letter ids name it
+    /// (only when the queue has more than one shard).
+    index: usize,
+    sharded: bool,
     consumer: String,
     keys: RedisQueueKeys,
     redis: Redis,
@@ -143,31 +168,11 @@ struct Inner {
     stash: parking_lot::Mutex<std::collections::VecDeque<lease::Stashed>>,
 }
 
-/// A task queue on Redis Streams (see the [module docs](self) for the key
-/// layout and guarantees). Cheap to clone; clones share connections.
-///
-/// ```no_run
-/// # async fn demo() -> agentscale_core::Result<()> {
-/// use agentscale_core::{Task, TaskQueue};
-/// use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
-///
-/// let queue = RedisQueue::connect(RedisQueueConfig::new("redis://127.0.0.1:6379", "research")).await?;
-/// queue.enqueue(Task::new("summarise", "{}")).await?;
-/// # Ok(()) }
-/// ```
+/// One shard of a [`RedisQueue`]: the streams, delayed set and dead
+/// letters under one hash tag. Cheap to clone.
 #[derive(Clone)]
-pub struct RedisQueue {
+pub(super) struct Shard {
     inner: Arc<Inner>,
-}
-
-impl fmt::Debug for RedisQueue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisQueue")
-            .field("queue", &self.inner.config.queue)
-            .field("redis", &self.inner.redis)
-            .field("consumer", &self.inner.consumer)
-            .finish()
-    }
 }
 
 struct Prepared {
@@ -180,28 +185,12 @@ struct Prepared {
     session: Option<String>,
 }
 
-impl RedisQueue {
-    /// Connects, checks the server answers, and creates the consumer group on
-    /// each priority stream (`XGROUP CREATE … 0 MKSTREAM`, idempotent).
-    pub async fn connect(config: RedisQueueConfig) -> Result<Self> {
-        config.validate()?;
-        let redis = Redis::connect(config.connection()).await?;
-        Self::new(redis, config).await
-    }
-
-    /// A queue on an existing [`Redis`] handle, sharing its connections
-    /// with other backends (a session store, a tool cache, other queues).
-    /// The connection settings of `config` (`url`, timeouts,
-    /// `block_connections`) are not used: `redis` has its own. Checks the
-    /// server answers and creates the consumer groups.
-    pub async fn new(redis: Redis, config: RedisQueueConfig) -> Result<Self> {
-        config.validate()?;
-        let consumer = config
-            .consumer_name
-            .clone()
-            .unwrap_or_else(config::default_consumer_name);
-        let keys = RedisQueueKeys::new(&config.key_prefix, &config.queue);
-        let q = RedisQueue {
+impl Shard {
+    /// Shard `index` of the queue `config` describes, on `redis`: creates
+    /// its consumer groups.
+    async fn open(redis: Redis, config: RedisQueueConfig, consumer: String, index: usize) -> Result<Self> {
+        let keys = RedisQueueKeys::for_shard(&config.key_prefix, &config.queue, index, config.shards);
+        let shard = Shard {
             inner: Arc::new(Inner {
                 consumer,
                 keys,
@@ -221,36 +210,13 @@ impl RedisQueue {
                 last_reclaim_ms: AtomicU64::new(0),
                 cursors: parking_lot::Mutex::new(["0-0".into(), "0-0".into(), "0-0".into()]),
                 stash: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+                index,
+                sharded: config.shards > 1,
                 config,
             }),
         };
-        q.ensure_groups().await?;
-        Ok(q)
-    }
-
-    /// The key names of this queue (for KEDA, dashboards, `redis-cli`).
-    pub fn keys(&self) -> &RedisQueueKeys {
-        &self.inner.keys
-    }
-
-    /// The consumer group workers join.
-    pub fn consumer_group(&self) -> &str {
-        &self.inner.config.consumer_group
-    }
-
-    /// This process's consumer name.
-    pub fn consumer_name(&self) -> &str {
-        &self.inner.consumer
-    }
-
-    /// The Redis handle this queue uses (clone it to share the connection).
-    pub fn redis(&self) -> &Redis {
-        &self.inner.redis
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &RedisQueueConfig {
-        &self.inner.config
+        shard.ensure_groups().await?;
+        Ok(shard)
     }
 
     async fn ensure_groups(&self) -> Result<()> {
@@ -379,42 +345,6 @@ impl RedisQueue {
         let mut conn = self.inner.redis.connection();
         inv.invoke_async(&mut conn).await.map_err(|e| map_err(what, e))
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn settle(
-        &self,
-        prio: usize,
-        id: &str,
-        fence: u64,
-        action: &str,
-        target: &str,
-        payload: &[u8],
-        extra: [&str; 4],
-    ) -> Result<bool> {
-        let mut inv = self.inner.scripts.settle.key(&self.inner.keys.streams[prio]);
-        inv.key(target);
-        if action == "delay" {
-            inv.key(&self.inner.keys.delayed_tasks);
-        }
-        inv.arg(&self.inner.config.consumer_group)
-            .arg(&self.inner.consumer)
-            .arg(id)
-            .arg(fence)
-            .arg(action)
-            .arg(payload)
-            .arg(&extra[..]);
-        let done: i64 = self.eval(&inv, action).await?;
-        Ok(done == 1)
-    }
-
-    fn lease_lost(lease: &Lease, op: &str) -> Error {
-        Error::LeaseLost(format!(
-            "{op} of task {} (delivery {}, receipt {}) refused: the lease expired and was reclaimed, or was already settled",
-            lease.task().id,
-            lease.fence(),
-            lease.receipt()
-        ))
-    }
 }
 
 /// A delayed-set member: priority digit, task id and a random nonce, so the
@@ -424,28 +354,8 @@ fn delayed_member(prio: usize, id: &TaskId) -> String {
     format!("{prio}{}:{:016x}", id.as_str(), rand::random::<u64>())
 }
 
-#[async_trait]
-impl TaskQueue for RedisQueue {
-    fn name(&self) -> &str {
-        &self.inner.config.queue
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.lease_extension = true;
-        c.delayed_retry = true;
-        c.priority_levels = 3;
-        c.idempotent_enqueue = true;
-        c.fencing = true;
-        c.wire_format = true;
-        c.dead_letter_replay = true;
-        c.lease_timeout = self.inner.config.lease_timeout;
-        c.max_envelope_bytes = self.inner.config.max_envelope_bytes;
-        c.ordered_sessions = self.inner.config.ordered_sessions;
-        c
-    }
-
-    async fn enqueue(&self, task: Task) -> Result<Enqueued> {
+impl Shard {
+    pub(super) async fn enqueue(&self, task: Task) -> Result<Enqueued> {
         let p = self.prepare(&task)?;
         let mut pipe = redis::pipe();
         self.push_enqueue(&mut pipe, &p);
@@ -466,7 +376,7 @@ impl TaskQueue for RedisQueue {
         Ok(Self::enqueued_from(&p, v))
     }
 
-    async fn enqueue_batch(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
+    pub(super) async fn enqueue_batch(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
         let prepared: Vec<Result<Prepared>> = tasks.iter().map(|t| self.prepare(t)).collect();
         let ok: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
         if ok.is_empty() {
@@ -516,217 +426,7 @@ impl TaskQueue for RedisQueue {
         }
     }
 
-    async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let max = max.min(10_000);
-        match self.lease_inner(max, wait).await {
-            Ok(l) => Ok(l),
-            Err(e) => {
-                if e.kind() == agentscale_core::ErrorKind::Unavailable {
-                    // Redis is down or restarting: pace the caller instead of
-                    // letting a worker loop spin on instant errors.
-                    tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn ack(&self, lease: &Lease) -> Result<()> {
-        let (prio, id) = parse_receipt(lease)?;
-        let stream = self.inner.keys.streams[prio].clone();
-        let done = match self.ordered_session(lease.task()) {
-            Some(s) => {
-                self.settle_session(lease, s, prio, id, "ack", &stream, b"", ["", "", "", ""])
-                    .await?
-            }
-            None => {
-                self.settle(prio, id, lease.fence(), "ack", &stream, b"", ["", "", "", ""])
-                    .await?
-            }
-        };
-        if done {
-            Ok(())
-        } else {
-            Err(Self::lease_lost(lease, "ack"))
-        }
-    }
-
-    async fn ack_batch(&self, leases: &[Lease]) -> Vec<Result<()>> {
-        if leases.iter().any(|l| self.ordered_session(l.task()).is_some()) {
-            // Heads of ordered sessions advance their session in the same
-            // script as the ack: one script per lease, pipelined.
-            let mut out = Vec::with_capacity(leases.len());
-            for chunk in leases.chunks(1000) {
-                out.extend(self.ack_batch_ordered(chunk).await);
-            }
-            return out;
-        }
-        let mut out: Vec<Result<()>> = Vec::with_capacity(leases.len());
-        for chunk in leases.chunks(1000) {
-            let parsed: Vec<Result<(usize, &str)>> = chunk.iter().map(parse_receipt).collect();
-            let mut inv = self.inner.scripts.ack_batch.key(&self.inner.keys.streams[..]);
-            inv.arg(&self.inner.config.consumer_group)
-                .arg(&self.inner.consumer);
-            let mut n = 0;
-            for (l, p) in chunk.iter().zip(&parsed) {
-                if let Ok((p, id)) = p {
-                    inv.arg(*p).arg(*id).arg(l.fence());
-                    n += 1;
-                }
-            }
-            let codes: Result<Vec<i64>> = if n > 0 {
-                self.eval(&inv, "ack_batch").await
-            } else {
-                Ok(Vec::new())
-            };
-            let mut codes_it = codes.as_ref().ok().map(|c| c.iter());
-            for (l, p) in chunk.iter().zip(parsed) {
-                out.push(match (p, &codes) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(Error::from_kind(e.kind(), e.to_string())),
-                    (Ok(_), Ok(_)) => match codes_it.as_mut().and_then(|i| i.next()) {
-                        Some(1) => Ok(()),
-                        Some(_) => Err(Self::lease_lost(l, "ack")),
-                        None => Err(bad_reply("ack_batch")),
-                    },
-                });
-            }
-        }
-        out
-    }
-
-    async fn nack(&self, lease: &Lease, nack: Nack) -> Result<()> {
-        let (prio, id) = parse_receipt(lease)?;
-        let keys = &self.inner.keys;
-        let mut task = lease.task().clone();
-        let done = match nack {
-            Nack::Retry(delay) => {
-                task.attempt = lease.attempt();
-                let env = task.encode()?;
-                let target_prio = task.priority.index();
-                if delay.is_zero() {
-                    self.settle(
-                        prio,
-                        id,
-                        lease.fence(),
-                        "xadd",
-                        &keys.streams[target_prio],
-                        &env,
-                        ["", "", "", ""],
-                    )
-                    .await?
-                } else {
-                    let due = (now_ms() + delay.as_millis() as u64).to_string();
-                    let member = delayed_member(target_prio, &task.id);
-                    self.settle(
-                        prio,
-                        id,
-                        lease.fence(),
-                        "delay",
-                        &keys.delayed,
-                        &env,
-                        [&due, &member, "", ""],
-                    )
-                    .await?
-                }
-            }
-            Nack::Release | Nack::Defer(Duration::ZERO) => {
-                task.attempt = lease.attempt().saturating_sub(1);
-                let env = task.encode()?;
-                self.settle(
-                    prio,
-                    id,
-                    lease.fence(),
-                    "xadd",
-                    &keys.streams[task.priority.index()],
-                    &env,
-                    ["", "", "", ""],
-                )
-                .await?
-            }
-            Nack::Defer(delay) => {
-                task.attempt = lease.attempt().saturating_sub(1);
-                let env = task.encode()?;
-                let due = (now_ms() + delay.as_millis() as u64).to_string();
-                let member = delayed_member(task.priority.index(), &task.id);
-                self.settle(
-                    prio,
-                    id,
-                    lease.fence(),
-                    "delay",
-                    &keys.delayed,
-                    &env,
-                    [&due, &member, "", ""],
-                )
-                .await?
-            }
-            Nack::DeadLetter(reason) => {
-                task.attempt = lease.attempt();
-                let env = task.encode()?;
-                match self.ordered_session(lease.task()) {
-                    Some(s) => {
-                        let (attempts, at) = (lease.attempt().to_string(), now_ms().to_string());
-                        self.settle_session(
-                            lease,
-                            s,
-                            prio,
-                            id,
-                            "dead",
-                            &keys.dead,
-                            &env,
-                            [&reason, &attempts, &at, "0"],
-                        )
-                        .await?
-                    }
-                    None => {
-                        self.dead_letter_entry(prio, id, lease.fence(), &env, false, &reason, lease.attempt())
-                            .await?
-                    }
-                }
-            }
-        };
-        if done {
-            Ok(())
-        } else {
-            Err(Self::lease_lost(lease, "nack"))
-        }
-    }
-
-    async fn extend(&self, lease: &Lease, by: Duration) -> Result<()> {
-        let (prio, id) = parse_receipt(lease)?;
-        // The lease expires when the entry's idle time reaches lease_timeout;
-        // setting idle = lease_timeout - by makes it expire `by` from now
-        // (at most one full lease_timeout: Redis clamps idle at 0).
-        let idle = self
-            .inner
-            .config
-            .lease_timeout
-            .saturating_sub(by)
-            .as_millis()
-            .to_string();
-        let stream = self.inner.keys.streams[prio].clone();
-        if self
-            .settle(
-                prio,
-                id,
-                lease.fence(),
-                "extend",
-                &stream,
-                b"",
-                [&idle, "", "", ""],
-            )
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(Self::lease_lost(lease, "extend"))
-        }
-    }
-
-    async fn depth(&self) -> Result<Depth> {
+    pub(super) async fn depth(&self) -> Result<Depth> {
         let keys = &self.inner.keys;
         let mut inv = self.inner.scripts.depth.key(&keys.streams[..]);
         inv.key(&keys.delayed)
@@ -751,7 +451,7 @@ impl TaskQueue for RedisQueue {
         })
     }
 
-    async fn promote_due(&self, max: usize) -> Result<u64> {
+    pub(super) async fn promote_due(&self, max: usize) -> Result<u64> {
         if max == 0 {
             return Ok(0);
         }
@@ -765,14 +465,14 @@ impl TaskQueue for RedisQueue {
         Ok(moved.max(0) as u64)
     }
 
-    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
+    pub(super) async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>> {
         if max == 0 {
             return Ok(Vec::new());
         }
         self.read_dead("-", "+", max).await
     }
 
-    async fn replay_dead_letter(&self, id: &str) -> Result<()> {
+    pub(super) async fn replay_dead_letter(&self, id: &str) -> Result<()> {
         let not_found =
             || Error::NotFound(format!("dead letter {id:?} in queue {}", self.inner.config.queue));
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {

@@ -44,15 +44,28 @@ pub(super) fn bad_reply(what: &str) -> Error {
     }
 }
 
-pub(super) fn parse_receipt(lease: &Lease) -> Result<(usize, &str)> {
+/// A parsed lease receipt: `<prio>:<entry id>` on a queue of one shard,
+/// `<shard>:<prio>:<entry id>` on a sharded one (stream ids hold no `:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Receipt<'a> {
+    pub(super) shard: usize,
+    pub(super) prio: usize,
+    pub(super) id: &'a str,
+}
+
+pub(super) fn parse_receipt(lease: &Lease) -> Result<Receipt<'_>> {
     let r = lease.receipt();
     let bad = || Error::InvalidInput(format!("lease receipt {r:?} was not issued by a redis queue"));
-    let (p, id) = r.split_once(':').ok_or_else(bad)?;
-    let p: usize = p.parse().map_err(|_| bad())?;
-    if p > 2 || id.is_empty() {
+    let (head, id) = r.rsplit_once(':').ok_or_else(bad)?;
+    let (shard, p) = match head.split_once(':') {
+        Some((s, p)) => (s.parse::<usize>().map_err(|_| bad())?, p),
+        None => (0, head),
+    };
+    let prio: usize = p.parse().map_err(|_| bad())?;
+    if prio > 2 || id.is_empty() {
         return Err(bad());
     }
-    Ok((p, id))
+    Ok(Receipt { shard, prio, id })
 }
 
 /// Parsed stream entry fields as (name, value) pairs.

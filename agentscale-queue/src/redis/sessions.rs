@@ -24,7 +24,7 @@ use agentscale_core::queue::Lease;
 use agentscale_core::{Result, Task};
 use redis::Script;
 
-use super::{scripts, RedisQueue};
+use super::{scripts, Shard};
 
 /// Enqueue into a session: the head goes to its stream (or the delayed set),
 /// the others to the session's waiting list. Idempotent like
@@ -119,7 +119,7 @@ pub(super) fn session_settle_script() -> Script {
     ))
 }
 
-impl RedisQueue {
+impl Shard {
     /// The session of `task` when this queue orders sessions.
     pub(super) fn ordered_session<'t>(&self, task: &'t Task) -> Option<&'t str> {
         if self.inner.config.ordered_sessions {
@@ -231,8 +231,11 @@ impl RedisQueue {
 
     /// `ack_batch` on a queue with ordered sessions: one fenced settle
     /// script per lease (advancing its session), all in one pipeline.
-    pub(super) async fn ack_batch_ordered(&self, leases: &[Lease]) -> Vec<Result<()>> {
-        let parsed: Vec<Result<(usize, &str)>> = leases.iter().map(super::reply::parse_receipt).collect();
+    pub(super) async fn ack_batch_ordered(&self, leases: &[&Lease]) -> Vec<Result<()>> {
+        let parsed: Vec<Result<(usize, &str)>> = leases
+            .iter()
+            .map(|l| super::reply::parse_receipt(l).map(|r| (r.prio, r.id)))
+            .collect();
         let mut pipe = redis::pipe();
         pipe.load_script(&self.inner.scripts.session_settle).ignore();
         pipe.load_script(&self.inner.scripts.settle).ignore();
