@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p agentscale-benches --example bench_memory           # ANN part only
 //! eval "$(AGENTSCALE_SERVICES=pgvector scripts/dev-services up)"
-//! cargo run --release -p agentscale-benches --example bench_memory -- --n 20000
+//! cargo run --release -p agentscale-benches --example bench_memory             # both parts
+//! cargo run --release -p agentscale-benches --example bench_memory -- --skip-ann # pgvector only
 //! ```
 //!
 //! Data: `n` vectors of `dim` dimensions around `clusters` random centres
@@ -79,6 +80,10 @@ struct Args {
     /// PostgreSQL URL (default: $AGENTSCALE_PGVECTOR_URL).
     #[arg(long)]
     pg_url: Option<String>,
+    /// Skip the in-process HNSW part (its graph build takes minutes), e.g.
+    /// to measure pgvector alone.
+    #[arg(long)]
+    skip_ann: bool,
 }
 
 fn gaussian(rng: &mut StdRng) -> f32 {
@@ -132,7 +137,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exact_qps = queries.len() as f64 / t.elapsed().as_secs_f64();
     println!("exact scan: {exact_qps:.1} queries/s");
 
-    let ann_results = ann(&args, &records, &queries, &truth, &exact, &ns).await?;
+    let ann_results = if args.skip_ann {
+        println!("in-process HNSW: skipped (--skip-ann)");
+        None
+    } else {
+        Some(ann(&args, &records, &queries, &truth, &exact, &ns).await?)
+    };
 
     let pg_results = match url {
         Some(url) => Some(pgvector_part(&args, url, &records, &queries, &truth, &ns).await?),
@@ -142,12 +152,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let (recall, ours_qps, exact_qps) = ann_results;
-    println!("RESULT memory_ann_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
-    println!(
-        "RESULT memory_ann_qps ours={ours_qps:.1} baseline=exact_scan:{exact_qps:.1} ratio={:.1}",
-        ours_qps / exact_qps
-    );
+    if let Some((recall, ours_qps, exact_qps)) = ann_results {
+        println!("RESULT memory_ann_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
+        println!(
+            "RESULT memory_ann_qps ours={ours_qps:.1} baseline=exact_scan:{exact_qps:.1} ratio={:.1}",
+            ours_qps / exact_qps
+        );
+    }
     if let Some((recall, ours, base)) = pg_results {
         println!("RESULT pgvector_recall_at_10 ours={recall:.4} baseline=exact_scan:1.0 ratio={recall:.4}");
         println!(

@@ -16,6 +16,12 @@
 //!   handler waits 10 × `--work-ms`), or down (a registered worker that
 //!   never runs): the mirror loop's buffer fills and drops are counted.
 //!
+//! The candidate fleet's worker runs on its own runtime (its own OS
+//! thread), as a candidate version runs in its own deployment: the primary
+//! path pays for mirroring (the copy, the bounded buffer, the comparison),
+//! not for executing the candidate's tasks on the primary's executor. On a
+//! 2-core machine the two still share the CPU.
+//!
 //! Each mode runs `--runs` times, interleaved; the median p99 and
 //! throughput are reported.
 #![allow(clippy::print_stdout)]
@@ -48,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Runs per mode (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     runs: usize,
 }
 
@@ -63,13 +69,25 @@ impl Handler for Sleepy {
     }
 }
 
+/// Where a fleet's worker runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Run {
+    /// Not at all (a candidate that is down).
+    Never,
+    /// On the caller's runtime (the primary).
+    Here,
+    /// On a runtime of its own, on its own thread (the candidate).
+    OwnRuntime,
+}
+
 struct RunningFleet {
     fleet: Fleet,
     stop: watch::Sender<bool>,
-    worker: tokio::task::JoinHandle<()>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-fn fleet(name: &str, work: Duration, slots: usize, running: bool) -> agentscale_core::Result<RunningFleet> {
+fn fleet(name: &str, work: Duration, slots: usize, run: Run) -> agentscale_core::Result<RunningFleet> {
     let queue: Arc<dyn TaskQueue> = Arc::new(LocalQueue::new(name));
     let results: Arc<dyn ResultStore> = Arc::new(LocalResultStore::builder().build()?);
     let worker = Worker::builder(queue.clone(), Sleepy(work))
@@ -78,21 +96,42 @@ fn fleet(name: &str, work: Duration, slots: usize, running: bool) -> agentscale_
         .build()?;
     let fleet = Fleet::new(name, queue, results).worker(worker.stats());
     let (stop, mut rx) = watch::channel(false);
-    let worker = tokio::spawn(async move {
-        if running {
-            let _ = worker
-                .run_until(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
+    let serve = async move {
+        let _ = worker
+            .run_until(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+    };
+    let (worker, task) = match run {
+        Run::Never => (None, tokio::spawn(async {})),
+        Run::Here => (None, tokio::spawn(serve)),
+        Run::OwnRuntime => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::handler(e.to_string()))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-worker"))
+                .spawn(move || rt.block_on(serve))
+                .map_err(|e| Error::handler(e.to_string()))?;
+            (Some(thread), tokio::spawn(async {}))
         }
-    });
-    Ok(RunningFleet { fleet, stop, worker })
+    };
+    Ok(RunningFleet {
+        fleet,
+        stop,
+        worker,
+        task,
+    })
 }
 
 async fn stop(f: RunningFleet) {
     let _ = f.stop.send(true);
-    let _ = f.worker.await;
+    let _ = f.task.await;
+    if let Some(thread) = f.worker {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,12 +155,22 @@ enum Path {
 
 async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result<RunResult> {
     let work = Duration::from_millis(args.work_ms);
-    let primary = fleet(&format!("primary-{run}-{mode:?}"), work, args.concurrency, true)?;
+    let primary = fleet(
+        &format!("primary-{run}-{mode:?}"),
+        work,
+        args.concurrency,
+        Run::Here,
+    )?;
+    let candidate_run = if mode == Mode::ShadowSlow {
+        Run::OwnRuntime
+    } else {
+        Run::Never
+    };
     let candidate = fleet(
         &format!("candidate-{run}-{mode:?}"),
         work * 10,
         args.concurrency,
-        mode == Mode::ShadowSlow,
+        candidate_run,
     )?;
     let path = match mode {
         Mode::NoShadow => Path::Direct(primary.fleet.client().clone()),
