@@ -127,7 +127,9 @@ async fn acks_follow_handlers_in_bounded_batches() {
     // A hang guard, not a speed check.
     let report = tokio::time::timeout(
         Duration::from_secs(120),
-        worker.run_until(async move { stats.wait_until(|r| r.completed >= N).await }),
+        worker.run_until(async move {
+            stats.wait_until(|r| r.completed >= N).await;
+        }),
     )
     .await
     .unwrap_or_else(|_| panic!("not drained in 120 s; counters: {:?}", probe.snapshot()))
