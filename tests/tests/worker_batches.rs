@@ -35,9 +35,9 @@ impl Handler for Mixed {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1);
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             tokio::time::sleep(Duration::from_millis(1)).await;
-        } else if i % 2 == 0 {
+        } else if i.is_multiple_of(2) {
             tokio::task::yield_now().await;
         }
         self.finished
