@@ -23,6 +23,7 @@
 //! [`Priority`]: crate::Priority
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,9 +33,13 @@ use crate::task::{Task, TaskId};
 
 /// One delivery of a task to a worker: the task, its attempt number and the
 /// receipt that fences ack/nack/extend to this delivery.
+///
+/// The task is held behind an [`Arc`], so a backend that keeps its own copy
+/// while the lease is out (the in-memory queue) shares it instead of cloning
+/// it, and a lease is small to move (under 64 bytes).
 #[derive(Debug, Clone)]
 pub struct Lease {
-    task: Task,
+    task: Arc<Task>,
     attempt: u32,
     receipt: String,
     fence: u64,
@@ -45,6 +50,11 @@ impl Lease {
     /// (a stream entry id, a partition/offset); `fence` is the token that a
     /// redelivery changes.
     pub fn new(task: Task, attempt: u32, receipt: impl Into<String>, fence: u64) -> Self {
+        Self::shared(Arc::new(task), attempt, receipt, fence)
+    }
+
+    /// Like [`Lease::new`], for a task the backend shares with the lease.
+    pub fn shared(task: Arc<Task>, attempt: u32, receipt: impl Into<String>, fence: u64) -> Self {
         Lease {
             task,
             attempt,
@@ -58,9 +68,14 @@ impl Lease {
         &self.task
     }
 
-    /// The task, consumed.
+    /// The shared task (the same allocation the backend may still hold).
+    pub fn shared_task(&self) -> &Arc<Task> {
+        &self.task
+    }
+
+    /// The task, consumed (cloned when the backend still shares it).
     pub fn into_task(self) -> Task {
-        self.task
+        Arc::try_unwrap(self.task).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// The attempt number of this delivery, 1 for the first.

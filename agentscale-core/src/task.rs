@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,24 +31,57 @@ pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 1 << 20;
 
 /// A task's unique id (a UUIDv7 string by default: time-ordered, so ids sort
 /// roughly by creation).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(String);
+///
+/// Cloning is cheap (a shared, immutable string): queues and result stores
+/// hand ids around often. Serialized as a plain string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(Arc<str>);
 
 impl TaskId {
     /// A fresh time-ordered id.
     pub fn generate() -> Self {
-        TaskId(uuid::Uuid::now_v7().to_string())
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        TaskId(Arc::from(id))
     }
 
     /// Wraps an existing id (for example one read back from a backend).
     pub fn new(id: impl Into<String>) -> Self {
-        TaskId(id.into())
+        TaskId(Arc::from(id.into()))
     }
 
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = TaskId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a task id string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<TaskId, E> {
+                Ok(TaskId(Arc::from(v)))
+            }
+            // As `String` does: UTF-8 bytes are accepted too.
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<TaskId, E> {
+                match std::str::from_utf8(v) {
+                    Ok(s) => Ok(TaskId(Arc::from(s))),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_string(IdVisitor)
     }
 }
 

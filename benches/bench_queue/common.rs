@@ -104,16 +104,51 @@ pub async fn produce_and_drain(
     Ok((elapsed, report))
 }
 
-/// The baseline: the same tasks through a bounded `tokio::sync::mpsc`
-/// channel to one consumer that runs the same handler. Returns the time until
-/// the consumer handled the last task.
-pub async fn mpsc_baseline(tasks: Vec<Task>, capacity: usize) -> Result<Duration> {
+/// How the `tokio::sync::mpsc` baseline hands tasks over.
+///
+/// The RESULT baseline is [`MpscShape::FAIR`]: an unbounded channel (the
+/// in-memory queue has no depth bound either, so its producer never waits
+/// for the consumer) and a consumer that takes up to 100 tasks per
+/// `recv_many` (a worker with 100 slots leases up to 100 per call). The
+/// bounded, one-at-a-time shape (capacity 1024, `recv`) was the baseline
+/// until 2026-12-01; it pays a producer wake-up per task that our side does
+/// not, and is still printed beside it.
+#[derive(Debug, Clone, Copy)]
+pub struct MpscShape {
+    /// Unbounded channel instead of capacity 1024.
+    pub unbounded: bool,
+    /// `recv_many(.., 100)` instead of `recv`.
+    pub recv_many: bool,
+}
+
+impl MpscShape {
+    /// The RESULT baseline: unbounded, `recv_many(.., 100)`.
+    pub const FAIR: MpscShape = MpscShape {
+        unbounded: true,
+        recv_many: true,
+    };
+}
+
+/// The baseline: the same tasks through a `tokio::sync::mpsc` channel of
+/// the given shape to one consumer that runs the same handler. Returns the
+/// time until the consumer handled the last task.
+pub async fn mpsc_baseline(tasks: Vec<Task>, variant: MpscShape) -> Result<Duration> {
     let n = tasks.len();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Task>(capacity);
+    let (tx, mut rx) = if variant.unbounded {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Task>();
+        (Sender::Unbounded(tx), Receiver::Unbounded(rx))
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Task>(1024);
+        (Sender::Bounded(tx), Receiver::Bounded(rx))
+    };
     let started = Instant::now();
     let producer = tokio::spawn(async move {
         for t in tasks {
-            if tx.send(t).await.is_err() {
+            let sent = match &tx {
+                Sender::Bounded(tx) => tx.send(t).await.is_ok(),
+                Sender::Unbounded(tx) => tx.send(t).is_ok(),
+            };
+            if !sent {
                 break;
             }
         }
@@ -121,9 +156,29 @@ pub async fn mpsc_baseline(tasks: Vec<Task>, capacity: usize) -> Result<Duration
     let handler = NoopHandler;
     let cx = TaskContext::detached(1, 5, Duration::from_secs(600));
     let mut handled = 0usize;
-    while let Some(task) = rx.recv().await {
-        handler.handle(&task, &cx).await?;
-        handled += 1;
+    let mut buf = Vec::with_capacity(100);
+    loop {
+        if variant.recv_many {
+            let got = match &mut rx {
+                Receiver::Bounded(rx) => rx.recv_many(&mut buf, 100).await,
+                Receiver::Unbounded(rx) => rx.recv_many(&mut buf, 100).await,
+            };
+            if got == 0 {
+                break;
+            }
+            for task in buf.drain(..) {
+                handler.handle(&task, &cx).await?;
+                handled += 1;
+            }
+        } else {
+            let task = match &mut rx {
+                Receiver::Bounded(rx) => rx.recv().await,
+                Receiver::Unbounded(rx) => rx.recv().await,
+            };
+            let Some(task) = task else { break };
+            handler.handle(&task, &cx).await?;
+            handled += 1;
+        }
     }
     let elapsed = started.elapsed();
     producer
@@ -133,6 +188,16 @@ pub async fn mpsc_baseline(tasks: Vec<Task>, capacity: usize) -> Result<Duration
         return Err(Error::Handler(format!("baseline handled {handled} of {n} tasks")));
     }
     Ok(elapsed)
+}
+
+enum Sender {
+    Bounded(tokio::sync::mpsc::Sender<Task>),
+    Unbounded(tokio::sync::mpsc::UnboundedSender<Task>),
+}
+
+enum Receiver {
+    Bounded(tokio::sync::mpsc::Receiver<Task>),
+    Unbounded(tokio::sync::mpsc::UnboundedReceiver<Task>),
 }
 
 /// Tasks per second.

@@ -38,8 +38,11 @@
 //!   real CPU work between awaits). Each leases for the
 //!   shared slots and polls its handlers' futures itself, with no task spawn
 //!   and no cross-thread wake-up per task, which keeps the runtime's overhead
-//!   per task small. Handlers should be async (agent work waits on models and
-//!   tools); move heavy CPU work to `tokio::task::spawn_blocking`.
+//!   per task small. A task's future is polled once right after its lease; a
+//!   handler that finishes then is queued for the ack at once (no allocation,
+//!   no entry in the set of waiting futures), one that waits is polled from
+//!   then on like any other. Handlers should be async (agent work waits on
+//!   models and tools); move heavy CPU work to `tokio::task::spawn_blocking`.
 //! * **Ack after completion.** A task is acked only after its handler returned
 //!   `Ok`. Acks are batched ([`TaskQueue::ack_batch`]). An ack refused with
 //!   [`Error::LeaseLost`] is counted and logged: the task runs again elsewhere
@@ -133,7 +136,10 @@ pub struct TaskContext {
     started: Instant,
     timeout: Duration,
     flags: Arc<RunFlags>,
-    cancelled: Arc<AtomicBool>,
+    /// Set when this task's join was decided without it; only allocated for
+    /// fan-out children on a worker with an orchestrator (nothing else can
+    /// set it), so an ordinary task costs no allocation here.
+    cancelled: Option<Arc<AtomicBool>>,
     shadow: bool,
 }
 
@@ -147,7 +153,7 @@ impl TaskContext {
             started: Instant::now(),
             timeout,
             flags: Arc::default(),
-            cancelled: Arc::default(),
+            cancelled: None,
             shadow: false,
         }
     }
@@ -194,7 +200,7 @@ impl TaskContext {
     /// effort; only set on workers with an
     /// [`orchestrator`](WorkerBuilder::orchestrator).
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
     }
 }
 

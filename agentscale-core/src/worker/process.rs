@@ -95,7 +95,9 @@ pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease
         started,
         timeout: shared.task_timeout,
         flags: shared.flags.clone(),
-        cancelled: Arc::default(),
+        // Only a fan-out child can learn that its join was decided without it.
+        cancelled: (shared.orchestrator.is_some() && task.headers.contains_key(HEADER_JOIN))
+            .then(Arc::default),
         shadow: task.is_shadow(),
     };
     let outcome = run_attempt(shared, &lease, &cx).await;
@@ -282,7 +284,9 @@ pub(super) async fn run_attempt<H: Handler>(shared: &Shared<H>, lease: &Lease, c
         if let (Some(orch), Some(join)) = (&shared.orchestrator, lease.task().headers.get(HEADER_JOIN)) {
             let join = crate::join::JoinId::new(join.clone());
             if let Ok(true) = orch.joins().wait_decided(&join, shared.task_timeout).await {
-                cx.cancelled.store(true, Ordering::Release);
+                if let Some(c) = &cx.cancelled {
+                    c.store(true, Ordering::Release);
+                }
             }
         }
         futures::future::pending::<()>().await

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::OptionFuture;
@@ -21,6 +22,34 @@ use crate::queue::{Lease, TaskQueue};
 type LeaseCall = Pin<Box<dyn Future<Output = (usize, Result<Vec<Lease>>)> + Send>>;
 type AckCall = Pin<Box<dyn Future<Output = (Vec<Lease>, Vec<Result<()>>)> + Send>>;
 
+/// A reusable box for one task's future. A task's future is first polled in
+/// its box right after the lease; one that finishes then (a handler that did
+/// not have to wait) never enters the `FuturesUnordered`, and its box is
+/// reused for the next task, so such a task costs no allocation and no
+/// wake-up bookkeeping. One that must wait is moved, boxed, into the set.
+type TaskBox<F> = Pin<Box<Option<F>>>;
+
+/// A waiting task's boxed future in the `FuturesUnordered`; yields the
+/// future's output and the emptied box (for reuse) when it finishes.
+struct Running<F>(Option<TaskBox<F>>);
+
+impl<F: Future> Future for Running<F> {
+    type Output = (F::Output, Option<TaskBox<F>>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(slot) = this.0.as_mut() else {
+            return Poll::Pending; // not reached: polled again after Ready
+        };
+        let Some(fut) = slot.as_mut().as_pin_mut() else {
+            return Poll::Pending; // not reached: a Running box is never empty
+        };
+        let out = std::task::ready!(fut.poll(cx));
+        slot.as_mut().set(None);
+        Poll::Ready((out, this.0.take()))
+    }
+}
+
 /// One driver: leases for free slots, polls its tasks' futures and acks their
 /// completions in batches. Handlers of one driver share a thread (no spawn and
 /// no cross-thread wake-up per task); a worker runs several drivers to use
@@ -33,6 +62,8 @@ pub(super) async fn run_shard<H: Handler>(
 ) {
     let shared = &*shared;
     let mut running = FuturesUnordered::new();
+    // Empty task boxes for reuse (at most one per slot this driver ran at once).
+    let mut boxes = Vec::new();
     let mut lease_call: Option<LeaseCall> = None;
     let mut ack_call: Option<AckCall> = None;
     let mut to_ack: Vec<Lease> = Vec::with_capacity(ack_batch);
@@ -48,7 +79,15 @@ pub(super) async fn run_shard<H: Handler>(
             stopping = true;
         }
         if ack_call.is_none() && !to_ack.is_empty() {
-            let batch = std::mem::replace(&mut to_ack, std::mem::take(&mut spare));
+            // At most `ack_batch` per call (tasks finished at their first
+            // poll can add more than that at once).
+            let batch = if to_ack.len() <= ack_batch {
+                std::mem::replace(&mut to_ack, std::mem::take(&mut spare))
+            } else {
+                let mut batch = std::mem::take(&mut spare);
+                batch.extend(to_ack.drain(..ack_batch));
+                batch
+            };
             let (queue, stats, budget) = (
                 shared.queue.clone(),
                 shared.stats.clone(),
@@ -86,12 +125,16 @@ pub(super) async fn run_shard<H: Handler>(
         let waiting_for_slot = !stopping && lease_call.is_none() && pause.is_none();
         tokio::select! {
             biased;
-            Some(done) = running.next(), if !running.is_empty() => {
+            Some((done, slot)) = running.next(), if !running.is_empty() => {
                 to_ack.extend(done);
+                boxes.extend(slot);
                 // Collect every completion that is ready, so acks go in batches.
                 while to_ack.len() < ack_batch {
                     match running.next().now_or_never() {
-                        Some(Some(done)) => to_ack.extend(done),
+                        Some(Some((done, slot))) => {
+                            to_ack.extend(done);
+                            boxes.extend(slot);
+                        }
                         _ => break,
                     }
                 }
@@ -118,7 +161,23 @@ pub(super) async fn run_shard<H: Handler>(
                                 m.add_busy(got as i64);
                             }
                             for lease in leases {
-                                running.push(process(shared, lease));
+                                let mut slot = boxes.pop().unwrap_or_else(|| Box::pin(None));
+                                slot.as_mut().set(Some(process(shared, lease)));
+                                // The first poll, with this driver's context: a
+                                // future that waits is then moved into `running`,
+                                // which polls it again with its own waker.
+                                let first = std::future::poll_fn(|cx| {
+                                    Poll::Ready(slot.as_mut().as_pin_mut().map(|f| f.poll(cx)))
+                                })
+                                .await;
+                                match first {
+                                    Some(Poll::Ready(done)) => {
+                                        slot.as_mut().set(None);
+                                        boxes.push(slot);
+                                        to_ack.extend(done);
+                                    }
+                                    _ => running.push(Running(Some(slot))),
+                                }
                             }
                         }
                     }

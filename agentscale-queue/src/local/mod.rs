@@ -91,12 +91,12 @@ struct Shared {
 
 /// A ready task and when it became ready (for `oldest_ready_age`).
 struct Ready {
-    task: Task,
+    task: Arc<Task>,
     since: Instant,
 }
 
 struct InFlight {
-    task: Task,
+    task: Arc<Task>,
     deadline: Instant,
     ready_since: Instant,
 }
@@ -104,7 +104,7 @@ struct InFlight {
 struct Delayed {
     at: Instant,
     seq: u64,
-    task: Task,
+    task: Arc<Task>,
 }
 
 impl PartialEq for Delayed {
@@ -202,7 +202,9 @@ impl State {
                 // its worker every time eventually exceeds max_attempts and the
                 // worker dead-letters it.
                 let mut task = f.task;
-                task.attempt = task.attempt.saturating_add(1);
+                // Copies the task only if its expired lease is still held.
+                let t = Arc::make_mut(&mut task);
+                t.attempt = t.attempt.saturating_add(1);
                 tracing::debug!(task_id = %task.id, attempt = task.attempt, "lease expired; task redelivered");
                 let idx = task.priority.index();
                 self.ready[idx].push_front(Ready {
@@ -255,12 +257,18 @@ impl State {
     /// Finds the live in-flight entry of `lease`, or `LeaseLost`.
     fn take_in_flight(&mut self, lease: &Lease) -> Result<InFlight> {
         match self.in_flight.get(&lease.fence()) {
-            Some(f) if f.task.id == lease.task().id => {
+            Some(f) if same_task(&f.task, lease) => {
                 self.in_flight.remove(&lease.fence()).ok_or_else(|| lost(lease))
             }
             _ => Err(lost(lease)),
         }
     }
+}
+
+/// True when `held` is the task of `lease` (the same allocation, or, for a
+/// lease whose task was copied on redelivery, the same id).
+fn same_task(held: &Arc<Task>, lease: &Lease) -> bool {
+    Arc::ptr_eq(held, lease.shared_task()) || held.id == lease.task().id
 }
 
 fn lost(lease: &Lease) -> Error {
@@ -342,7 +350,7 @@ impl LocalQueue {
     }
 
     /// Inserts a validated task; caller holds the lock.
-    fn insert(&self, st: &mut State, task: Task, now: Instant) -> Enqueued {
+    fn insert(&self, st: &mut State, task: Arc<Task>, now: Instant) -> Enqueued {
         if let Some(key) = &task.idempotency_key {
             if let Some((id, _)) = st.idempotency.get(key) {
                 return Enqueued {
@@ -367,7 +375,7 @@ impl LocalQueue {
 
     /// Puts a task that may be delivered (no session, or its session's
     /// head) into the ready queue or the delayed heap.
-    fn place(st: &mut State, task: Task, now: Instant) {
+    fn place(st: &mut State, task: Arc<Task>, now: Instant) {
         match task.not_before_ms.map(|nb| nb.saturating_sub(now_ms())) {
             Some(wait) if wait > 0 => {
                 let seq = st.next_seq;
@@ -401,9 +409,10 @@ impl LocalQueue {
         }
     }
 
-    fn dead_letter(st: &mut State, mut task: Task, attempts: u32, reason: String) {
+    fn dead_letter(st: &mut State, task: Arc<Task>, attempts: u32, reason: String) {
         let seq = st.next_seq;
         st.next_seq += 1;
+        let mut task = Arc::try_unwrap(task).unwrap_or_else(|shared| (*shared).clone());
         task.attempt = attempts;
         st.dead.insert(
             seq,
@@ -438,13 +447,15 @@ impl LocalQueue {
     /// Takes up to `max` ready tasks, highest priority first.
     fn take(&self, st: &mut State, max: usize, now: Instant, out: &mut Vec<Lease>) {
         let deadline = later(now, self.shared.lease_timeout);
+        out.reserve(max.saturating_sub(out.len()).min(st.ready_len()));
         for idx in 0..3 {
             while out.len() < max {
                 let Some(r) = st.ready[idx].pop_front() else { break };
                 let fence = st.next_fence;
                 st.next_fence += 1;
                 let attempt = r.task.attempt.saturating_add(1);
-                out.push(Lease::new(r.task.clone(), attempt, String::new(), fence));
+                // The lease shares the task with the in-flight entry: no copy.
+                out.push(Lease::shared(r.task.clone(), attempt, String::new(), fence));
                 st.in_flight.insert(
                     fence,
                     InFlight {
@@ -523,6 +534,7 @@ impl TaskQueue for LocalQueue {
 
     async fn enqueue(&self, task: Task) -> Result<Enqueued> {
         self.check(&task)?;
+        let task = Arc::new(task);
         let now = Instant::now();
         let res = {
             let mut st = self.shared.state.lock();
@@ -538,7 +550,10 @@ impl TaskQueue for LocalQueue {
     }
 
     async fn enqueue_batch(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
-        let checked: Vec<Result<Task>> = tasks.into_iter().map(|t| self.check(&t).map(|()| t)).collect();
+        let checked: Vec<Result<Arc<Task>>> = tasks
+            .into_iter()
+            .map(|t| self.check(&t).map(|()| Arc::new(t)))
+            .collect();
         let now = Instant::now();
         let mut stored = 0usize;
         let out: Vec<Result<Enqueued>> = {
@@ -649,7 +664,9 @@ impl TaskQueue for LocalQueue {
             let mut task = f.task;
             match nack {
                 Nack::Retry(delay) => {
-                    task.attempt = task.attempt.saturating_add(1);
+                    // Copies the task (the lease still shares it): a cold path.
+                    let t = Arc::make_mut(&mut task);
+                    t.attempt = t.attempt.saturating_add(1);
                     if delay.is_zero() {
                         let idx = task.priority.index();
                         st.ready[idx].push_back(Ready { task, since: now });
@@ -702,7 +719,7 @@ impl TaskQueue for LocalQueue {
         st.tick(now);
         let deadline = later(now, by);
         match st.in_flight.get_mut(&lease.fence()) {
-            Some(f) if f.task.id == lease.task().id => {
+            Some(f) if same_task(&f.task, lease) => {
                 f.deadline = deadline;
             }
             _ => return Err(lost(lease)),
@@ -762,6 +779,7 @@ impl TaskQueue for LocalQueue {
             task.not_before_ms = None;
             // With ordered sessions the replayed task queues behind its
             // session like a new enqueue.
+            let task = Arc::new(task);
             let task = if self.shared.ordered_sessions {
                 st.sessions.admit(task)
             } else {

@@ -8,20 +8,21 @@
 //! it and makes the next waiting task the head.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use agentscale_core::Task;
 
 /// The tasks waiting behind each open session's head.
 #[derive(Default)]
 pub(super) struct Sessions {
-    open: HashMap<String, VecDeque<Task>>,
+    open: HashMap<String, VecDeque<Arc<Task>>>,
     waiting: usize,
 }
 
 impl Sessions {
     /// Lets `task` into the queue when it has no session or its session is
     /// not open (it becomes the head); otherwise parks it and returns `None`.
-    pub(super) fn admit(&mut self, task: Task) -> Option<Task> {
+    pub(super) fn admit(&mut self, task: Arc<Task>) -> Option<Arc<Task>> {
         let Some(session) = task.session_id.as_deref() else {
             return Some(task);
         };
@@ -40,7 +41,7 @@ impl Sessions {
 
     /// The head of `task`'s session left the queue (acked or dead-lettered):
     /// returns the next task of the session, now its head, or closes it.
-    pub(super) fn finish(&mut self, task: &Task) -> Option<Task> {
+    pub(super) fn finish(&mut self, task: &Task) -> Option<Arc<Task>> {
         let session = task.session_id.as_deref()?;
         let waiting = self.open.get_mut(session)?;
         match waiting.pop_front() {
@@ -71,10 +72,10 @@ mod tests {
         let mut s = Sessions::default();
         let t = |sess: Option<&str>, p: &str| {
             let t = Task::new("k", p.to_string());
-            match sess {
+            Arc::new(match sess {
                 Some(x) => t.with_session(x),
                 None => t,
-            }
+            })
         };
         assert!(s.admit(t(None, "free")).is_some());
         let a1 = s.admit(t(Some("a"), "a1")).expect("head");
