@@ -13,6 +13,7 @@
 //! | [`local`] | in-process session store, exact vector memory, moka tool cache, hash embedder (tests/demos) | always on |
 //! | `redis` | Redis session store (Lua CAS), two-level tool cache with fleet-wide single-flight | `redis` |
 //! | `pgvector` | long-term memory in PostgreSQL + pgvector (HNSW, tenant isolation in SQL, idempotent add) | `pgvector` |
+//! | `candle` | in-process sentence embedder (all-MiniLM-L6-v2 on candle, CPU): semantic vectors without a server | `candle` |
 //!
 //! [`rag::Rag`] remembers and recalls text over any store and embedder.
 //!
@@ -74,6 +75,9 @@
 #![warn(missing_docs)]
 
 mod cached;
+#[cfg(feature = "candle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
+pub mod candle;
 pub mod local;
 pub mod rag;
 

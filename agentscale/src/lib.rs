@@ -76,7 +76,8 @@ pub mod queue {
 
 /// Session state, long-term memory and the tool cache: the contracts and
 /// their backends — [`local`](state::local) (in-process, always on), `redis`
-/// (feature `redis`).
+/// (feature `redis`); `candle::CandleEmbedder`, a semantic in-process
+/// embedder (feature `candle`).
 pub mod state {
     pub use agentscale_core::state::*;
     pub use agentscale_state::*;
@@ -112,6 +113,11 @@ pub mod rollout {
 }
 
 pub use agentscale_queue::LocalQueue;
+/// The in-process semantic embedder (all-MiniLM-L6-v2 on candle) and its
+/// configuration (feature `candle`).
+#[cfg(feature = "candle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
+pub use agentscale_state::candle::{CandleEmbedder, CandleEmbedderConfig};
 pub use agentscale_state::local::{
     HashEmbedder, LocalJoinStore, LocalMemoryStore, LocalResultStore, LocalSessionStore, LocalToolCache,
 };

