@@ -23,15 +23,21 @@ use rdkafka::ClientConfig;
 use crate::common::{enqueue_all, median, noop_tasks, rate, result_line, run_worker_until_drained};
 use crate::Args;
 
+mod scale;
+
 const DEFAULT_TASKS: usize = 50_000;
 const PARTITIONS: i32 = 4;
 
 fn config(brokers: &str, topic: &str, consume: bool) -> Result<KafkaQueueConfig> {
+    config_with(brokers, topic, consume, PARTITIONS)
+}
+
+fn config_with(brokers: &str, topic: &str, consume: bool, partitions: i32) -> Result<KafkaQueueConfig> {
     let mut c = KafkaQueueConfig::builder()
         .brokers(brokers)
         .topic(topic)
         .group_id(format!("{topic}-g"))
-        .partitions(PARTITIONS)
+        .partitions(partitions)
         .idempotence(false)
         // tansu 0.6 cannot fetch from an offset inside a record batch (it
         // skips to the next batch or answers nothing; docs/kafka.md), which a
@@ -44,9 +50,13 @@ fn config(brokers: &str, topic: &str, consume: bool) -> Result<KafkaQueueConfig>
     Ok(c)
 }
 
-/// Runs the Kafka benchmark and prints its table and RESULT line.
+/// Runs the Kafka benchmark and prints its table and RESULT line; with
+/// `--partitions` or `--workers`, the scaling matrix instead (kafka/scale.rs).
 pub async fn run(args: &Args) -> Result<()> {
     let brokers = std::env::var("AGENTSCALE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if !args.partitions.is_empty() || !args.workers.is_empty() {
+        return scale::run(&brokers, args).await;
+    }
     let n = if args.tasks == 200_000 {
         DEFAULT_TASKS
     } else {

@@ -48,6 +48,13 @@ pub struct Args {
     /// Measured rounds (the RESULT line reports the medians).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Kafka scaling: partition counts of the fresh topics, comma-separated
+    /// (with `--workers`, every pair is measured; see kafka/scale.rs).
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<i32>,
+    /// Kafka scaling: worker instances (consumers of one group), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<usize>,
 }
 
 #[tokio::main]

@@ -22,8 +22,16 @@ use std::sync::Mutex;
 const PARTITIONS: i32 = 4;
 const PER_PHASE: usize = 120;
 
-/// One processed delivery: (member, task payload, attempt).
-type Log = Arc<Mutex<Vec<(usize, String, u32)>>>;
+/// One processed delivery: (member, task payload, attempt, receipt
+/// `partition:offset`).
+type Log = Arc<Mutex<Vec<(usize, String, u32, String)>>>;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
 
 struct Member {
     queue: Arc<KafkaQueue>,
@@ -43,7 +51,8 @@ async fn join(cfg: KafkaQueueConfig, id: usize, log: Log) -> Member {
                 // A revoked partition fences its leases: the ack fails with
                 // LeaseLost and the new owner gets the task again.
                 if q.ack(&l).await.is_ok() {
-                    log.lock().expect("log").push((id, payload, l.attempt()));
+                    let receipt = l.receipt().to_string();
+                    log.lock().expect("log").push((id, payload, l.attempt(), receipt));
                 }
             }
         }
@@ -94,7 +103,7 @@ async fn drained(log: &Log, upto: usize, phase: &str) {
             .lock()
             .expect("log")
             .iter()
-            .filter_map(|(_, p, _)| p.parse().ok())
+            .filter_map(|(_, p, _, _)| p.parse().ok())
             .collect();
         if (0..upto).all(|n| done.contains(&n)) {
             eprintln!("kafka scale: {phase}: {upto} tasks processed");
@@ -111,8 +120,13 @@ async fn drained(log: &Log, upto: usize, phase: &str) {
 
 /// 1 → 4 → 1 members on a 4-partition topic while tasks keep arriving.
 async fn kafka_partitions_scale_out_and_in(brokers: String) {
+    init_tracing();
     let topic = unique_name("askq-scale");
-    let cfg = KafkaQueueConfig::builder()
+    let mut builder = KafkaQueueConfig::builder();
+    if let Ok(debug) = std::env::var("AGENTSCALE_KAFKA_DEBUG") {
+        builder = builder.client_property("debug", debug);
+    }
+    let cfg = builder
         .brokers(brokers.as_str())
         .topic(topic.as_str())
         .group_id(format!("{topic}-g"))
@@ -159,18 +173,18 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
 
     let log = log.lock().expect("log").clone();
     let mut per_task: BTreeMap<usize, Vec<(usize, u32)>> = BTreeMap::new();
-    for (member, p, attempt) in &log {
-        per_task
-            .entry(p.parse().expect("payload"))
-            .or_default()
-            .push((*member, *attempt));
+    let mut receipts: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
+    for (member, p, attempt, receipt) in &log {
+        let n: usize = p.parse().expect("payload");
+        per_task.entry(n).or_default().push((*member, *attempt));
+        receipts.entry(n).or_default().push((*member, receipt.clone()));
     }
     assert_eq!(per_task.len(), sent, "every task processed, none lost");
     assert!(per_task.keys().all(|n| *n < sent), "no unknown task");
     let duplicates: Vec<(&usize, &Vec<(usize, u32)>)> =
         per_task.iter().filter(|(_, v)| v.len() > 1).collect();
     let mut by_member: BTreeMap<usize, usize> = BTreeMap::new();
-    for (member, p, _) in &log {
+    for (member, p, _, _) in &log {
         if p.parse::<usize>()
             .map(|n| n >= four_phase_from && n < four_phase_from + PER_PHASE)
             == Ok(true)
@@ -189,6 +203,12 @@ async fn kafka_partitions_scale_out_and_in(brokers: String) {
         *per_phase.entry(**n / PER_PHASE).or_default() += 1;
     }
     eprintln!("kafka scale: duplicates by phase (0-based, 1,2,3,4,3,2,1 members): {per_phase:?}");
+    for (n, _) in &duplicates {
+        eprintln!(
+            "kafka scale: task {n} acked as (member, partition:offset) {:?}",
+            receipts[*n]
+        );
+    }
     for (n, v) in &duplicates {
         // A redelivery after a rebalance is the same record read again from
         // the last committed offset: a later attempt, never attempt 1 twice

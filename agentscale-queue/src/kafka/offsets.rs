@@ -195,6 +195,7 @@ impl Shared {
             }
         }
         let mut commit = TopicPartitionList::new();
+        let mut positions = Vec::new();
         let mut dropped = 0u64;
         for p in &revoked {
             if let Some(part) = st.parts.remove(p) {
@@ -204,6 +205,7 @@ impl Shared {
                     .filter(|s| matches!(s, Slot::Leased { .. }))
                     .count() as u64;
                 let pos = part.position();
+                positions.push((*p, pos));
                 if pos >= 0 {
                     let _ = commit.add_partition_offset(&self.config.topic, *p, Offset::Offset(pos));
                 }
@@ -216,7 +218,7 @@ impl Shared {
                 tracing::warn!(topic = %self.config.topic, error = %e, "commit on revoke failed");
             }
         }
-        tracing::debug!(topic = %self.config.topic, partitions = ?revoked, lost, "partitions revoked");
+        tracing::debug!(topic = %self.config.topic, partitions = ?revoked, ?positions, lost, "partitions revoked");
     }
 
     /// Marks `offset` finished if its slot is still `Leased` (or, with

@@ -136,6 +136,7 @@ impl Poller {
             return; // fetched again after a pause/resume: already tracked
         }
         if part.stored < 0 {
+            tracing::debug!(topic = %shared.config.topic, partition = p, offset = off, "first record of the assignment");
             part.stored = off;
         }
         part.next = part.next.max(off + 1);
