@@ -45,7 +45,7 @@ kafka_env() {
 }
 
 kafka_up() {
-  kafka_install || return 1
+  install_locked kafka kafka_install || return 1
   local pidfile portfile port
   pidfile=$(kafka_pidfile); portfile=$(kafka_portfile)
   if pid_alive "$pidfile" && [ -f "$portfile" ] && ! port_free "$(cat "$portfile")"; then

@@ -121,7 +121,7 @@ pgvector_free_port() { # a free port, starting at the preferred one
 }
 
 pgvector_up() {
-  pgvector_install || { log "pgvector install failed"; return 1; }
+  install_locked pgvector pgvector_install || { log "pgvector install failed"; return 1; }
   if ! pgvector_ssl_bin >/dev/null; then
     log "installing the distribution's PostgreSQL (with SSL) for the TLS tests"
     (apt-get update -qq && apt-get install -y -qq postgresql) >&2 || log "postgresql install failed"

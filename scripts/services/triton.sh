@@ -82,7 +82,7 @@ triton_env() {
 }
 
 triton_up() {
-  triton_install || { log "triton install failed"; return 1; }
+  install_locked triton triton_install || { log "triton install failed"; return 1; }
   if pid_alive "$(triton_pidfile)" && [ -f "$(triton_portfile)" ] && triton_ready "$(cat "$(triton_portfile)")"; then
     triton_env
     return 0

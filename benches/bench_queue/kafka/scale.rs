@@ -17,7 +17,9 @@
 //! the enqueue rate and end to end (enqueue + drain). The pairs run in turn
 //! within each round, in reverse order every other round (the broker's speed
 //! drifts during a run). `kafka_worker_share_p<P>_w<W>_<i>` is the median
-//! number of tasks worker `i` acked in a round, against the even share N/W.
+//! number of tasks the `i`-th busiest worker of a round acked (0 = busiest),
+//! against the even share N/W: which worker gets which partition changes from
+//! round to round, so shares are ranked per round before the median.
 //!
 //! CPU: the bench process' own CPU time and the broker's (`/proc/<pid>/stat`;
 //! the broker is `BENCH_BROKER_PID`, else the one process named `tansu`) are
@@ -152,10 +154,19 @@ pub async fn run(brokers: &str, args: &Args) -> Result<()> {
     for (p, w) in cells.iter().filter(|(_, w)| *w > 1) {
         let ss = &samples[&(*p, *w)];
         let mean = n as f64 / *w as f64;
+        let ranked: Vec<Vec<u64>> = ss
+            .iter()
+            .map(|s| {
+                let mut v = s.per_worker.clone();
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                v
+            })
+            .collect();
         for i in 0..*w {
             let share = median(
-                ss.iter()
-                    .map(|s| s.per_worker.get(i).copied().unwrap_or(0) as f64)
+                ranked
+                    .iter()
+                    .map(|v| v.get(i).copied().unwrap_or(0) as f64)
                     .collect(),
             );
             result_line(&format!("kafka_worker_share_p{p}_w{w}_{i}"), share, "mean", mean);
