@@ -78,7 +78,16 @@ enum Run {
     Here,
     /// On a runtime of its own, on its own thread (the candidate).
     OwnRuntime,
+    /// Like `OwnRuntime`, and kept busy by closed-loop callers of its own on
+    /// that thread (a neighbour as busy as a shadowed candidate, with no
+    /// mirroring): the control that separates the cost of mirroring from
+    /// the cost of a busy candidate sharing this machine's two cores.
+    OwnRuntimeBusy,
 }
+
+/// Closed-loop callers that keep a busy neighbour busy (as many as the
+/// shadow's mirror buffer holds).
+const NEIGHBOUR_CALLERS: usize = 256;
 
 struct RunningFleet {
     fleet: Fleet,
@@ -96,7 +105,23 @@ fn fleet(name: &str, work: Duration, slots: usize, run: Run) -> agentscale_core:
         .build()?;
     let fleet = Fleet::new(name, queue, results).worker(worker.stats());
     let (stop, mut rx) = watch::channel(false);
+    let (busy, client) = (run == Run::OwnRuntimeBusy, fleet.client().clone());
     let serve = async move {
+        if busy {
+            for c in 0..NEIGHBOUR_CALLERS {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0u64.. {
+                        let Ok(pending) = client.submit(Task::new("ask", format!("n{c}-{i}"))).await else {
+                            break;
+                        };
+                        if pending.wait(Duration::from_secs(30)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
         let _ = worker
             .run_until(async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -106,7 +131,7 @@ fn fleet(name: &str, work: Duration, slots: usize, run: Run) -> agentscale_core:
     let (worker, task) = match run {
         Run::Never => (None, tokio::spawn(async {})),
         Run::Here => (None, tokio::spawn(serve)),
-        Run::OwnRuntime => {
+        Run::OwnRuntime | Run::OwnRuntimeBusy => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -137,6 +162,8 @@ async fn stop(f: RunningFleet) {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     NoShadow,
+    /// No shadow; the candidate busy with load of its own (control).
+    NoShadowBusyNeighbour,
     ShadowSlow,
     ShadowDown,
 }
@@ -161,10 +188,10 @@ async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result
         args.concurrency,
         Run::Here,
     )?;
-    let candidate_run = if mode == Mode::ShadowSlow {
-        Run::OwnRuntime
-    } else {
-        Run::Never
+    let candidate_run = match mode {
+        Mode::ShadowSlow => Run::OwnRuntime,
+        Mode::NoShadowBusyNeighbour => Run::OwnRuntimeBusy,
+        _ => Run::Never,
     };
     let candidate = fleet(
         &format!("candidate-{run}-{mode:?}"),
@@ -173,7 +200,7 @@ async fn one_run(args: &Args, mode: Mode, run: usize) -> agentscale_core::Result
         candidate_run,
     )?;
     let path = match mode {
-        Mode::NoShadow => Path::Direct(primary.fleet.client().clone()),
+        Mode::NoShadow | Mode::NoShadowBusyNeighbour => Path::Direct(primary.fleet.client().clone()),
         _ => {
             let config = ShadowConfig::builder()
                 .fraction(1.0)
@@ -247,11 +274,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> agentscale_core::Result<()> {
     let args = Args::parse();
-    let modes = [Mode::NoShadow, Mode::ShadowSlow, Mode::ShadowDown];
-    let mut p99 = [Vec::new(), Vec::new(), Vec::new()];
-    let mut rate = [Vec::new(), Vec::new(), Vec::new()];
-    let mut drops = [0u64; 3];
-    let mut mirrored = [0u64; 3];
+    let modes = [
+        Mode::NoShadow,
+        Mode::ShadowSlow,
+        Mode::ShadowDown,
+        Mode::NoShadowBusyNeighbour,
+    ];
+    let mut p99 = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut rate = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut drops = [0u64; 4];
+    let mut mirrored = [0u64; 4];
     // Warm-up run (allocators, timers), not counted.
     one_run(&args, Mode::NoShadow, 0).await?;
     for run in 1..=args.runs {
@@ -267,23 +299,53 @@ async fn main() -> agentscale_core::Result<()> {
             mirrored[i] += r.mirrored;
         }
     }
-    let [base_p99, slow_p99, down_p99] = p99.map(median);
-    let [base_rate, slow_rate, down_rate] = rate.map(median);
-    println!(
-        "RESULT shadow_primary_p99_ms ours={slow_p99:.2} baseline=no_shadow:{base_p99:.2} ratio={:.3}",
-        slow_p99 / base_p99
+    let [base_p99, slow_p99, down_p99, busy_p99] = p99.map(median);
+    let [base_rate, slow_rate, down_rate, busy_rate] = rate.map(median);
+    let line = |name: &str, ours: f64, base_name: &str, base: f64, digits: usize| {
+        println!(
+            "RESULT {name} ours={ours:.digits$} baseline={base_name}:{base:.digits$} ratio={:.3}",
+            ours / base
+        );
+    };
+    line("shadow_primary_p99_ms", slow_p99, "no_shadow", base_p99, 2);
+    line(
+        "shadow_primary_p99_ms_candidate_down",
+        down_p99,
+        "no_shadow",
+        base_p99,
+        2,
     );
-    println!(
-        "RESULT shadow_primary_p99_ms_candidate_down ours={down_p99:.2} baseline=no_shadow:{base_p99:.2} ratio={:.3}",
-        down_p99 / base_p99
+    line("shadow_primary_throughput", slow_rate, "no_shadow", base_rate, 0);
+    line(
+        "shadow_primary_throughput_candidate_down",
+        down_rate,
+        "no_shadow",
+        base_rate,
+        0,
     );
-    println!(
-        "RESULT shadow_primary_throughput ours={slow_rate:.0} baseline=no_shadow:{base_rate:.0} ratio={:.3}",
-        slow_rate / base_rate
+    // The control: what a candidate as busy as the shadowed one costs the
+    // primary on this machine without any mirroring; the mirroring's own
+    // cost is the shadowed run against it.
+    line(
+        "busy_neighbour_primary_p99_ms",
+        busy_p99,
+        "no_shadow",
+        base_p99,
+        2,
     );
-    println!(
-        "RESULT shadow_primary_throughput_candidate_down ours={down_rate:.0} baseline=no_shadow:{base_rate:.0} ratio={:.3}",
-        down_rate / base_rate
+    line(
+        "busy_neighbour_primary_throughput",
+        busy_rate,
+        "no_shadow",
+        base_rate,
+        0,
+    );
+    line(
+        "shadow_primary_p99_ms_vs_busy_neighbour",
+        slow_p99,
+        "no_shadow_busy_neighbour",
+        busy_p99,
+        2,
     );
     println!(
         "shadow copies over all runs: candidate 10x slower mirrored {} dropped {}; candidate down mirrored {} dropped {}",

@@ -34,8 +34,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::canary::{fnv1a, Fleet};
@@ -57,6 +56,12 @@ pub struct ShadowConfig {
     pub compare_timeout: Duration,
     /// Recent comparisons kept for inspection (default 100).
     pub keep: usize,
+    /// Run the mirror loop and the comparisons on a thread of their own (a
+    /// current-thread Tokio runtime) instead of the runtime that called
+    /// [`Shadow::start`] (default true), so comparing never takes the
+    /// executor threads the primary path runs on. `bench_rollout` measured
+    /// the primary's p99 at 1.08x with the comparisons on its runtime.
+    pub own_thread: bool,
 }
 
 impl Default for ShadowConfig {
@@ -67,6 +72,7 @@ impl Default for ShadowConfig {
             max_comparing: 256,
             compare_timeout: Duration::from_secs(60),
             keep: 100,
+            own_thread: true,
         }
     }
 }
@@ -129,6 +135,11 @@ impl ShadowConfigBuilder {
     /// Comparisons kept.
     pub fn keep(mut self, n: usize) -> Self {
         self.0.keep = n;
+        self
+    }
+    /// Whether comparing runs on a thread of its own.
+    pub fn own_thread(mut self, on: bool) -> Self {
+        self.0.own_thread = on;
         self
     }
     /// Checks and returns the config.
@@ -293,7 +304,9 @@ pub struct Shadow {
     inner: Arc<Inner>,
     tx: mpsc::Sender<Mirror>,
     fraction_bp: u64,
-    task: JoinHandle<()>,
+    /// Resolves when the mirror loop has ended (and, on its own thread,
+    /// the comparisons it started have finished).
+    done: oneshot::Receiver<()>,
 }
 
 impl fmt::Debug for Shadow {
@@ -307,9 +320,10 @@ impl fmt::Debug for Shadow {
 }
 
 impl Shadow {
-    /// Starts mirroring from `primary` to `candidate` (spawns the mirror
-    /// loop on the current Tokio runtime). A candidate without workers is
-    /// refused.
+    /// Starts mirroring from `primary` to `candidate`: the mirror loop runs
+    /// on a thread of its own ([`ShadowConfig::own_thread`], the default) or
+    /// is spawned on the current Tokio runtime. A candidate without workers
+    /// is refused.
     pub fn start(
         primary: Fleet,
         candidate: Fleet,
@@ -332,12 +346,40 @@ impl Shadow {
             recent: Mutex::new(VecDeque::new()),
         });
         let fraction_bp = (inner.config.fraction * 10_000.0).round() as u64;
-        let task = tokio::spawn(mirror_loop(inner.clone(), rx));
+        let (done_tx, done) = oneshot::channel();
+        if inner.config.own_thread {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::backend("shadow: building the mirror runtime", e))?;
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("agentscale-shadow".into())
+                .spawn(move || {
+                    rt.block_on(async {
+                        mirror_loop(inner.clone(), rx).await;
+                        // The runtime ends with this call: let the running
+                        // comparisons (each bounded by compare_timeout) finish.
+                        let all = u32::try_from(inner.config.max_comparing).unwrap_or(u32::MAX);
+                        let _ = inner.comparing.acquire_many(all).await;
+                    });
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| Error::backend("shadow: starting the mirror thread", e))?;
+        } else {
+            tokio::spawn({
+                let inner = inner.clone();
+                async move {
+                    mirror_loop(inner, rx).await;
+                    let _ = done_tx.send(());
+                }
+            });
+        }
         Ok(Shadow {
             inner,
             tx,
             fraction_bp,
-            task,
+            done,
         })
     }
 
@@ -383,9 +425,9 @@ impl Shadow {
     /// comparisons finish (each is bounded by the compare timeout), and
     /// returns the final counters.
     pub async fn close(self) -> ShadowReport {
-        let Shadow { inner, tx, task, .. } = self;
+        let Shadow { inner, tx, done, .. } = self;
         drop(tx);
-        let _ = task.await;
+        let _ = done.await;
         let all = u32::try_from(inner.config.max_comparing).unwrap_or(u32::MAX);
         if let Ok(p) = inner.comparing.acquire_many(all).await {
             p.forget();

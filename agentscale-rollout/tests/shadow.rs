@@ -93,6 +93,8 @@ async fn shadows_are_compared_discarded_and_flagged() {
     let config = ShadowConfig::builder()
         .fraction(1.0)
         .compare_timeout(Duration::from_secs(10))
+        // On the test's runtime, whose clock is virtual.
+        .own_thread(false)
         .build()
         .expect("config");
     let shadow = Shadow::start(prod.fleet.clone(), cand.fleet.clone(), config, None).expect("shadow");
@@ -142,6 +144,8 @@ async fn a_down_candidate_never_blocks_the_primary_and_drops_are_counted() {
         .buffer(1)
         .max_comparing(1)
         .compare_timeout(Duration::from_secs(10))
+        // On the test's runtime, whose clock is virtual.
+        .own_thread(false)
         .build()
         .expect("config");
     let shadow = Shadow::start(prod.fleet.clone(), cand.fleet.clone(), config, None).expect("shadow");
@@ -253,4 +257,43 @@ async fn decisions_are_served_as_json_and_metrics() {
     assert_eq!(rollout.router().candidate_weight(), 0.0);
     stop(a).await;
     stop(b).await;
+}
+
+/// The default: the mirror loop and the comparisons on a thread of their own
+/// (real time). Copies are still mirrored, compared and counted, and `close`
+/// waits for the running comparisons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comparisons_on_their_own_thread_are_counted_and_awaited_by_close() {
+    let prod = version("v1", false, true);
+    let cand = version("v2", true, true);
+    let config = ShadowConfig::builder()
+        .fraction(1.0)
+        .compare_timeout(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    assert!(config.own_thread);
+    let shadow = Shadow::start(prod.fleet.clone(), cand.fleet.clone(), config, None).expect("shadow");
+    for n in 0..20u64 {
+        let pending = shadow
+            .submit(Task::json("ask", &n).expect("task"))
+            .await
+            .expect("submit");
+        assert!(pending
+            .wait(Duration::from_secs(30))
+            .await
+            .expect("primary result")
+            .outcome
+            .is_completed());
+    }
+    let report = shadow.close().await;
+    assert_eq!(
+        (report.sampled, report.mirrored, report.dropped),
+        (20, 20, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.compared, 20, "{report:?}");
+    assert_eq!(report.matched + report.mismatched, 20, "{report:?}");
+    assert_eq!(cand.agent.shadow_seen.load(Ordering::Relaxed), 20);
+    stop(prod).await;
+    stop(cand).await;
 }
