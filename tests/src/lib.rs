@@ -10,6 +10,7 @@ pub mod openai_server;
 pub mod orchestration_suite;
 pub mod pg_server;
 pub mod pki;
+pub mod redis_fixture;
 pub mod redis_server;
 pub mod semantic;
 pub mod tansu_server;

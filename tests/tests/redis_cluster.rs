@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentscale_core::{Priority, Task, TaskQueue};
+use agentscale_core::{Task, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale_redis::{key_slot, Redis, RedisConfig, RedisConnection};
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
@@ -18,6 +18,7 @@ use agentscale_testkit::{
     service_env, unique_name, QueueFixture, QueueOptions, SessionFixture, SessionParams, SetupResult, Suites,
     ToolCacheFixture, ToolCacheParams,
 };
+use agentscale_tests::redis_fixture::queue_fixture;
 
 const VAR: &str = "AGENTSCALE_REDIS_CLUSTER_URLS";
 
@@ -92,25 +93,7 @@ async fn queue_setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
         .with_lease_timeout(opts.lease_timeout)
         .with_max_envelope_bytes(opts.max_envelope_bytes);
     let queue = RedisQueue::new(redis.clone(), config).await?;
-    let stream = queue.keys().stream(Priority::Normal).to_string();
-    let cleanup_queue = queue.clone();
-    Ok(QueueFixture::new(queue)
-        .with_raw_injector(move |bytes| {
-            let (mut conn, stream) = (redis.connection(), stream.clone());
-            async move {
-                let _: String = redis::cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("task")
-                    .arg(bytes)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("xadd raw");
-            }
-        })
-        .with_cleanup(move || async move {
-            cleanup_queue.destroy().await.expect("destroy");
-        }))
+    Ok(queue_fixture(redis, queue))
 }
 
 async fn sessions(p: SessionParams) -> SetupResult<SessionFixture> {

@@ -15,6 +15,7 @@ use agentscale_core::{ErrorKind, Lease, Nack, Priority, Task, TaskQueue};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale_redis::{key_slot, Redis, RedisConfig, RedisConnection};
 use agentscale_testkit::{service_env, unique_name, QueueFixture, QueueOptions, SetupResult, Suites};
+use agentscale_tests::redis_fixture::queue_fixture;
 
 const SHARDS: usize = 3;
 const CLUSTER: &str = "AGENTSCALE_REDIS_CLUSTER_URLS";
@@ -57,25 +58,7 @@ async fn fixture(redis: Redis, opts: QueueOptions) -> SetupResult<QueueFixture> 
         .with_ordered_sessions(opts.ordered_sessions);
     let queue = RedisQueue::new(redis.clone(), config).await?;
     assert_eq!(queue.shards(), SHARDS);
-    let stream = queue.keys().stream(Priority::Normal).to_string();
-    let cleanup_queue = queue.clone();
-    Ok(QueueFixture::new(queue)
-        .with_raw_injector(move |bytes| {
-            let (mut conn, stream) = (redis.connection(), stream.clone());
-            async move {
-                let _: String = redis::cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("task")
-                    .arg(bytes)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("xadd raw");
-            }
-        })
-        .with_cleanup(move || async move {
-            cleanup_queue.destroy().await.expect("destroy");
-        }))
+    Ok(queue_fixture(redis, queue))
 }
 
 async fn single_setup(opts: QueueOptions) -> SetupResult<QueueFixture> {

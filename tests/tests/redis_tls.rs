@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agentscale_core::config::ConfigLoader;
-use agentscale_core::{Error, ErrorKind, Priority};
+use agentscale_core::{Error, ErrorKind};
 use agentscale_queue::redis::{RedisQueue, RedisQueueConfig};
 use agentscale_redis::{Redis, RedisConfig};
 use agentscale_state::redis::{RedisSessionStore, RedisStateConfig, RedisToolCache};
@@ -23,8 +23,8 @@ use agentscale_testkit::{
     ToolCacheFixture, ToolCacheParams,
 };
 use agentscale_tests::pki::TestPki;
+use agentscale_tests::redis_fixture::queue_fixture;
 use agentscale_tests::redis_server::TestRedis;
-use redis::AsyncCommands;
 
 const USER: &str = "agentscale-worker";
 
@@ -66,18 +66,7 @@ async fn queue_setup(opts: QueueOptions) -> SetupResult<QueueFixture> {
         .with_lease_timeout(opts.lease_timeout)
         .with_max_envelope_bytes(opts.max_envelope_bytes);
     let queue = RedisQueue::new(redis.clone(), config).await?;
-    let stream = queue.keys().stream(Priority::Normal).to_string();
-    let cleanup = queue.clone();
-    Ok(QueueFixture::new(queue)
-        .with_raw_injector(move |bytes| {
-            let (mut c, stream) = (redis.connection(), stream.clone());
-            async move {
-                let _: String = c.xadd(&stream, "*", &[("task", bytes)]).await.expect("xadd raw");
-            }
-        })
-        .with_cleanup(move || async move {
-            cleanup.destroy().await.expect("destroy");
-        }))
+    Ok(queue_fixture(redis, queue))
 }
 
 async fn flush_prefix(redis: Redis, prefix: String) {
