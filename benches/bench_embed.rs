@@ -24,23 +24,12 @@ use agentscale_core::Embedder;
 use agentscale_infer::{TritonClient, TritonEmbedder, TritonEmbedderConfig};
 use agentscale_state::candle::{CandleEmbedder, CandleEmbedderConfig};
 
-/// user+sys CPU time of this process, in ms (from /proc/self/stat).
+#[path = "common/proc_cpu.rs"]
+mod proc_cpu;
+
+/// user+sys CPU time of this process, in ms.
 fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let hz = *HZ.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .unwrap_or(100.0)
-    });
-    (field(11) + field(12)) * 1e3 / hz
+    proc_cpu::cpu_seconds("self").map_or(0.0, |(u, s)| (u + s) * 1e3)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -45,25 +45,12 @@ struct Point {
     cpu_us_per_infer: f64,
 }
 
-/// (user, sys) CPU time of this process, in µs (from /proc/self/stat).
+#[path = "common/proc_cpu.rs"]
+mod proc_cpu;
+
+/// (user, sys) CPU time of this process, in µs.
 fn process_user_sys_us() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-    // Clock ticks per second, asked once (before any measured window).
-    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let hz = *HZ.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .unwrap_or(100.0)
-    });
-    (field(11) * 1e6 / hz, field(12) * 1e6 / hz)
+    proc_cpu::cpu_seconds("self").map_or((0.0, 0.0), |(u, s)| (u * 1e6, s * 1e6))
 }
 
 /// Which Rust client a run measures.

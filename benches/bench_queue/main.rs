@@ -11,6 +11,8 @@
 mod common;
 mod kafka;
 mod local;
+#[path = "../common/proc_cpu.rs"]
+mod proc_cpu;
 mod redis;
 mod redis_cluster;
 

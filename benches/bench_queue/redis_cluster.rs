@@ -99,15 +99,9 @@ struct Cpu {
     nodes: Vec<f64>,
 }
 
-/// User + system CPU seconds of this process (`/proc/self/stat`, fields 14
-/// and 15, in USER_HZ = 100 ticks).
+/// User + system CPU seconds of this process.
 fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the command name: field 3 is index 0, so utime (14) is 11.
-    (tick(11) + tick(12)) / 100.0
+    crate::proc_cpu::cpu_seconds("self").map_or(0.0, |(u, s)| u + s)
 }
 
 async fn node_cpu(url: &str) -> Result<f64> {

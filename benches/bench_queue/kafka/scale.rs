@@ -332,16 +332,9 @@ impl CpuMark {
     }
 }
 
-/// User + system CPU seconds of a process, all threads (`/proc/<pid>/stat`,
-/// fields 14 and 15, in USER_HZ = 100 ticks per second on Linux).
+/// User + system CPU seconds of a process, all threads.
 fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from after its ')'.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    crate::proc_cpu::cpu_seconds(pid).map(|(u, s)| u + s)
 }
 
 /// The broker's pid: `BENCH_BROKER_PID`, else the only process named `tansu`.
