@@ -423,6 +423,145 @@ async fn over_read_entries_keep_their_order_and_attempt() {
     assert_eq!((d.ready, d.in_flight), (0, 0));
 }
 
+/// The over-read made certain on any server version: the lease's blocking
+/// read is held at a proxy until entries are already in all three streams,
+/// so Redis answers it at once with up to COUNT entries from *each* stream
+/// (a `lease(2)` reads 2 high, 2 normal and 1 low). The three it does not
+/// hand out must stay pending to this consumer under their own entry ids
+/// (not re-added at the back of their streams, behind later tasks) and be
+/// handed out next, before the task that was behind them, uncharged. With
+/// the old re-`XADD` hand-back this fails three ways: 2 entries pending
+/// instead of 5, new entry ids, and `n3` delivered before `n1` and `n2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_read_by_a_read_that_finds_data_waiting_keeps_ids_order_and_attempts() {
+    use agentscale_tests::net_cut::CutProxy;
+    if !enabled() {
+        return;
+    }
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
+    let proxy = CutProxy::start(upstream).await;
+    let q = plain_queue(
+        &format!("redis://{}", proxy.addr()),
+        &agentscale_tests::unique_name("overheld"),
+    )
+    .await;
+    proxy.hold_blocking_reads();
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease(2, Duration::from_secs(10)).await })
+    };
+    // The lease found nothing and sent its blocking read, which waits at the proxy.
+    proxy.wait_held(1, Duration::from_secs(10)).await;
+    let mut c = conn(&url).await;
+    let keys = q.keys().clone();
+    let mut ids: HashMap<TaskId, String> = HashMap::new();
+    let add = |stream: usize, body: &str| {
+        let task = Task::new("k", body.to_owned());
+        let encoded = task.encode().expect("encode");
+        let stream = keys.streams[stream].clone();
+        (task, stream, encoded)
+    };
+    let planned = [
+        add(0, "h1"),
+        add(0, "h2"),
+        add(1, "n1"),
+        add(1, "n2"),
+        add(1, "n3"),
+        add(2, "l1"),
+    ];
+    let mut tasks = Vec::new();
+    for (task, stream, encoded) in planned {
+        let id: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("task")
+            .arg(encoded)
+            .query_async(&mut c)
+            .await
+            .expect("xadd");
+        ids.insert(task.id.clone(), id);
+        tasks.push(task);
+    }
+    let [h1, h2, n1, n2, n3, l1] = <[Task; 6]>::try_from(tasks).expect("six tasks");
+    proxy.release_blocking_reads();
+    let first = waiting.await.expect("join").expect("lease");
+    let got: Vec<TaskId> = first.iter().map(|l| l.task().id.clone()).collect();
+    assert_eq!(
+        got,
+        vec![h1.id.clone(), h2.id.clone()],
+        "lease(2) hands out the high ones"
+    );
+    // The read took 2 + 2 + 1: five entries are pending to this consumer,
+    // three of them not handed out yet (so the over-read did happen).
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&keys.streams[1])
+        .arg(&q.config().consumer_group)
+        .query_async(&mut c)
+        .await
+        .expect("xpending");
+    let normal_pending = match pending {
+        redis::Value::Array(ref v) => match v.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => panic!("XPENDING summary: {pending:?}"),
+        },
+        _ => panic!("XPENDING summary: {pending:?}"),
+    };
+    assert_eq!(
+        normal_pending, 2,
+        "n1 and n2 were read and must stay pending (not re-added)"
+    );
+    let lens: Vec<u64> = {
+        let mut lens = Vec::new();
+        for s in &keys.streams {
+            lens.push(c.xlen(s).await.expect("xlen"));
+        }
+        lens
+    };
+    assert_eq!(
+        lens,
+        vec![2, 3, 1],
+        "an over-read entry was re-added to its stream"
+    );
+
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rest.len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 4 handed out",
+            rest.len()
+        );
+        rest.extend(q.lease(10, Duration::from_millis(500)).await.expect("lease"));
+    }
+    let order: Vec<TaskId> = rest.iter().map(|l| l.task().id.clone()).collect();
+    let pos = |id: &TaskId| order.iter().position(|o| o == id).expect("handed out");
+    assert!(
+        pos(&n1.id) < pos(&n2.id) && pos(&n2.id) < pos(&n3.id),
+        "the over-read entries lost their place: {order:?} (n1 {}, n2 {}, n3 {})",
+        n1.id,
+        n2.id,
+        n3.id
+    );
+    assert!(order.contains(&l1.id));
+    for l in &rest {
+        assert_eq!(l.attempt(), 1, "handing back charged an attempt");
+        let entry = &ids[&l.task().id];
+        assert!(
+            l.receipt().ends_with(&format!(":{entry}")),
+            "task {} came back under a new entry id: receipt {}, added as {entry}",
+            l.task().id,
+            l.receipt()
+        );
+    }
+    for l in first.iter().chain(&rest) {
+        q.ack(l).await.expect("ack");
+    }
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.ready, d.in_flight), (0, 0));
+}
+
 /// A `lease()` future dropped while its blocking read is in flight: the
 /// entries that read takes are handed out by the next `lease()` at once,
 /// not stranded in the pending list until the lease timeout (with an
