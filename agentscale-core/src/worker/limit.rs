@@ -74,7 +74,7 @@ pub(super) async fn process_limited<H: Handler>(
             release_all(permits).await;
             return settle(shared, &lease, Nack::Defer(d + jitter)).await;
         }
-        None => process_in_span(shared, lease).await,
+        None => process_in_span(shared, lease, None).await,
     };
     release_all(permits).await;
     out

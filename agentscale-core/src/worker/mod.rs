@@ -173,7 +173,10 @@ impl TaskContext {
         self.attempt >= self.max_attempts
     }
 
-    /// When this attempt started.
+    /// When this attempt started. For an attempt that began as soon as it
+    /// was leased, this is when its lease call returned (one clock read per
+    /// leased batch), at most the time the worker took to start the batch's
+    /// earlier tasks before the handler's first poll.
     pub fn started(&self) -> Instant {
         self.started
     }

@@ -29,8 +29,14 @@ pub(super) enum Attempt {
 }
 
 /// Runs one lease to its end: returns it when it must be acked; nacks or
-/// abandons it otherwise.
-pub(super) async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {
+/// abandons it otherwise. `leased_at` is when the lease call returned (one
+/// clock read per batch): the attempt's start when nothing waits between
+/// the lease and the handler.
+pub(super) async fn process<H: Handler>(
+    shared: &Shared<H>,
+    lease: Lease,
+    leased_at: Instant,
+) -> Option<Lease> {
     let task = lease.task();
     let span = tracing::info_span!(
         "agentscale.task",
@@ -42,7 +48,9 @@ pub(super) async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Opt
         traceparent = task.traceparent.as_deref(),
     );
     if shared.limiters.is_empty() {
-        process_in_span(shared, lease).instrument(span).await
+        process_in_span(shared, lease, Some(leased_at))
+            .instrument(span)
+            .await
     } else {
         super::limit::process_limited(shared, &shared.limiters, lease)
             .instrument(span)
@@ -50,7 +58,13 @@ pub(super) async fn process<H: Handler>(shared: &Shared<H>, lease: Lease) -> Opt
     }
 }
 
-pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease) -> Option<Lease> {
+/// Runs one lease to its end inside its span. `leased_at`, when given, is
+/// taken as the attempt's start unless the orchestrator's checks wait first.
+pub(super) async fn process_in_span<H: Handler>(
+    shared: &Shared<H>,
+    lease: Lease,
+    leased_at: Option<Instant>,
+) -> Option<Lease> {
     let task = lease.task();
     let attempt = lease.attempt();
     if attempt > task.max_attempts {
@@ -88,7 +102,10 @@ pub(super) async fn process_in_span<H: Handler>(shared: &Shared<H>, lease: Lease
         }
     }
 
-    let started = Instant::now();
+    let started = match leased_at {
+        Some(at) if shared.orchestrator.is_none() => at,
+        _ => Instant::now(),
+    };
     let cx = TaskContext {
         attempt,
         max_attempts: task.max_attempts,

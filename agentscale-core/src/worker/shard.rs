@@ -160,9 +160,12 @@ pub(super) async fn run_shard<H: Handler>(
                             if let Some(m) = &shared.metrics {
                                 m.add_busy(got as i64);
                             }
+                            // One clock read per batch: the start of every
+                            // attempt that begins at once.
+                            let leased_at = Instant::now();
                             for lease in leases {
                                 let mut slot = boxes.pop().unwrap_or_else(|| Box::pin(None));
-                                slot.as_mut().set(Some(process(shared, lease)));
+                                slot.as_mut().set(Some(process(shared, lease, leased_at)));
                                 // The first poll, with this driver's context: a
                                 // future that waits is then moved into `running`,
                                 // which polls it again with its own waker.

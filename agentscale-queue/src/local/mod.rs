@@ -2,7 +2,9 @@
 //!
 //! One mutex guards all state; every per-task operation is O(1) or O(log n):
 //!
-//! * ready tasks: one `VecDeque` per [`Priority`](agentscale_core::Priority);
+//! * ready tasks: one `VecDeque` per [`Priority`](agentscale_core::Priority),
+//!   holding each task as the producer handed it over until it is leased
+//!   (`ready.rs`);
 //! * delayed tasks (retry delay, `not_before`): a min-heap on the ready time;
 //! * in-flight leases: a `HashMap` keyed by fence, plus a min-heap of lease
 //!   deadlines with lazy deletion (acked or extended leases leave stale heap
@@ -18,6 +20,11 @@
 //! start of every operation, and a waiting [`lease`](TaskQueue::lease) sleeps
 //! exactly until the next delayed task is due or the next lease expires,
 //! whichever comes first, or until an enqueue wakes it ([`tokio::sync::Notify`]).
+//!
+//! Every call takes part in Tokio's cooperative scheduling as a channel
+//! operation does (one unit of the calling task's budget per task enqueued
+//! and per lease call): a producer that enqueues in a loop yields now and
+//! then, so a worker woken on its thread gets to run meanwhile.
 //!
 //! Nothing is encoded on the hot path: the envelope size is only computed with
 //! [`Task::encode`] when a cheap upper bound says the task might exceed
@@ -46,7 +53,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 mod config;
+mod ready;
 mod sessions;
+
+use ready::{Queued, Ready};
 
 pub use config::{LocalQueueBuilder, LocalQueueConfig, LocalQueueConfigBuilder};
 
@@ -87,12 +97,6 @@ struct Shared {
     ordered_sessions: bool,
     state: Mutex<State>,
     notify: Notify,
-}
-
-/// A ready task and when it became ready (for `oldest_ready_age`).
-struct Ready {
-    task: Arc<Task>,
-    since: Instant,
 }
 
 struct InFlight {
@@ -182,7 +186,7 @@ impl State {
             if let Some(Reverse(d)) = self.delayed.pop() {
                 let idx = d.task.priority.index();
                 self.ready[idx].push_back(Ready {
-                    task: d.task,
+                    task: Queued::Shared(d.task),
                     since: d.at,
                 });
                 moved += 1;
@@ -208,7 +212,7 @@ impl State {
                 tracing::debug!(task_id = %task.id, attempt = task.attempt, "lease expired; task redelivered");
                 let idx = task.priority.index();
                 self.ready[idx].push_front(Ready {
-                    task,
+                    task: Queued::Shared(task),
                     since: f.ready_since,
                 });
                 moved += 1;
@@ -349,8 +353,97 @@ impl LocalQueue {
         Ok(())
     }
 
+    /// True when `task` goes straight to the back of its priority's ready
+    /// list: no idempotency key to look up, no `not_before`, no ordered
+    /// session to queue behind.
+    fn is_plain(&self, task: &Task) -> bool {
+        task.idempotency_key.is_none()
+            && task.not_before_ms.is_none()
+            && !(self.shared.ordered_sessions && task.session_id.is_some())
+    }
+
+    /// `enqueue_batch` of plain tasks only ([`Self::is_plain`]): the ready
+    /// entries are built outside the lock, [`PLAIN_GROUP`] at a time, and
+    /// the lock is held only to move each group in. Inserting a whole batch
+    /// under the lock kept the worker's lease and ack calls waiting behind
+    /// the producer; the small group buffers are reused within the batch and
+    /// stay under the allocator's `mmap` threshold.
+    fn enqueue_plain(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut group: [VecDeque<Ready>; 3] = Default::default();
+        let mut grouped = 0usize;
+        let total = tasks.len();
+        for task in tasks {
+            if let Err(e) = self.check(&task) {
+                out.push(Err(e));
+                continue;
+            }
+            out.push(Ok(Enqueued {
+                id: task.id.clone(),
+                duplicate: false,
+            }));
+            let list = &mut group[task.priority.index()];
+            if list.capacity() == 0 {
+                list.reserve(total.min(PLAIN_GROUP));
+            }
+            list.push_back(Ready {
+                task: Queued::Owned(task),
+                since: now,
+            });
+            grouped += 1;
+            if grouped == PLAIN_GROUP {
+                self.append_ready(&mut group);
+                grouped = 0;
+            }
+        }
+        if grouped > 0 {
+            self.append_ready(&mut group);
+        }
+        out
+    }
+
+    /// `enqueue_batch` with keys, delays or ordered sessions: each task is
+    /// inserted under the lock in turn.
+    fn enqueue_each(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
+        let checked: Vec<Result<Task>> = tasks.into_iter().map(|t| self.check(&t).map(|()| t)).collect();
+        let now = Instant::now();
+        let mut stored = 0usize;
+        let out: Vec<Result<Enqueued>> = {
+            let mut st = self.shared.state.lock();
+            st.forget_expired_keys(now);
+            checked
+                .into_iter()
+                .map(|r| {
+                    r.map(|t| {
+                        let e = self.insert(&mut st, t, now);
+                        stored += usize::from(!e.duplicate);
+                        e
+                    })
+                })
+                .collect()
+        };
+        if stored > 0 {
+            // Wake one leaser; it wakes the next if tasks are left over.
+            self.shared.notify.notify_one();
+        }
+        out
+    }
+
+    /// Moves `group` (emptied, capacity kept) to the back of the ready lists
+    /// and wakes one leaser (it wakes the next if tasks are left over).
+    fn append_ready(&self, group: &mut [VecDeque<Ready>; 3]) {
+        {
+            let mut st = self.shared.state.lock();
+            for (ready, list) in st.ready.iter_mut().zip(group.iter_mut()) {
+                ready.append(list);
+            }
+        }
+        self.shared.notify.notify_one();
+    }
+
     /// Inserts a validated task; caller holds the lock.
-    fn insert(&self, st: &mut State, task: Arc<Task>, now: Instant) -> Enqueued {
+    fn insert(&self, st: &mut State, task: Task, now: Instant) -> Enqueued {
         if let Some(key) = &task.idempotency_key {
             if let Some((id, _)) = st.idempotency.get(key) {
                 return Enqueued {
@@ -363,31 +456,31 @@ impl LocalQueue {
             st.idempotency_expiry.push(Reverse((until, key.clone())));
         }
         let id = task.id.clone();
-        if self.shared.ordered_sessions {
-            if let Some(task) = st.sessions.admit(task) {
-                Self::place(st, task, now);
+        if self.shared.ordered_sessions && task.session_id.is_some() {
+            if let Some(task) = st.sessions.admit(Arc::new(task)) {
+                Self::place(st, Queued::Shared(task), now);
             }
         } else {
-            Self::place(st, task, now);
+            Self::place(st, Queued::Owned(task), now);
         }
         Enqueued { id, duplicate: false }
     }
 
     /// Puts a task that may be delivered (no session, or its session's
     /// head) into the ready queue or the delayed heap.
-    fn place(st: &mut State, task: Arc<Task>, now: Instant) {
-        match task.not_before_ms.map(|nb| nb.saturating_sub(now_ms())) {
+    fn place(st: &mut State, task: Queued, now: Instant) {
+        match task.task().not_before_ms.map(|nb| nb.saturating_sub(now_ms())) {
             Some(wait) if wait > 0 => {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.delayed.push(Reverse(Delayed {
                     at: later(now, Duration::from_millis(wait)),
                     seq,
-                    task,
+                    task: task.into_shared(),
                 }));
             }
             _ => {
-                let idx = task.priority.index();
+                let idx = task.task().priority.index();
                 st.ready[idx].push_back(Ready { task, since: now });
             }
         }
@@ -402,7 +495,7 @@ impl LocalQueue {
         }
         match st.sessions.finish(task) {
             Some(next) => {
-                Self::place(st, next, Instant::now());
+                Self::place(st, Queued::Shared(next), Instant::now());
                 true
             }
             None => false,
@@ -453,13 +546,14 @@ impl LocalQueue {
                 let Some(r) = st.ready[idx].pop_front() else { break };
                 let fence = st.next_fence;
                 st.next_fence += 1;
-                let attempt = r.task.attempt.saturating_add(1);
+                let task = r.task.into_shared();
+                let attempt = task.attempt.saturating_add(1);
                 // The lease shares the task with the in-flight entry: no copy.
-                out.push(Lease::shared(r.task.clone(), attempt, String::new(), fence));
+                out.push(Lease::shared(task.clone(), attempt, String::new(), fence));
                 st.in_flight.insert(
                     fence,
                     InFlight {
-                        task: r.task,
+                        task,
                         deadline,
                         ready_since: r.since,
                     },
@@ -469,6 +563,24 @@ impl LocalQueue {
         }
     }
 }
+
+/// Takes part in Tokio's cooperative scheduling as a channel does: uses
+/// `units` of the calling task's budget (one per task enqueued, one per
+/// lease call), before the work, and yields to the scheduler whenever the
+/// budget runs out.
+/// Without it a producer that enqueues in a loop never yields (no call
+/// here waits), so a worker woken on the producer's thread cannot run
+/// until the producer's loop ends, and on a current-thread runtime the
+/// queue only grows.
+async fn coop(units: usize) {
+    for _ in 0..units {
+        std::future::poll_fn(|cx| tokio::task::coop::poll_proceed(cx).map(|r| r.made_progress())).await;
+    }
+}
+
+/// Plain tasks of one `enqueue_batch` moved in per lock acquisition
+/// (128 × ~264 bytes ≈ 34 KiB of ready entries).
+const PLAIN_GROUP: usize = 128;
 
 /// Longest delay honoured (about 100 years); longer ones are capped so that
 /// instant arithmetic on caller-supplied durations never overflows.
@@ -533,8 +645,8 @@ impl TaskQueue for LocalQueue {
     }
 
     async fn enqueue(&self, task: Task) -> Result<Enqueued> {
+        coop(1).await;
         self.check(&task)?;
-        let task = Arc::new(task);
         let now = Instant::now();
         let res = {
             let mut st = self.shared.state.lock();
@@ -550,37 +662,21 @@ impl TaskQueue for LocalQueue {
     }
 
     async fn enqueue_batch(&self, tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
-        let checked: Vec<Result<Arc<Task>>> = tasks
-            .into_iter()
-            .map(|t| self.check(&t).map(|()| Arc::new(t)))
-            .collect();
-        let now = Instant::now();
-        let mut stored = 0usize;
-        let out: Vec<Result<Enqueued>> = {
-            let mut st = self.shared.state.lock();
-            st.forget_expired_keys(now);
-            checked
-                .into_iter()
-                .map(|r| {
-                    r.map(|t| {
-                        let e = self.insert(&mut st, t, now);
-                        stored += usize::from(!e.duplicate);
-                        e
-                    })
-                })
-                .collect()
-        };
-        if stored > 0 {
-            // Wake one leaser; it wakes the next if tasks are left over.
-            self.shared.notify.notify_one();
+        // Before any task goes in: a call dropped while it yields has
+        // enqueued nothing.
+        coop(tasks.len()).await;
+        if tasks.iter().all(|t| self.is_plain(t)) {
+            self.enqueue_plain(tasks)
+        } else {
+            self.enqueue_each(tasks)
         }
-        out
     }
 
     async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<Lease>> {
         if max == 0 {
             return Ok(Vec::new());
         }
+        coop(1).await;
         let mut out = Vec::new();
         // Fast path: tasks are ready; the Notify is not touched.
         let started = Instant::now();
@@ -669,7 +765,10 @@ impl TaskQueue for LocalQueue {
                     t.attempt = t.attempt.saturating_add(1);
                     if delay.is_zero() {
                         let idx = task.priority.index();
-                        st.ready[idx].push_back(Ready { task, since: now });
+                        st.ready[idx].push_back(Ready {
+                            task: Queued::Shared(task),
+                            since: now,
+                        });
                     } else {
                         let seq = st.next_seq;
                         st.next_seq += 1;
@@ -683,7 +782,7 @@ impl TaskQueue for LocalQueue {
                 Nack::Release | Nack::Defer(Duration::ZERO) => {
                     let idx = task.priority.index();
                     st.ready[idx].push_front(Ready {
-                        task,
+                        task: Queued::Shared(task),
                         since: f.ready_since,
                     });
                 }
@@ -788,7 +887,7 @@ impl TaskQueue for LocalQueue {
             if let Some(task) = task {
                 let idx = task.priority.index();
                 st.ready[idx].push_back(Ready {
-                    task,
+                    task: Queued::Shared(task),
                     since: Instant::now(),
                 });
             }

@@ -86,3 +86,90 @@ async fn deadline_heap_is_compacted() {
         st.deadlines.len()
     );
 }
+
+/// Both `enqueue_batch` paths (plain tasks built outside the lock; a batch
+/// with an idempotency key inserted one by one under it) keep priority
+/// first, then batch order, and refuse a bad task in its place.
+#[tokio::test]
+async fn batch_paths_keep_priority_and_order() {
+    use agentscale_core::Priority;
+    for keyed in [false, true] {
+        let q = LocalQueue::new("batch-order");
+        let mut tasks: Vec<Task> = (0..6)
+            .map(|i| {
+                let p = [Priority::Low, Priority::Normal, Priority::High][i % 3];
+                Task::new("k", format!("t{i}")).with_priority(p)
+            })
+            .collect();
+        tasks.insert(3, Task::new("", "no kind"));
+        if keyed {
+            tasks[0] = tasks[0].clone().with_idempotency_key("once");
+        }
+        let out = q.enqueue_batch(tasks.clone()).await;
+        assert_eq!(out.len(), 7);
+        assert!(out[3].is_err(), "the task without a kind is refused in its place");
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 6);
+        let leased = q.lease(10, Duration::ZERO).await.expect("lease");
+        let payloads: Vec<&[u8]> = leased.iter().map(|l| &l.task().payload[..]).collect();
+        let want: Vec<&[u8]> = vec![b"t2", b"t5", b"t1", b"t4", b"t0", b"t3"];
+        assert_eq!(payloads, want, "keyed batch: {keyed}");
+        for l in &leased {
+            assert_eq!(l.attempt(), 1);
+            q.ack(l).await.expect("ack");
+        }
+        assert_eq!(q.depth().await.expect("depth").backlog(), 0);
+    }
+}
+
+/// The queue takes part in Tokio's cooperative scheduling: a producer that
+/// enqueues in a loop (and awaits nothing else) yields now and then, so a
+/// worker on the same thread leases while the loop still runs. Without it
+/// the worker ran only once the producer's loop ended.
+#[tokio::test(flavor = "current_thread")]
+async fn a_producer_loop_lets_a_worker_on_its_thread_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for batched in [false, true] {
+        let q = LocalQueue::new("coop");
+        let leased = Arc::new(AtomicUsize::new(0));
+        let consumer = {
+            let (q, leased) = (q.clone(), leased.clone());
+            tokio::spawn(async move {
+                loop {
+                    let got = q.lease(100, Duration::from_secs(5)).await.expect("lease");
+                    leased.fetch_add(got.len(), Ordering::SeqCst);
+                    for l in &got {
+                        q.ack(l).await.expect("ack");
+                    }
+                }
+            })
+        };
+        // The consumer starts and waits in `lease`.
+        tokio::task::yield_now().await;
+        const N: usize = 2_000;
+        let mut while_producing = 0;
+        for _ in 0..N / 10 {
+            if batched {
+                let batch = (0..10).map(|_| Task::new("k", "x")).collect();
+                for r in q.enqueue_batch(batch).await {
+                    r.expect("enqueue");
+                }
+            } else {
+                for _ in 0..10 {
+                    q.enqueue(Task::new("k", "x")).await.expect("enqueue");
+                }
+            }
+            while_producing = leased.load(Ordering::SeqCst);
+        }
+        assert!(
+            while_producing > 0,
+            "the worker never ran while the producer looped (batched: {batched})"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while leased.load(Ordering::SeqCst) < N {
+            assert!(tokio::time::Instant::now() < deadline, "not all tasks leased");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        consumer.abort();
+        assert_eq!(q.depth().await.expect("depth").backlog(), 0);
+    }
+}
