@@ -359,6 +359,14 @@ async fn wait_blocked(url: &str, n: u64) {
     }
 }
 
+/// A proxy in front of the test's server at `url`, and the URL through it.
+async fn proxied(url: &str) -> (agentscale_tests::net_cut::CutProxy, String) {
+    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
+    let proxy = agentscale_tests::net_cut::CutProxy::start(upstream).await;
+    let through = format!("redis://{}", proxy.addr());
+    (proxy, through)
+}
+
 async fn plain_queue(url: &str, name: &str) -> RedisQueue {
     let cfg = RedisQueueConfig::new(url, name)
         .with_consumer_name("solo")
@@ -429,24 +437,19 @@ async fn over_read_entries_keep_their_order_and_attempt() {
 /// (a `lease(2)` reads 2 high, 2 normal and 1 low). The three it does not
 /// hand out must stay pending to this consumer under their own entry ids
 /// (not re-added at the back of their streams, behind later tasks) and be
-/// handed out next, before the task that was behind them, uncharged. With
-/// the old re-`XADD` hand-back this fails three ways: 2 entries pending
-/// instead of 5, new entry ids, and `n3` delivered before `n1` and `n2`.
+/// handed out next, before the task that was behind them, uncharged. Under
+/// the old re-`XADD` hand-back `n1` and `n2` would not be pending, would come
+/// back under new entry ids and behind `n3` (reasoned from that code; the
+/// test was not run against it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_read_by_a_read_that_finds_data_waiting_keeps_ids_order_and_attempts() {
-    use agentscale_tests::net_cut::CutProxy;
     if !enabled() {
         return;
     }
     let redis = TestRedis::start();
     let url = redis.url();
-    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
-    let proxy = CutProxy::start(upstream).await;
-    let q = plain_queue(
-        &format!("redis://{}", proxy.addr()),
-        &agentscale_tests::unique_name("overheld"),
-    )
-    .await;
+    let (proxy, proxy_url) = proxied(&url).await;
+    let q = plain_queue(&proxy_url, &agentscale_tests::unique_name("overheld")).await;
     proxy.hold_blocking_reads();
     let waiting = {
         let q = q.clone();
@@ -597,14 +600,12 @@ async fn a_dropped_lease_future_strands_nothing() {
 /// heals are refused with `LeaseLost`, and nothing is lost or left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_redis_loses_its_leases_to_another() {
-    use agentscale_tests::net_cut::CutProxy;
     if !enabled() {
         return;
     }
     let redis = TestRedis::start();
     let url = redis.url();
-    let upstream: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("server addr");
-    let proxy = CutProxy::start(upstream).await;
+    let (proxy, proxy_url) = proxied(&url).await;
     let name = agentscale_tests::unique_name("netcut");
     let lease = Duration::from_millis(800);
     let member = |url: String, consumer: &'static str| {
@@ -619,7 +620,7 @@ async fn a_worker_cut_off_from_redis_loses_its_leases_to_another() {
             RedisQueue::connect(cfg).await.expect("connect")
         }
     };
-    let cut_off = member(format!("redis://{}", proxy.addr()), "cut-off").await;
+    let cut_off = member(proxy_url, "cut-off").await;
     let healthy = member(url.clone(), "healthy").await;
 
     const N: usize = 40;

@@ -1,5 +1,6 @@
 //! Unit tests of the in-memory queue.
 
+use super::enqueue::envelope_upper_bound;
 use super::*;
 
 #[test]
