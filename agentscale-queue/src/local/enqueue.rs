@@ -19,6 +19,7 @@ use super::{later, Delayed, LocalQueue, State};
 /// `units` of the calling task's budget (one per task enqueued, one per
 /// lease call), before the work, and yields to the scheduler whenever the
 /// budget runs out.
+///
 /// Without it a producer that enqueues in a loop never yields (no call
 /// here waits), so a worker woken on the producer's thread cannot run
 /// until the producer's loop ends, and on a current-thread runtime the

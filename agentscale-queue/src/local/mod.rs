@@ -24,7 +24,8 @@
 //! Every call takes part in Tokio's cooperative scheduling as a channel
 //! operation does (one unit of the calling task's budget per task enqueued
 //! and per lease call): a producer that enqueues in a loop yields now and
-//! then, so a worker woken on its thread gets to run meanwhile.
+//! then, so a worker woken on its thread gets to run meanwhile (the enqueue
+//! side is in `enqueue.rs`).
 //!
 //! Nothing is encoded on the hot path: the envelope size is only computed with
 //! [`Task::encode`] when a cheap upper bound says the task might exceed
