@@ -72,8 +72,17 @@ async fn health_metadata_config_statistics_repository() {
         )
         .build()
         .unwrap();
-    let stats = c.model_statistics("identity_int8", "").await.unwrap();
-    assert_eq!(stats.len(), 1);
+    // The backend reports an inference's statistics after it sent the
+    // response, so the count can lag the reply: look again for a while.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = c.model_statistics("identity_int8", "").await.unwrap();
+        assert_eq!(stats.len(), 1);
+        if stats[0].inference_count >= 1 || std::time::Instant::now() >= give_up {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(stats[0].inference_count >= 1, "{:?}", stats[0]);
     // pytriton serves from a model store outside the repository index, so
     // the index may be empty; the call itself must succeed with the token.
