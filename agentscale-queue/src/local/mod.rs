@@ -12,6 +12,9 @@
 //!   entries outnumber live ones, so memory stays proportional to what is in
 //!   flight);
 //! * dead letters: a `BTreeMap` keyed by a sequence number, oldest first;
+//! * up to 256 `Arc` allocations of acked small tasks, reused by the next
+//!   leases once the worker dropped its lease, so that a lease allocates
+//!   nothing in steady state (freed when a lease finds nothing ready);
 //! * with ordered sessions, a `HashMap` from each open session to the tasks
 //!   waiting behind its head (only the head is ever ready, delayed or leased;
 //!   see `sessions.rs`). Waiting tasks count as `ready` in `depth`.
@@ -172,7 +175,20 @@ struct State {
     next_seq: u64,
     /// Ordered sessions: tasks waiting behind their session's head.
     sessions: sessions::Sessions,
+    /// The `Arc` allocations of acked tasks, for the next leases
+    /// ([`State::recycle`]).
+    spare: Vec<Arc<Task>>,
 }
+
+/// Most `Arc` allocations of acked tasks kept for reuse (one ack batch of a
+/// worker).
+const MAX_SPARE: usize = 256;
+
+/// A task whose envelope may be larger is not kept for reuse: a kept
+/// allocation holds its old task's data until it is reused or the queue
+/// runs out of ready tasks, so this bounds what the spares hold (about
+/// 1 MiB).
+const MAX_SPARE_TASK_BYTES: usize = 4096;
 
 impl State {
     fn ready_len(&self) -> usize {
@@ -260,6 +276,34 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Keeps the `Arc` of an acked task for a later lease
+    /// ([`State::shared`]), so that a lease allocates nothing and an ack
+    /// frees only the task's own data. The worker usually still holds the
+    /// lease; it is reusable once that is dropped.
+    fn recycle(&mut self, task: Arc<Task>) {
+        if self.spare.len() < MAX_SPARE && enqueue::envelope_upper_bound(&task) <= MAX_SPARE_TASK_BYTES {
+            self.spare.push(task);
+        }
+    }
+
+    /// `task` in an `Arc`: a kept allocation that nobody else holds any
+    /// more (its old task is dropped), or a new one.
+    fn shared(&mut self, task: Queued) -> Arc<Task> {
+        let task = match task {
+            Queued::Owned(task) => task,
+            Queued::Shared(shared) => return shared,
+        };
+        while let Some(mut spare) = self.spare.pop() {
+            // Unique: no lease or clone of one still points at it. One
+            // that is still held is left to its holder.
+            if let Some(slot) = Arc::get_mut(&mut spare) {
+                *slot = task;
+                return spare;
+            }
+        }
+        Arc::new(task)
     }
 
     /// Finds the live in-flight entry of `lease`, or `LeaseLost`.
@@ -377,6 +421,8 @@ impl LocalQueue {
         st.tick(now);
         self.take(&mut st, max, now, out);
         if out.is_empty() {
+            // Nothing to reuse them for now: free what the spares hold.
+            st.spare.clear();
             return Some(st.next_event());
         }
         if st.ready_len() > 0 {
@@ -395,7 +441,7 @@ impl LocalQueue {
                 let Some(r) = st.ready[idx].pop_front() else { break };
                 let fence = st.next_fence;
                 st.next_fence += 1;
-                let task = r.task.into_shared();
+                let task = st.shared(r.task);
                 let attempt = task.attempt.saturating_add(1);
                 // The lease shares the task with the in-flight entry: no copy.
                 out.push(Lease::shared(task.clone(), attempt, String::new(), fence));
@@ -533,7 +579,9 @@ impl TaskQueue for LocalQueue {
         let next = {
             let mut st = self.shared.state.lock();
             let f = st.take_in_flight(lease)?;
-            self.finished(&mut st, &f.task)
+            let next = self.finished(&mut st, &f.task);
+            st.recycle(f.task);
+            next
         };
         if next {
             self.shared.notify.notify_one();
@@ -550,6 +598,7 @@ impl TaskQueue for LocalQueue {
                 .map(|l| {
                     let f = st.take_in_flight(l)?;
                     next |= self.finished(&mut st, &f.task);
+                    st.recycle(f.task);
                     Ok(())
                 })
                 .collect()

@@ -16,8 +16,9 @@ pub(super) struct Ready {
 /// or shared with an earlier lease (a redelivery or a promoted delay).
 ///
 /// A new task stays owned until it is leased, so an enqueue allocates
-/// nothing per task: the `Arc` is made at lease time, on the worker's thread,
-/// which also frees it after the ack. (An `Arc` made by the producer and freed
+/// nothing per task: the `Arc` is made at lease time, on the worker's thread
+/// (in steady state an acked task's allocation is reused, see
+/// `State::recycle`). (An `Arc` made by the producer and freed
 /// by the worker crosses threads, which the allocator pays for: it was a
 /// quarter of the worker threads' CPU in `bench_queue --backend memory`.)
 #[allow(

@@ -174,3 +174,76 @@ async fn a_producer_loop_lets_a_worker_on_its_thread_run() {
         assert_eq!(q.depth().await.expect("depth").backlog(), 0);
     }
 }
+
+/// Leases one ready task at once.
+async fn lease_one(q: &LocalQueue) -> Lease {
+    let mut leases = q.lease(1, Duration::ZERO).await.expect("lease");
+    assert_eq!(leases.len(), 1, "one task was ready");
+    leases.remove(0)
+}
+
+#[tokio::test]
+async fn an_acked_tasks_allocation_is_reused_only_once_nobody_holds_it() {
+    let q = LocalQueue::new("recycle");
+    q.enqueue(Task::new("a", "1")).await.expect("enqueue");
+    let first = lease_one(&q).await;
+    q.ack(&first).await.expect("ack");
+    // Kept for reuse: the queue holds the allocation besides the lease.
+    assert_eq!(Arc::strong_count(first.shared_task()), 2);
+
+    // `first` still holds it: the next lease gets another allocation and
+    // the task behind `first` is untouched.
+    q.enqueue(Task::new("b", "2")).await.expect("enqueue");
+    let second = lease_one(&q).await;
+    assert!(!Arc::ptr_eq(first.shared_task(), second.shared_task()));
+    assert_eq!(
+        (first.task().kind.as_str(), &first.task().payload[..]),
+        ("a", &b"1"[..])
+    );
+    assert_eq!(
+        (second.task().kind.as_str(), &second.task().payload[..]),
+        ("b", &b"2"[..])
+    );
+    assert_eq!(
+        Arc::strong_count(first.shared_task()),
+        1,
+        "the queue let go of it"
+    );
+
+    // Once nobody holds it, the next lease reuses it for the new task.
+    q.ack(&second).await.expect("ack");
+    let kept = Arc::as_ptr(second.shared_task());
+    drop(second);
+    q.enqueue(Task::new("c", "3")).await.expect("enqueue");
+    let third = lease_one(&q).await;
+    assert_eq!(Arc::as_ptr(third.shared_task()), kept);
+    assert_eq!(
+        (third.task().kind.as_str(), &third.task().payload[..]),
+        ("c", &b"3"[..])
+    );
+    assert_eq!(third.attempt(), 1);
+    q.ack(&third).await.expect("ack");
+}
+
+#[tokio::test]
+async fn large_tasks_are_not_kept_and_an_idle_queue_keeps_nothing() {
+    let q = LocalQueue::new("recycle-bounds");
+    q.enqueue(Task::new("big", vec![0u8; 2 * MAX_SPARE_TASK_BYTES]))
+        .await
+        .expect("enqueue");
+    let big = lease_one(&q).await;
+    q.ack(&big).await.expect("ack");
+    assert_eq!(
+        Arc::strong_count(big.shared_task()),
+        1,
+        "a large task is not kept"
+    );
+
+    q.enqueue(Task::new("small", "x")).await.expect("enqueue");
+    let small = lease_one(&q).await;
+    q.ack(&small).await.expect("ack");
+    assert_eq!(Arc::strong_count(small.shared_task()), 2, "a small one is kept");
+    // A lease that finds nothing ready frees what is kept.
+    assert!(q.lease(1, Duration::ZERO).await.expect("lease").is_empty());
+    assert_eq!(Arc::strong_count(small.shared_task()), 1);
+}
