@@ -308,11 +308,15 @@ impl State {
 
     /// Finds the live in-flight entry of `lease`, or `LeaseLost`.
     fn take_in_flight(&mut self, lease: &Lease) -> Result<InFlight> {
-        match self.in_flight.get(&lease.fence()) {
-            Some(f) if same_task(&f.task, lease) => {
-                self.in_flight.remove(&lease.fence()).ok_or_else(|| lost(lease))
+        // One lookup: fences are never reused, so an entry of another task
+        // under this fence does not occur; it is put back if it did.
+        match self.in_flight.remove(&lease.fence()) {
+            Some(f) if same_task(&f.task, lease) => Ok(f),
+            Some(f) => {
+                self.in_flight.insert(lease.fence(), f);
+                Err(lost(lease))
             }
-            _ => Err(lost(lease)),
+            None => Err(lost(lease)),
         }
     }
 }
