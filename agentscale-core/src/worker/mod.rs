@@ -33,9 +33,10 @@
 //! * **Backpressure.** The worker leases only as many tasks as it has free
 //!   slots; a slot is freed only after the task's ack or nack completed. The
 //!   queue's backlog therefore stays in the queue, where the autoscaler sees it.
-//! * **Execution model.** A worker runs a few driver tasks
+//! * **Execution model.** A worker runs a few drivers
 //!   ([`WorkerBuilder::shards`], default 1; raise it for handlers that do
-//!   real CPU work between awaits). Each leases for the
+//!   real CPU work between awaits): the first on the task that awaits
+//!   [`Worker::run_until`], the others spawned. Each leases for the
 //!   shared slots and polls its handlers' futures itself, with no task spawn
 //!   and no cross-thread wake-up per task, which keeps the runtime's overhead
 //!   per task small. A task's future is polled once right after its lease; a
@@ -304,41 +305,51 @@ impl<H: Handler> Worker<H> {
         tracing::info!(worker = %shared.name, queue = shared.queue.name(), concurrency = concurrency, "worker started");
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let drivers: Vec<_> = (0..shards)
+        // The first driver runs on the task that awaits this call, the
+        // others are spawned. Woken by an enqueue, a spawned driver is
+        // scheduled on the enqueuing thread (Tokio's LIFO slot, which no
+        // other thread may steal), so a producer and a worker in one process
+        // took turns on one core instead of running on two; a driver polled
+        // here wakes where its caller runs, as a channel's consumer does.
+        let drivers: Vec<_> = (1..shards)
             .map(|_| tokio::spawn(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch)))
             .collect();
-        shutdown.await;
-        let _ = stop_tx.send(true);
+        let first = Box::pin(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch));
+        let control = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
 
-        // Drain: stop leasing (done), wait for in-flight tasks within the grace
-        // period, then cancel and release the rest.
-        shared.flags.draining.store(true, Ordering::Release);
-        if let Some(m) = &shared.metrics {
-            m.worker_draining();
-        }
-        // Frozen from here: the slots add up to this target once every task
-        // is settled (see live.rs).
-        let concurrency = shared.slots.freeze();
-        let all = concurrency as u32;
-        let in_flight = shared.stats.snapshot().in_flight;
-        tracing::info!(worker = %shared.name, in_flight, grace = ?grace_period, "worker draining");
-        let drained = tokio::time::timeout(grace_period, shared.slots.acquire_many(all)).await;
-        match drained {
-            Ok(Ok(permits)) => permits.forget(),
-            Ok(Err(_)) => {}
-            Err(_) => {
-                tracing::warn!(
-                    worker = %shared.name,
-                    in_flight = shared.stats.snapshot().in_flight,
-                    "grace period over: cancelling and releasing in-flight tasks"
-                );
-                shared.flags.aborted.store(true, Ordering::Release);
-                shared.flags.abort.notify_waiters();
-                if let Ok(permits) = shared.slots.acquire_many(all).await {
-                    permits.forget();
+            // Drain: stop leasing (done), wait for in-flight tasks within the grace
+            // period, then cancel and release the rest.
+            shared.flags.draining.store(true, Ordering::Release);
+            if let Some(m) = &shared.metrics {
+                m.worker_draining();
+            }
+            // Frozen from here: the slots add up to this target once every task
+            // is settled (see live.rs).
+            let concurrency = shared.slots.freeze();
+            let all = concurrency as u32;
+            let in_flight = shared.stats.snapshot().in_flight;
+            tracing::info!(worker = %shared.name, in_flight, grace = ?grace_period, "worker draining");
+            let drained = tokio::time::timeout(grace_period, shared.slots.acquire_many(all)).await;
+            match drained {
+                Ok(Ok(permits)) => permits.forget(),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        worker = %shared.name,
+                        in_flight = shared.stats.snapshot().in_flight,
+                        "grace period over: cancelling and releasing in-flight tasks"
+                    );
+                    shared.flags.aborted.store(true, Ordering::Release);
+                    shared.flags.abort.notify_waiters();
+                    if let Ok(permits) = shared.slots.acquire_many(all).await {
+                        permits.forget();
+                    }
                 }
             }
-        }
+        };
+        futures::join!(first, control);
         // Every slot is back: every task was acked or nacked, and the drivers
         // have nothing left to do.
         for d in drivers {

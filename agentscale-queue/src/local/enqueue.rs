@@ -4,6 +4,7 @@
 //! budget every call takes.
 
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use agentscale_core::queue::Enqueued;
 use agentscale_core::task::{now_ms, Task};
 use agentscale_core::{Error, Result};
 
-use super::ready::{Queued, Ready};
+use super::ready::{Chunk, Queued, Ready};
 use super::{later, Delayed, LocalQueue, State};
 
 /// Takes part in Tokio's cooperative scheduling as a channel does: uses
@@ -28,10 +29,6 @@ pub(super) async fn coop(units: usize) {
         std::future::poll_fn(|cx| tokio::task::coop::poll_proceed(cx).map(|r| r.made_progress())).await;
     }
 }
-
-/// Plain tasks of one `enqueue_batch` moved in per lock acquisition
-/// (128 × ~264 bytes ≈ 34 KiB of ready entries).
-const PLAIN_GROUP: usize = 128;
 
 impl LocalQueue {
     /// Validation done outside the lock: task shape and envelope size.
@@ -66,12 +63,9 @@ impl LocalQueue {
     }
 
     /// `enqueue_batch` of plain tasks only ([`Self::is_plain`]): validated
-    /// outside the lock, then moved straight from the caller's `Vec` into
-    /// the ready lists, [`PLAIN_GROUP`] per lock acquisition, so that the
-    /// worker's lease and ack calls never wait behind a whole batch. Each
-    /// task is moved once (a staging buffer built outside the lock cost a
-    /// second 264-byte copy per task and saved no lock time: the move in
-    /// is a copy either way).
+    /// outside the lock, then handed to the fresh lists as they are (the
+    /// caller's `Vec` becomes a chunk: no task is copied, and the lock is
+    /// held for one push per priority in the batch).
     pub(super) fn enqueue_plain(&self, mut tasks: Vec<Task>) -> Vec<Result<Enqueued>> {
         let now = Instant::now();
         let mut out = Vec::with_capacity(tasks.len());
@@ -89,21 +83,28 @@ impl LocalQueue {
                 false
             }
         });
-        let mut tasks = tasks.into_iter();
-        while tasks.len() > 0 {
-            {
-                let mut st = self.shared.state.lock();
-                for task in tasks.by_ref().take(PLAIN_GROUP) {
-                    let idx = task.priority.index();
-                    st.ready[idx].push_back(Ready {
-                        task: Queued::Owned(task),
-                        since: now,
-                    });
-                }
+        let Some(first) = tasks.first() else {
+            return out;
+        };
+        let idx = first.priority.index();
+        if tasks.iter().all(|t| t.priority.index() == idx) {
+            let chunk = Chunk {
+                tasks: VecDeque::from(tasks),
+                since: now,
+            };
+            self.shared.fresh.push(idx, chunk);
+        } else {
+            // Mixed priorities (rare): one chunk per priority.
+            let mut split: [VecDeque<Task>; 3] = Default::default();
+            for task in tasks {
+                split[task.priority.index()].push_back(task);
             }
-            // Wake one leaser; it wakes the next if tasks are left over.
-            self.shared.notify.notify_one();
+            for (idx, tasks) in split.into_iter().enumerate() {
+                self.shared.fresh.push(idx, Chunk { tasks, since: now });
+            }
         }
+        // Wake one leaser; it wakes the next if tasks are left over.
+        self.shared.notify.notify_one();
         out
     }
 
@@ -150,17 +151,19 @@ impl LocalQueue {
         let id = task.id.clone();
         if self.shared.ordered_sessions && task.session_id.is_some() {
             if let Some(task) = st.sessions.admit(Arc::new(task)) {
-                Self::place(st, Queued::Shared(task), now);
+                self.place(st, Queued::Shared(task), now);
             }
         } else {
-            Self::place(st, Queued::Owned(task), now);
+            self.place(st, Queued::Owned(task), now);
         }
         Enqueued { id, duplicate: false }
     }
 
     /// Puts a task that may be delivered (no session, or its session's
-    /// head) into the ready queue or the delayed heap.
-    pub(super) fn place(st: &mut State, task: Queued, now: Instant) {
+    /// head) into the ready queue or the delayed heap: a new task to the
+    /// back of the fresh list, behind the tasks enqueued before it; a
+    /// shared one (a session's next task) to the state's ready list.
+    pub(super) fn place(&self, st: &mut State, task: Queued, now: Instant) {
         match task.task().not_before_ms.map(|nb| nb.saturating_sub(now_ms())) {
             Some(wait) if wait > 0 => {
                 let seq = st.next_seq;
@@ -173,7 +176,10 @@ impl LocalQueue {
             }
             _ => {
                 let idx = task.task().priority.index();
-                st.ready[idx].push_back(Ready { task, since: now });
+                match task {
+                    Queued::Owned(task) => self.shared.fresh.push_one(idx, task, now),
+                    task => st.ready[idx].push_back(Ready { task, since: now }),
+                }
             }
         }
     }

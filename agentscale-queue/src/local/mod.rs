@@ -63,7 +63,7 @@ mod sessions;
 
 use enqueue::coop;
 
-use ready::{Queued, Ready};
+use ready::{Fresh, Queued, Ready};
 
 pub use config::{LocalQueueBuilder, LocalQueueConfig, LocalQueueConfigBuilder};
 
@@ -103,6 +103,8 @@ struct Shared {
     idempotency_window: Duration,
     ordered_sessions: bool,
     state: Mutex<State>,
+    /// New tasks, behind their own lock (`ready.rs`).
+    fresh: Fresh,
     notify: Notify,
 }
 
@@ -306,6 +308,25 @@ impl State {
         Arc::new(task)
     }
 
+    /// Leases one task: a new fence, the in-flight entry and its deadline.
+    fn lease_one(&mut self, task: Queued, since: Instant, deadline: Instant, out: &mut Vec<Lease>) {
+        let fence = self.next_fence;
+        self.next_fence += 1;
+        let task = self.shared(task);
+        let attempt = task.attempt.saturating_add(1);
+        // The lease shares the task with the in-flight entry: no copy.
+        out.push(Lease::shared(task.clone(), attempt, String::new(), fence));
+        self.in_flight.insert(
+            fence,
+            InFlight {
+                task,
+                deadline,
+                ready_since: since,
+            },
+        );
+        self.push_deadline(deadline, fence);
+    }
+
     /// Finds the live in-flight entry of `lease`, or `LeaseLost`.
     fn take_in_flight(&mut self, lease: &Lease) -> Result<InFlight> {
         // One lookup: fences are never reused, so an entry of another task
@@ -355,6 +376,7 @@ impl LocalQueue {
                     next_seq: 1,
                     ..State::default()
                 }),
+                fresh: Fresh::default(),
                 notify: Notify::new(),
             }),
         }
@@ -392,7 +414,7 @@ impl LocalQueue {
         }
         match st.sessions.finish(task) {
             Some(next) => {
-                Self::place(st, Queued::Shared(next), Instant::now());
+                self.place(st, Queued::Shared(next), Instant::now());
                 true
             }
             None => false,
@@ -429,35 +451,35 @@ impl LocalQueue {
             st.spare.clear();
             return Some(st.next_event());
         }
-        if st.ready_len() > 0 {
+        if st.ready_len() > 0 || self.shared.fresh.len() > 0 {
             // Leftovers: pass the wake-up on to another waiting leaser.
             self.shared.notify.notify_one();
         }
         None
     }
 
-    /// Takes up to `max` ready tasks, highest priority first.
+    /// Takes up to `max` ready tasks, highest priority first; within a
+    /// priority, tasks handed back or promoted (the state's ready list)
+    /// before new ones.
     fn take(&self, st: &mut State, max: usize, now: Instant, out: &mut Vec<Lease>) {
         let deadline = later(now, self.shared.lease_timeout);
-        out.reserve(max.saturating_sub(out.len()).min(st.ready_len()));
+        out.reserve(max.saturating_sub(out.len()).min(1024));
         for idx in 0..3 {
             while out.len() < max {
                 let Some(r) = st.ready[idx].pop_front() else { break };
-                let fence = st.next_fence;
-                st.next_fence += 1;
-                let task = st.shared(r.task);
-                let attempt = task.attempt.saturating_add(1);
-                // The lease shares the task with the in-flight entry: no copy.
-                out.push(Lease::shared(task.clone(), attempt, String::new(), fence));
-                st.in_flight.insert(
-                    fence,
-                    InFlight {
-                        task,
-                        deadline,
-                        ready_since: r.since,
-                    },
-                );
-                st.push_deadline(deadline, fence);
+                st.lease_one(r.task, r.since, deadline, out);
+            }
+            while out.len() < max {
+                let Some(mut chunk) = self.shared.fresh.take_front(idx) else {
+                    break;
+                };
+                while out.len() < max {
+                    let Some(task) = chunk.tasks.pop_front() else {
+                        break;
+                    };
+                    st.lease_one(Queued::Owned(task), chunk.since, deadline, out);
+                }
+                self.shared.fresh.put_front(idx, chunk);
             }
         }
     }
@@ -693,9 +715,14 @@ impl TaskQueue for LocalQueue {
         let now = Instant::now();
         let mut st = self.shared.state.lock();
         st.tick(now);
-        let oldest = st.ready.iter().filter_map(|q| q.front().map(|r| r.since)).min();
+        let oldest = st
+            .ready
+            .iter()
+            .filter_map(|q| q.front().map(|r| r.since))
+            .chain(self.shared.fresh.oldest())
+            .min();
         Ok(Depth {
-            ready: (st.ready_len() + st.sessions.waiting()) as u64,
+            ready: (st.ready_len() + self.shared.fresh.len() + st.sessions.waiting()) as u64,
             in_flight: st.in_flight.len() as u64,
             delayed: st.delayed.len() as u64,
             // The tick above moved every due delayed task to ready.

@@ -247,3 +247,42 @@ async fn large_tasks_are_not_kept_and_an_idle_queue_keeps_nothing() {
     assert!(q.lease(1, Duration::ZERO).await.expect("lease").is_empty());
     assert_eq!(Arc::strong_count(small.shared_task()), 1);
 }
+
+/// New tasks keep their enqueue order across single and batch enqueues and
+/// across a lease that takes only part of a batch; a higher priority goes
+/// first even inside a mixed batch; depth counts what waits.
+#[tokio::test]
+async fn enqueue_order_survives_batches_singles_and_partial_leases() {
+    use agentscale_core::Priority;
+    let q = LocalQueue::new("order");
+    let t = |p: &str| Task::new("k", p.to_string());
+    q.enqueue_batch(vec![t("a"), t("b"), t("c")]).await;
+    q.enqueue(t("d")).await.expect("enqueue");
+    let keyed = t("k").with_idempotency_key("key-1");
+    q.enqueue_batch(vec![t("e").with_priority(Priority::High), t("f"), keyed])
+        .await;
+    let depth = q.depth().await.expect("depth");
+    assert_eq!(depth.ready, 7);
+    assert!(depth.oldest_ready_age.is_some());
+
+    let payloads = |ls: &[Lease]| -> Vec<String> {
+        ls.iter()
+            .map(|l| String::from_utf8_lossy(&l.task().payload).into_owned())
+            .collect()
+    };
+    let first = q.lease(2, Duration::ZERO).await.expect("lease");
+    assert_eq!(payloads(&first), ["e", "a"]);
+    assert_eq!(
+        q.depth().await.expect("depth").ready,
+        5,
+        "the rest of a batch stays ready"
+    );
+    let second = q.lease(3, Duration::ZERO).await.expect("lease");
+    assert_eq!(payloads(&second), ["b", "c", "d"]);
+    let third = q.lease(10, Duration::ZERO).await.expect("lease");
+    assert_eq!(payloads(&third), ["f", "k"]);
+    for l in first.iter().chain(&second).chain(&third) {
+        q.ack(l).await.expect("ack");
+    }
+    assert_eq!(q.depth().await.expect("depth"), Depth::default());
+}
