@@ -274,20 +274,26 @@ pub(super) async fn run_deadline<H>(shared: &Shared<H>, orch: &Orchestrator, lea
 /// Runs the handler with the timeout, panic catching, heartbeats and the
 /// shutdown abort.
 pub(super) async fn run_attempt<H: Handler>(shared: &Shared<H>, lease: &Lease, cx: &TaskContext) -> Attempt {
-    // Created before the flag check: `notify_waiters` reaches it even unpolled.
-    let abort = shared.flags.abort.notified();
     if shared.flags.aborted.load(Ordering::Acquire) {
         return Attempt::Aborted;
     }
     let mut handler =
         std::pin::pin!(AssertUnwindSafe(shared.handler.handle(lease.task(), cx)).catch_unwind());
-    // Fast path: a handler that finishes on its first poll needs no timer.
+    // Fast path: a handler that finishes on its first poll needs no timer
+    // and no abort listener.
     if let std::task::Poll::Ready(r) = futures::poll!(handler.as_mut()) {
         return match r {
             Ok(Ok(out)) => Attempt::Done(out),
             Ok(Err(e)) => Attempt::Failed(e),
             Err(panic) => Attempt::Panicked(panic_message(&*panic)),
         };
+    }
+    // Created before the second flag check: an abort after the check
+    // reaches it through `notify_waiters` even unpolled, one before it is
+    // seen by the check.
+    let abort = shared.flags.abort.notified();
+    if shared.flags.aborted.load(Ordering::Acquire) {
+        return Attempt::Aborted;
     }
     let run = tokio::time::timeout(shared.task_timeout, handler);
     let heartbeat = async {

@@ -1,16 +1,23 @@
 //! The in-memory [`TaskQueue`]: the embedded default, no service needed.
 //!
-//! One mutex guards all state; every per-task operation is O(1) or O(log n):
+//! Two mutexes guard the state; every per-task operation is O(1) or
+//! O(log n):
 //!
-//! * ready tasks: one `VecDeque` per [`Priority`](agentscale_core::Priority),
-//!   holding each task as the producer handed it over until it is leased
-//!   (`ready.rs`);
+//! * new tasks: per [`Priority`](agentscale_core::Priority), a list of
+//!   chunks, each one `enqueue_batch` as the producer handed it over, behind
+//!   a lock of their own that a producer holds for one push per batch
+//!   (`ready.rs`), so producer and workers rarely wait for each other;
+//! * everything else under the state lock, starting with the tasks that
+//!   are ready again (handed back, redelivered, promoted from a delay, a
+//!   session's next task): one `VecDeque` per priority, leased before the
+//!   new tasks of the same priority;
 //! * delayed tasks (retry delay, `not_before`): a min-heap on the ready time;
 //! * in-flight leases: a `HashMap` keyed by fence, plus a min-heap of lease
-//!   deadlines with lazy deletion (acked or extended leases leave stale heap
-//!   entries that are skipped when popped, and the heap is rebuilt when stale
-//!   entries outnumber live ones, so memory stays proportional to what is in
-//!   flight);
+//!   deadlines with lazy deletion, one entry per lease call (its leases
+//!   share the deadline and have consecutive fences) and one per extension
+//!   (acked or extended leases leave stale entries that are skipped when
+//!   popped, and the heap is rebuilt when stale entries outnumber live ones,
+//!   so memory stays proportional to what is in flight);
 //! * dead letters: a `BTreeMap` keyed by a sequence number, oldest first;
 //! * up to 256 `Arc` allocations of acked small tasks, reused by the next
 //!   leases once the worker dropped its lease, so that a lease allocates
@@ -166,9 +173,12 @@ struct State {
     ready: [VecDeque<Ready>; 3],
     delayed: BinaryHeap<Reverse<Delayed>>,
     in_flight: FenceMap<InFlight>,
-    /// (deadline, fence); entries whose fence is gone or whose deadline no
-    /// longer matches are stale and skipped.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// (deadline, first fence, last fence): the leases of one lease call
+    /// share one entry (they share the deadline and have consecutive
+    /// fences); an extension adds an entry for its fence alone. A fence in
+    /// the range that is gone or whose deadline no longer matches is stale
+    /// and skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, u64)>>,
     dead: BTreeMap<u64, DeadLetter>,
     /// idempotency key -> (stored task id, forget after).
     idempotency: HashMap<String, (TaskId, Instant)>,
@@ -214,16 +224,19 @@ impl State {
                 moved += 1;
             }
         }
-        while let Some(&Reverse((deadline, fence))) = self.deadlines.peek() {
+        while let Some(&Reverse((deadline, first, last))) = self.deadlines.peek() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop();
-            let live = matches!(self.in_flight.get(&fence), Some(f) if f.deadline == deadline);
-            if !live {
-                continue;
-            }
-            if let Some(f) = self.in_flight.remove(&fence) {
+            for fence in first..=last {
+                let live = matches!(self.in_flight.get(&fence), Some(f) if f.deadline == deadline);
+                if !live {
+                    continue;
+                }
+                let Some(f) = self.in_flight.remove(&fence) else {
+                    continue;
+                };
                 // An expired lease counts as a failed attempt: a task that kills
                 // its worker every time eventually exceeds max_attempts and the
                 // worker dead-letters it.
@@ -247,22 +260,24 @@ impl State {
     /// lease deadline, possibly stale).
     fn next_event(&self) -> Option<Instant> {
         let d = self.delayed.peek().map(|Reverse(d)| d.at);
-        let l = self.deadlines.peek().map(|Reverse((at, _))| *at);
+        let l = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
         match (d, l) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    fn push_deadline(&mut self, deadline: Instant, fence: u64) {
-        self.deadlines.push(Reverse((deadline, fence)));
+    /// Records that the leases with fences `first..=last` expire at
+    /// `deadline`.
+    fn push_deadline(&mut self, deadline: Instant, first: u64, last: u64) {
+        self.deadlines.push(Reverse((deadline, first, last)));
         // Lazy deletion leaves stale entries behind; rebuild once they
         // dominate so the heap stays O(in flight). Amortised O(1).
         if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
             self.deadlines = self
                 .in_flight
                 .iter()
-                .map(|(f, e)| Reverse((e.deadline, *f)))
+                .map(|(f, e)| Reverse((e.deadline, *f, *f)))
                 .collect();
         }
     }
@@ -308,7 +323,8 @@ impl State {
         Arc::new(task)
     }
 
-    /// Leases one task: a new fence, the in-flight entry and its deadline.
+    /// Leases one task: a new fence and the in-flight entry (the caller
+    /// records the deadline, once for all the leases of its call).
     fn lease_one(&mut self, task: Queued, since: Instant, deadline: Instant, out: &mut Vec<Lease>) {
         let fence = self.next_fence;
         self.next_fence += 1;
@@ -324,7 +340,6 @@ impl State {
                 ready_since: since,
             },
         );
-        self.push_deadline(deadline, fence);
     }
 
     /// Finds the live in-flight entry of `lease`, or `LeaseLost`.
@@ -463,6 +478,7 @@ impl LocalQueue {
     /// before new ones.
     fn take(&self, st: &mut State, max: usize, now: Instant, out: &mut Vec<Lease>) {
         let deadline = later(now, self.shared.lease_timeout);
+        let first = st.next_fence;
         out.reserve(max.saturating_sub(out.len()).min(1024));
         for idx in 0..3 {
             while out.len() < max {
@@ -481,6 +497,9 @@ impl LocalQueue {
                 }
                 self.shared.fresh.put_front(idx, chunk);
             }
+        }
+        if st.next_fence > first {
+            st.push_deadline(deadline, first, st.next_fence - 1);
         }
     }
 }
@@ -707,7 +726,7 @@ impl TaskQueue for LocalQueue {
             }
             _ => return Err(lost(lease)),
         }
-        st.push_deadline(deadline, lease.fence());
+        st.push_deadline(deadline, lease.fence(), lease.fence());
         Ok(())
     }
 

@@ -286,3 +286,35 @@ async fn enqueue_order_survives_batches_singles_and_partial_leases() {
     }
     assert_eq!(q.depth().await.expect("depth"), Depth::default());
 }
+
+/// The leases of one call share a deadline entry; at expiry only those
+/// still held at that deadline are taken back: an acked one is gone, an
+/// extended one waits for its own deadline.
+#[tokio::test]
+async fn one_deadline_entry_per_lease_call_expires_only_the_leases_still_due() {
+    let q = LocalQueue::builder("expiry")
+        .lease_timeout(Duration::from_millis(30))
+        .build()
+        .expect("build");
+    q.enqueue_batch(vec![
+        Task::new("k", "a"),
+        Task::new("k", "b"),
+        Task::new("k", "c"),
+    ])
+    .await;
+    let held = q.lease(3, Duration::ZERO).await.expect("lease");
+    assert_eq!(held.len(), 3);
+    assert_eq!(q.shared.state.lock().deadlines.len(), 1, "one entry for the call");
+    q.ack(&held[0]).await.expect("ack");
+    q.extend(&held[1], Duration::from_secs(60)).await.expect("extend");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let again = q.lease(3, Duration::ZERO).await.expect("lease");
+    assert_eq!(again.len(), 1, "only the lease still due was taken back");
+    assert_eq!(again[0].task().id, held[2].task().id);
+    assert_eq!(again[0].attempt(), 2);
+    let depth = q.depth().await.expect("depth");
+    assert_eq!((depth.ready, depth.in_flight), (0, 2));
+    q.ack(&held[1]).await.expect("the extended lease is still live");
+    q.ack(&again[0]).await.expect("ack");
+    assert_eq!(q.depth().await.expect("depth"), Depth::default());
+}
