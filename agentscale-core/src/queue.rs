@@ -197,6 +197,13 @@ pub struct Capabilities {
     /// (a retry, release or deferral keeps its place at the head). Tasks of
     /// other sessions, and tasks without a session, are not held up.
     pub ordered_sessions: bool,
+    /// Producers and workers share this process and an enqueue wakes a
+    /// waiting lease directly (the in-memory queue). The worker then runs
+    /// its first driver on the task that awaits
+    /// [`Worker::run_until`](crate::worker::Worker::run_until) instead of
+    /// spawning it, so that a producer in the same runtime and the worker
+    /// run on two threads (see the worker's module docs).
+    pub in_process: bool,
 }
 
 impl Default for Capabilities {
@@ -212,6 +219,7 @@ impl Default for Capabilities {
             lease_timeout: Duration::ZERO,
             max_envelope_bytes: 0,
             ordered_sessions: false,
+            in_process: false,
         }
     }
 }

@@ -41,6 +41,7 @@ async fn capabilities_are_honest() {
         c.lease_extension && c.delayed_retry && c.idempotent_enqueue && c.fencing && c.dead_letter_replay
     );
     assert!(!c.wire_format);
+    assert!(c.in_process, "the worker runs its first driver inline over it");
     assert_eq!(c.priority_levels, 3);
     assert_eq!(c.lease_timeout, Duration::from_secs(7));
     assert_eq!(c.max_envelope_bytes, 4096);

@@ -673,12 +673,14 @@ async fn exporter_serves_metrics_health_and_readiness() {
 }
 
 /// Fault injection around the real local queue: the first `fail` calls of
-/// `ack_batch` fail with `Unavailable` (a transient queue fault).
+/// `ack_batch` fail with `Unavailable` (a transient queue fault). With
+/// `network`, it does not claim to be in-process, as a network queue would.
 #[derive(Debug)]
 struct FlakyAcks {
     inner: Arc<LocalQueue>,
     fail: AtomicU64,
     failed: AtomicU64,
+    network: bool,
 }
 
 #[async_trait::async_trait]
@@ -687,7 +689,9 @@ impl TaskQueue for FlakyAcks {
         self.inner.name()
     }
     fn capabilities(&self) -> agentscale_core::Capabilities {
-        self.inner.capabilities()
+        let mut c = self.inner.capabilities();
+        c.in_process &= !self.network;
+        c
     }
     async fn enqueue(&self, task: Task) -> agentscale_core::Result<agentscale_core::Enqueued> {
         self.inner.enqueue(task).await
@@ -744,6 +748,7 @@ async fn transient_ack_failures_are_retried() {
         inner: inner.clone(),
         fail: AtomicU64::new(3),
         failed: AtomicU64::new(0),
+        network: false,
     });
     let ids = enqueue_n(&inner, 50, 5).await;
     let probe = Probe::new(|_: &Task, _| ok());
@@ -760,5 +765,48 @@ async fn transient_ack_failures_are_retried() {
     assert_eq!((depth.ready, depth.in_flight, depth.delayed), (0, 0, 0));
     for id in &ids {
         assert_eq!(probe.attempts_of(id), vec![1], "task {id} ran other than once");
+    }
+}
+
+/// Over an in-process queue the first driver runs on the task that awaits
+/// `run_until` (here the test's own thread, outside the runtime's worker
+/// threads), so a producer task and the worker do not share a thread; over a
+/// network queue every driver is spawned onto the runtime's threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_driver_runs_inline_only_over_an_in_process_queue() {
+    let here = std::thread::current().id();
+    for network in [false, true] {
+        let inner = queue(Duration::from_secs(30));
+        let q = Arc::new(FlakyAcks {
+            inner: inner.clone(),
+            fail: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            network,
+        });
+        enqueue_n(&inner, 20, 5).await;
+        let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let seen = threads.clone();
+        let probe = Probe::new(move |_: &Task, _| {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(std::thread::current().id());
+            ok()
+        });
+        let worker = Worker::builder(q, probe).concurrency(4).build().expect("build");
+        let report = run_until_counts(worker, |r| r.completed >= 20).await;
+        assert_eq!(report.completed, 20);
+        let threads = threads.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if network {
+            assert!(
+                !threads.contains(&here),
+                "network queue: handlers ran on {threads:?}"
+            );
+        } else {
+            assert_eq!(
+                threads,
+                std::collections::HashSet::from([here]),
+                "in-process queue"
+            );
+        }
     }
 }

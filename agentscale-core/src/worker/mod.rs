@@ -35,8 +35,10 @@
 //!   queue's backlog therefore stays in the queue, where the autoscaler sees it.
 //! * **Execution model.** A worker runs a few drivers
 //!   ([`WorkerBuilder::shards`], default 1; raise it for handlers that do
-//!   real CPU work between awaits): the first on the task that awaits
-//!   [`Worker::run_until`], the others spawned. Each leases for the
+//!   real CPU work between awaits). Over an in-process queue
+//!   ([`Capabilities::in_process`](crate::Capabilities::in_process)) the
+//!   first runs on the task that awaits [`Worker::run_until`] and the
+//!   others are spawned; over a network queue all are spawned. Each leases for the
 //!   shared slots and polls its handlers' futures itself, with no task spawn
 //!   and no cross-thread wake-up per task, which keeps the runtime's overhead
 //!   per task small. A task's future is polled once right after its lease; a
@@ -305,16 +307,21 @@ impl<H: Handler> Worker<H> {
         tracing::info!(worker = %shared.name, queue = shared.queue.name(), concurrency = concurrency, "worker started");
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        // The first driver runs on the task that awaits this call, the
-        // others are spawned. Woken by an enqueue, a spawned driver is
-        // scheduled on the enqueuing thread (Tokio's LIFO slot, which no
-        // other thread may steal), so a producer and a worker in one process
-        // took turns on one core instead of running on two; a driver polled
-        // here wakes where its caller runs, as a channel's consumer does.
-        let drivers: Vec<_> = (1..shards)
+        // Over an in-process queue the first driver runs on the task that
+        // awaits this call, the others are spawned. Woken by an enqueue, a
+        // spawned driver is scheduled on the enqueuing thread (Tokio's LIFO
+        // slot, which no other thread may steal), so a producer and the
+        // worker took turns on one core instead of running on two; a driver
+        // polled here wakes where its caller runs, as a channel's consumer
+        // does. Over a network queue every driver is spawned: there the
+        // wake-ups come from the connection's task, and a spawned driver
+        // runs right after it on the same thread.
+        let inline = shared.queue.capabilities().in_process;
+        let drivers: Vec<_> = (usize::from(inline)..shards)
             .map(|_| tokio::spawn(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch)))
             .collect();
-        let first = Box::pin(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch));
+        let first =
+            inline.then(|| Box::pin(run_shard(shared.clone(), stop_rx.clone(), poll_wait, ack_batch)));
         let control = async {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -349,7 +356,12 @@ impl<H: Handler> Worker<H> {
                 }
             }
         };
-        futures::join!(first, control);
+        match first {
+            Some(first) => {
+                futures::join!(first, control);
+            }
+            None => control.await,
+        }
         // Every slot is back: every task was acked or nacked, and the drivers
         // have nothing left to do.
         for d in drivers {

@@ -541,6 +541,7 @@ impl TaskQueue for LocalQueue {
         caps.lease_timeout = self.shared.lease_timeout;
         caps.max_envelope_bytes = self.shared.max_envelope_bytes;
         caps.ordered_sessions = self.shared.ordered_sessions;
+        caps.in_process = true;
         caps
     }
 
