@@ -1,5 +1,6 @@
-//! What the ready lists hold: each task as the producer handed it over
-//! until a worker leases it.
+//! Ready tasks: how the state's ready lists hold them ([`Queued`]), and the
+//! new tasks behind their own lock ([`Fresh`]), each as the producer handed
+//! it over until a worker leases it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
