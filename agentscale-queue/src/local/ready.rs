@@ -82,12 +82,20 @@ pub(super) struct Chunk {
 impl Fresh {
     /// Appends a chunk (a no-op when it is empty).
     pub(super) fn push(&self, idx: usize, chunk: Chunk) {
+        self.insert(idx, chunk, false);
+    }
+
+    fn insert(&self, idx: usize, chunk: Chunk, front: bool) {
         if chunk.tasks.is_empty() {
             return;
         }
         let mut l = self.lists.lock();
         l.len += chunk.tasks.len();
-        l.chunks[idx].push_back(chunk);
+        if front {
+            l.chunks[idx].push_front(chunk);
+        } else {
+            l.chunks[idx].push_back(chunk);
+        }
     }
 
     /// Appends one task that became ready at `since`: to the last chunk
@@ -116,12 +124,7 @@ impl Fresh {
     /// Puts back what is left of a chunk taken with [`Fresh::take_front`],
     /// in front, so its tasks keep their place.
     pub(super) fn put_front(&self, idx: usize, chunk: Chunk) {
-        if chunk.tasks.is_empty() {
-            return;
-        }
-        let mut l = self.lists.lock();
-        l.len += chunk.tasks.len();
-        l.chunks[idx].push_front(chunk);
+        self.insert(idx, chunk, true);
     }
 
     /// Tasks waiting here.
